@@ -1,0 +1,21 @@
+//! Generates the Rust code and the reflection descriptor set from `proto/`, once for every binary.
+//! protox parses the contracts in pure Rust, so no system `protoc` is needed.
+
+use std::{env, error::Error, fs, path::PathBuf};
+
+use prost::Message as _;
+
+const PROTO_ROOT: &str = "proto";
+const CONTRACTS: [&str; 2] = ["topkart/deal/v1/deal.proto", "topkart/order/v1/order.proto"];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("cargo:rerun-if-changed={PROTO_ROOT}");
+
+    let descriptors = protox::compile(CONTRACTS, [PROTO_ROOT])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    // Served by server reflection and loadable by gateways (Envoy's gRPC-JSON transcoder, say).
+    fs::write(out_dir.join("topkart_descriptor.bin"), descriptors.encode_to_vec())?;
+
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

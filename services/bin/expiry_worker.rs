@@ -1,0 +1,44 @@
+//! expiry-worker: sweeps expired deals and performs the daily 00:00 UTC reset.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use topkart::shared::{cli, db, server, telemetry};
+
+/// Expires deals every few seconds, performs the daily reset, and serves gRPC health.
+#[derive(Debug, Parser)]
+#[command(name = "expiry-worker", version)]
+struct Args {
+    #[command(flatten)]
+    database: cli::DatabaseArgs,
+
+    /// Address to serve gRPC health on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50053")]
+    listen_addr: SocketAddr,
+
+    /// Seconds between sweeps.
+    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    sweep_interval_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "expiry-worker stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = db::connect_and_migrate(&args.database.database_url, args.database.database_max_connections).await?;
+    let listener = cli::bind(args.listen_addr).await?;
+    let interval = Duration::from_secs(args.sweep_interval_secs);
+    tracing::info!(addr = %listener.local_addr()?, interval_secs = args.sweep_interval_secs, "expiry-worker started");
+    topkart::worker::run(listener, pool, interval, server::shutdown_signal()).await?;
+    Ok(())
+}

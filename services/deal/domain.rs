@@ -1,0 +1,292 @@
+//! The rules of a deal, as validated types and pure functions: what a valid deal is, what an update
+//! may change, and why a reservation was refused. No I/O here.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use uuid::Uuid;
+
+use crate::{
+    proto::deal as pb,
+    shared::{money::Price, status::Violations, time},
+};
+
+use super::error::DealError;
+
+/// The longest a deal may run.
+pub const MAX_DEAL_DURATION: TimeDelta = TimeDelta::hours(12);
+/// The most units one deal may sell.
+pub const MAX_TOTAL_UNITS: i32 = 1_000_000;
+/// The most units one reservation (one order) may take.
+pub const MAX_QUANTITY: i32 = 100;
+/// The longest product name, in characters.
+pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
+/// How far in the past a start time may be, to allow for clocks and latency.
+const START_TIME_TOLERANCE: TimeDelta = TimeDelta::minutes(1);
+
+/// What a deal is at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DealState {
+    /// Waiting for its start time.
+    Scheduled,
+    /// Started, not expired: it can be ordered while units are left.
+    Active,
+    /// Past its expiry or its daily reset. Final.
+    Expired,
+}
+
+impl DealState {
+    /// The name the database uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Active => "active",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// Reads the name the database uses.
+    pub fn from_db(name: &str) -> Option<Self> {
+        match name {
+            "scheduled" => Some(Self::Scheduled),
+            "active" => Some(Self::Active),
+            "expired" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+
+    /// The API's enum value.
+    pub fn to_proto(self) -> pb::deal::State {
+        match self {
+            Self::Scheduled => pb::deal::State::Scheduled,
+            Self::Active => pb::deal::State::Active,
+            Self::Expired => pb::deal::State::Expired,
+        }
+    }
+
+    /// The state an API filter names; `None` for STATE_UNSPECIFIED.
+    pub fn from_proto(state: pb::deal::State) -> Option<Self> {
+        match state {
+            pb::deal::State::Unspecified => None,
+            pb::deal::State::Scheduled => Some(Self::Scheduled),
+            pb::deal::State::Active => Some(Self::Active),
+            pb::deal::State::Expired => Some(Self::Expired),
+        }
+    }
+}
+
+/// Everything an admin sets on a deal, valid on its own and as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DealTerms {
+    pub product_name: String,
+    pub actual_price: Price,
+    pub final_price: Price,
+    pub total_units: i32,
+    pub start_time: DateTime<Utc>,
+    pub expire_time: DateTime<Utc>,
+}
+
+/// A deal as stored, with its state at the instant it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deal {
+    pub id: Uuid,
+    pub terms: DealTerms,
+    pub available_units: i32,
+    pub state: DealState,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+impl Deal {
+    /// Units held by reservations: what total units may not go below.
+    pub fn reserved_units(&self) -> i32 {
+        self.terms.total_units - self.available_units
+    }
+}
+
+/// The state a new deal is stored with.
+pub fn initial_state(terms: &DealTerms, now: DateTime<Utc>) -> DealState {
+    if terms.start_time <= now { DealState::Active } else { DealState::Scheduled }
+}
+
+/// Validates a `CreateDeal` request's deal at `now`.
+pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms, DealError> {
+    let mut violations = Violations::default();
+    let Some(deal) = deal else {
+        violations.add("deal", "is required");
+        return Err(violations.into());
+    };
+    let product_name = product_name("deal.product_name", &deal.product_name, &mut violations);
+    let actual_price = Price::parse("deal.actual_price", deal.actual_price.as_ref(), &mut violations);
+    let final_price = Price::parse("deal.final_price", deal.final_price.as_ref(), &mut violations);
+    let total_units = total_units("deal.total_units", deal.total_units, &mut violations);
+    let start_time = match &deal.start_time {
+        Some(start) => start_time("deal.start_time", start, now, &mut violations),
+        None => Some(now),
+    };
+    let expire_time = required_time("deal.expire_time", deal.expire_time.as_ref(), &mut violations);
+    let (Some(product_name), Some(actual_price), Some(final_price), Some(total_units), Some(start_time), Some(expire_time)) =
+        (product_name, actual_price, final_price, total_units, start_time, expire_time)
+    else {
+        return Err(violations.into());
+    };
+    let terms = DealTerms { product_name, actual_price, final_price, total_units, start_time, expire_time };
+    check_whole(&terms, now, &mut violations);
+    Ok(violations.into_result(terms)?)
+}
+
+/// The fields `UpdateDeal` may change, as named in an update mask.
+const UPDATABLE_FIELDS: [&str; 6] = ["product_name", "actual_price", "final_price", "total_units", "start_time", "expire_time"];
+
+/// Applies an `UpdateDeal` request to `current`, read at `now`, and returns the new terms.
+pub fn update_deal(current: &Deal, patch: &pb::Deal, mask: &[String], now: DateTime<Utc>) -> Result<DealTerms, DealError> {
+    check_update_mask(mask)?;
+    if current.state == DealState::Expired {
+        return Err(DealError::DealExpired);
+    }
+    let mut violations = Violations::default();
+    let mut terms = current.terms.clone();
+    for field in mask {
+        let path = format!("deal.{field}");
+        match field.as_str() {
+            "product_name" => set(&mut terms.product_name, product_name(&path, &patch.product_name, &mut violations)),
+            "actual_price" => set(&mut terms.actual_price, Price::parse(&path, patch.actual_price.as_ref(), &mut violations)),
+            "final_price" => set(&mut terms.final_price, Price::parse(&path, patch.final_price.as_ref(), &mut violations)),
+            "total_units" => set(&mut terms.total_units, total_units(&path, patch.total_units, &mut violations)),
+            "start_time" => {
+                let new = required_time(&path, patch.start_time.as_ref(), &mut violations);
+                if new.is_some_and(|new| new != current.terms.start_time) && current.state != DealState::Scheduled {
+                    return Err(DealError::StartTimeLocked);
+                }
+                let new = new.filter(|new| not_in_the_past(&path, *new, now, &mut violations));
+                set(&mut terms.start_time, new);
+            }
+            "expire_time" => set(&mut terms.expire_time, required_time(&path, patch.expire_time.as_ref(), &mut violations)),
+            // check_update_mask has refused every other path.
+            _ => {}
+        }
+    }
+    check_whole(&terms, now, &mut violations);
+    if !violations.is_empty() {
+        return Err(violations.into());
+    }
+    if terms.total_units < current.reserved_units() {
+        return Err(DealError::TotalUnitsBelowSold { sold: current.reserved_units() });
+    }
+    Ok(terms)
+}
+
+fn check_update_mask(mask: &[String]) -> Result<(), DealError> {
+    let mut violations = Violations::default();
+    if mask.is_empty() {
+        violations.add("update_mask", "is required: name the fields to change");
+    }
+    for (index, field) in mask.iter().enumerate() {
+        if !UPDATABLE_FIELDS.contains(&field.as_str()) {
+            violations.add(
+                format!("update_mask.paths[{index}]"),
+                format!("{field:?} cannot be updated; updatable fields: {}", UPDATABLE_FIELDS.join(", ")),
+            );
+        } else if mask[..index].contains(field) {
+            violations.add(format!("update_mask.paths[{index}]"), format!("{field:?} is named twice"));
+        }
+    }
+    Ok(violations.into_result(())?)
+}
+
+/// Why `deal`, read at the same instant as a refused reservation, could not give `quantity` units at
+/// `expected_price`.
+pub fn refusal(deal: &Deal, quantity: i32, expected_price: Option<&Price>) -> Option<DealError> {
+    match deal.state {
+        DealState::Expired => return Some(DealError::DealExpired),
+        DealState::Scheduled => return Some(DealError::DealNotStarted),
+        DealState::Active => {}
+    }
+    if expected_price.is_some_and(|expected| *expected != deal.terms.final_price) {
+        return Some(DealError::PriceChanged { current: deal.terms.final_price.clone() });
+    }
+    if deal.available_units < quantity {
+        return Some(DealError::InsufficientUnits { requested: quantity, available: deal.available_units });
+    }
+    None
+}
+
+/// Validates a reservation quantity for `field`.
+pub fn quantity(field: &str, quantity: i32, violations: &mut Violations) -> Option<i32> {
+    if (1..=MAX_QUANTITY).contains(&quantity) {
+        Some(quantity)
+    } else {
+        violations.add(field, format!("must be between 1 and {MAX_QUANTITY}"));
+        None
+    }
+}
+
+/// The rules that tie fields together.
+fn check_whole(terms: &DealTerms, now: DateTime<Utc>, violations: &mut Violations) {
+    if terms.final_price.currency_code() != terms.actual_price.currency_code() {
+        violations.add("deal.final_price.currency_code", "must be the currency of actual_price");
+    } else if terms.final_price.micros() > terms.actual_price.micros() {
+        violations.add("deal.final_price", "must not be above actual_price");
+    }
+    if terms.expire_time <= now {
+        violations.add("deal.expire_time", "must be in the future");
+    } else if terms.expire_time <= terms.start_time {
+        violations.add("deal.expire_time", "must be after start_time");
+    } else if terms.expire_time - terms.start_time > MAX_DEAL_DURATION {
+        violations.add("deal.expire_time", "must be at most 12 hours after start_time");
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+fn product_name(field: &str, name: &str, violations: &mut Violations) -> Option<String> {
+    let trimmed = name.trim();
+    let chars = trimmed.chars().count();
+    if trimmed.is_empty() {
+        violations.add(field, "must not be blank");
+    } else if chars > MAX_PRODUCT_NAME_CHARS {
+        violations.add(field, format!("must be at most {MAX_PRODUCT_NAME_CHARS} characters"));
+    } else if trimmed.chars().any(char::is_control) {
+        violations.add(field, "must not contain control characters");
+    } else {
+        return Some(trimmed.to_owned());
+    }
+    None
+}
+
+fn total_units(field: &str, units: i32, violations: &mut Violations) -> Option<i32> {
+    if (1..=MAX_TOTAL_UNITS).contains(&units) {
+        Some(units)
+    } else {
+        violations.add(field, format!("must be between 1 and {MAX_TOTAL_UNITS}"));
+        None
+    }
+}
+
+fn required_time(field: &str, timestamp: Option<&prost_types::Timestamp>, violations: &mut Violations) -> Option<DateTime<Utc>> {
+    match timestamp {
+        Some(timestamp) => time::parse(field, timestamp, violations),
+        None => {
+            violations.add(field, "is required");
+            None
+        }
+    }
+}
+
+fn start_time(field: &str, timestamp: &prost_types::Timestamp, now: DateTime<Utc>, violations: &mut Violations) -> Option<DateTime<Utc>> {
+    time::parse(field, timestamp, violations).filter(|start| not_in_the_past(field, *start, now, violations))
+}
+
+fn not_in_the_past(field: &str, start: DateTime<Utc>, now: DateTime<Utc>, violations: &mut Violations) -> bool {
+    let ok = start >= now - START_TIME_TOLERANCE;
+    if !ok {
+        violations.add(field, "must not be in the past");
+    }
+    ok
+}
+
+#[cfg(test)]
+#[path = "domain_tests.rs"]
+mod tests;

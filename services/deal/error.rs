@@ -1,0 +1,92 @@
+//! The one error type of deal-service and its one mapping onto gRPC status codes.
+
+use tonic::{Code, Status};
+
+use crate::shared::{money::Price, status};
+
+use super::DOMAIN;
+
+/// Everything a deal-service request can fail with.
+#[derive(Debug)]
+pub enum DealError {
+    /// The request is malformed; every bad field is named.
+    InvalidArgument(status::Violations),
+    /// No deal has that name.
+    DealNotFound,
+    /// No reservation has that id.
+    ReservationNotFound,
+    /// The deal has expired (or ended at the daily reset) and can be neither ordered nor changed.
+    DealExpired,
+    /// The deal has not started yet.
+    DealNotStarted,
+    /// Fewer units are left than were asked for.
+    InsufficientUnits { requested: i32, available: i32 },
+    /// The deal's price is not the one the customer was shown.
+    PriceChanged { current: Price },
+    /// An update would lower total units below the units already reserved.
+    TotalUnitsBelowSold { sold: i32 },
+    /// The start time of a deal that has started cannot change.
+    StartTimeLocked,
+    /// The reservation id was used before for another deal or quantity.
+    ReservationIdReused,
+    /// The database failed; the cause is logged, not sent.
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for DealError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Database(err)
+    }
+}
+
+impl From<status::Violations> for DealError {
+    fn from(violations: status::Violations) -> Self {
+        Self::InvalidArgument(violations)
+    }
+}
+
+impl From<DealError> for Status {
+    fn from(err: DealError) -> Self {
+        use DealError::*;
+        let reason = |code, reason, message: &str| status::with_reason(code, DOMAIN, reason, message, []);
+        match err {
+            InvalidArgument(violations) => violations.into_status(DOMAIN),
+            DealNotFound => reason(Code::NotFound, "DEAL_NOT_FOUND", "no deal has that name"),
+            ReservationNotFound => reason(Code::NotFound, "RESERVATION_NOT_FOUND", "no reservation has that id"),
+            DealExpired => reason(Code::FailedPrecondition, "DEAL_EXPIRED", "the deal has expired"),
+            DealNotStarted => reason(Code::FailedPrecondition, "DEAL_NOT_STARTED", "the deal has not started yet"),
+            InsufficientUnits { requested, available } => status::with_reason(
+                Code::FailedPrecondition,
+                DOMAIN,
+                "INSUFFICIENT_UNITS",
+                format!("{requested} units requested but only {available} left"),
+                [("requested_units", requested.to_string()), ("available_units", available.to_string())],
+            ),
+            PriceChanged { current } => status::with_reason(
+                Code::FailedPrecondition,
+                DOMAIN,
+                "PRICE_CHANGED",
+                format!("the deal's price is now {current}"),
+                [("current_price", current.to_string())],
+            ),
+            TotalUnitsBelowSold { sold } => status::with_reason(
+                Code::FailedPrecondition,
+                DOMAIN,
+                "TOTAL_UNITS_BELOW_SOLD",
+                format!("total_units cannot go below the {sold} units already reserved"),
+                [("reserved_units", sold.to_string())],
+            ),
+            StartTimeLocked => reason(
+                Code::FailedPrecondition,
+                "START_TIME_LOCKED",
+                "the deal has started; its start_time can no longer change",
+            ),
+            ReservationIdReused => reason(
+                Code::AlreadyExists,
+                "RESERVATION_ID_REUSED",
+                "that reservation_id was used for another deal or quantity",
+            ),
+            Database(err) => status::from_database_error(DOMAIN, &err),
+        }
+    }
+}

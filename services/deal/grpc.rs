@@ -1,0 +1,231 @@
+//! The gRPC face of deal-service. Every handler reads the same: decode and validate the request,
+//! call the domain and the store, map the error, encode the reply.
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    proto::deal::{self as pb, deal_service_server::DealService},
+    shared::{
+        money::Price,
+        names, paging,
+        status::Violations,
+        time,
+    },
+};
+
+use super::{
+    domain::{self, Deal, DealState},
+    error::DealError,
+    store::{self, DealFilter, Reservation},
+};
+
+/// How many times a reservation is retried when the deal changed between the refusal and the read
+/// that explains it.
+const RESERVE_ATTEMPTS: usize = 3;
+
+/// The deal API over one database pool.
+pub struct DealApi {
+    pool: PgPool,
+}
+
+impl DealApi {
+    /// The API over `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[tonic::async_trait]
+impl DealService for DealApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_deal(&self, request: Request<pb::CreateDealRequest>) -> Result<Response<pb::Deal>, Status> {
+        reply(self.create(request.into_inner()).await.map(|deal| deal_to_proto(&deal)))
+    }
+
+    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal.as_ref().map_or("", |deal| deal.name.as_str())))]
+    async fn update_deal(&self, request: Request<pb::UpdateDealRequest>) -> Result<Response<pb::Deal>, Status> {
+        reply(self.update(request.into_inner()).await.map(|deal| deal_to_proto(&deal)))
+    }
+
+    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().name))]
+    async fn get_deal(&self, request: Request<pb::GetDealRequest>) -> Result<Response<pb::Deal>, Status> {
+        reply(self.get(&request.get_ref().name).await.map(|deal| deal_to_proto(&deal)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_deals(&self, request: Request<pb::ListDealsRequest>) -> Result<Response<pb::ListDealsResponse>, Status> {
+        reply(self.list(request.get_ref()).await)
+    }
+
+    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal, reservation = %request.get_ref().reservation_id))]
+    async fn reserve_units(&self, request: Request<pb::ReserveUnitsRequest>) -> Result<Response<pb::Reservation>, Status> {
+        reply(self.reserve(request.get_ref()).await.map(|reservation| reservation_to_proto(&reservation)))
+    }
+
+    #[tracing::instrument(skip_all, fields(reservation = %request.get_ref().reservation_id))]
+    async fn release_units(&self, request: Request<pb::ReleaseUnitsRequest>) -> Result<Response<pb::Reservation>, Status> {
+        reply(self.release(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)))
+    }
+}
+
+fn reply<T>(result: Result<T, DealError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+impl DealApi {
+    async fn create(&self, request: pb::CreateDealRequest) -> Result<Deal, DealError> {
+        let now = Utc::now();
+        let terms = domain::new_deal(request.deal.as_ref(), now)?;
+        let deal = store::insert_deal(&self.pool, Uuid::new_v4(), &terms, domain::initial_state(&terms, now)).await?;
+        tracing::info!(deal = %deal.id, "deal created");
+        Ok(deal)
+    }
+
+    async fn update(&self, request: pb::UpdateDealRequest) -> Result<Deal, DealError> {
+        let mut violations = Violations::default();
+        let patch = request.deal.unwrap_or_default();
+        let id = names::parse("deal.name", names::DEALS, &patch.name, &mut violations);
+        let mask = request.update_mask.map(|mask| mask.paths).unwrap_or_default();
+        let id = violations.into_result(id)?.ok_or(DealError::DealNotFound)?;
+
+        let mut tx = self.pool.begin().await?;
+        let current = store::lock_deal(&mut tx, id).await?.ok_or(DealError::DealNotFound)?;
+        let terms = domain::update_deal(&current, &patch, &mask, Utc::now())?;
+        let deal = store::update_deal(&mut tx, id, &terms).await?;
+        tx.commit().await?;
+        tracing::info!(deal = %deal.id, fields = ?mask, "deal updated");
+        Ok(deal)
+    }
+
+    async fn get(&self, name: &str) -> Result<Deal, DealError> {
+        let mut violations = Violations::default();
+        let id = names::parse("name", names::DEALS, name, &mut violations);
+        let id = violations.into_result(id)?.ok_or(DealError::DealNotFound)?;
+        store::get_deal(&self.pool, id).await?.ok_or(DealError::DealNotFound)
+    }
+
+    async fn list(&self, request: &pb::ListDealsRequest) -> Result<pb::ListDealsResponse, DealError> {
+        let mut violations = Violations::default();
+        let limit = paging::page_size("page_size", request.page_size, &mut violations);
+        let filter = match pb::deal::State::try_from(request.state) {
+            Ok(state) => DealState::from_proto(state).map_or(DealFilter::Live, DealFilter::InState),
+            Err(_) => {
+                violations.add("state", "is not a Deal.State value");
+                DealFilter::Live
+            }
+        };
+        let filter_key = match filter {
+            DealFilter::Live => "live",
+            DealFilter::InState(state) => state.as_str(),
+        };
+        let after = paging::Cursor::from_token("page_token", &request.page_token, filter_key, &mut violations);
+        violations.into_result(())?;
+
+        // One row more than the page tells whether another page follows.
+        let mut deals = store::list_deals(&self.pool, filter, after, limit + 1).await?;
+        let next_page_token = if deals.len() as i64 > limit {
+            deals.truncate(limit as usize);
+            deals
+                .last()
+                .map(|last| paging::Cursor { at: last.terms.expire_time, id: last.id }.to_token(filter_key))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListDealsResponse { deals: deals.iter().map(deal_to_proto).collect(), next_page_token })
+    }
+
+    async fn reserve(&self, request: &pb::ReserveUnitsRequest) -> Result<Reservation, DealError> {
+        let mut violations = Violations::default();
+        let deal_id = names::parse("deal", names::DEALS, &request.deal, &mut violations);
+        let id = names::parse_uuid("reservation_id", &request.reservation_id, &mut violations);
+        let quantity = domain::quantity("quantity", request.quantity, &mut violations);
+        let expected_price = request
+            .expected_unit_price
+            .as_ref()
+            .map(|price| Price::parse("expected_unit_price", Some(price), &mut violations));
+        let (Some(deal_id), Some(id), Some(quantity)) = (deal_id, id, quantity) else {
+            return Err(violations.into());
+        };
+        violations.into_result(())?;
+        let expected_price = expected_price.flatten();
+
+        if let Some(existing) = store::get_reservation(&self.pool, id).await? {
+            return same_reservation(existing, deal_id, quantity);
+        }
+        for _ in 0..RESERVE_ATTEMPTS {
+            match store::reserve(&self.pool, id, deal_id, quantity, expected_price.as_ref()).await {
+                Ok(Some(reservation)) => return Ok(reservation),
+                Ok(None) => {
+                    let deal = store::get_deal(&self.pool, deal_id).await?.ok_or(DealError::DealNotFound)?;
+                    if let Some(refusal) = domain::refusal(&deal, quantity, expected_price.as_ref()) {
+                        return Err(refusal);
+                    }
+                    // The deal changed between the two statements (units came back): try again.
+                }
+                // A concurrent call with the same id won the insert.
+                Err(err) if crate::shared::db::is_unique_violation(&err) => {
+                    let existing = store::get_reservation(&self.pool, id).await?.ok_or(DealError::Database(err))?;
+                    return same_reservation(existing, deal_id, quantity);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(DealError::InsufficientUnits { requested: quantity, available: 0 })
+    }
+
+    async fn release(&self, reservation_id: &str) -> Result<Reservation, DealError> {
+        let mut violations = Violations::default();
+        let id = names::parse_uuid("reservation_id", reservation_id, &mut violations);
+        let id = violations.into_result(id)?.ok_or(DealError::ReservationNotFound)?;
+        if let Some(released) = store::release(&self.pool, id).await? {
+            tracing::info!(reservation = %id, units = released.quantity, "units released");
+            return Ok(released);
+        }
+        // Nothing held: either released before (a retry, answered the same) or unknown.
+        store::get_reservation(&self.pool, id).await?.ok_or(DealError::ReservationNotFound)
+    }
+}
+
+/// A retried reservation gets the first answer; a reused id with another request is refused.
+fn same_reservation(existing: Reservation, deal_id: Uuid, quantity: i32) -> Result<Reservation, DealError> {
+    if existing.deal_id == deal_id && existing.quantity == quantity {
+        Ok(existing)
+    } else {
+        Err(DealError::ReservationIdReused)
+    }
+}
+
+/// A deal as the API shows it.
+pub fn deal_to_proto(deal: &Deal) -> pb::Deal {
+    pb::Deal {
+        name: names::format(names::DEALS, deal.id),
+        product_name: deal.terms.product_name.clone(),
+        actual_price: Some(deal.terms.actual_price.to_proto()),
+        final_price: Some(deal.terms.final_price.to_proto()),
+        total_units: deal.terms.total_units,
+        available_units: deal.available_units,
+        start_time: Some(time::to_proto(deal.terms.start_time)),
+        expire_time: Some(time::to_proto(deal.terms.expire_time)),
+        state: deal.state.to_proto().into(),
+        create_time: Some(time::to_proto(deal.create_time)),
+        update_time: Some(time::to_proto(deal.update_time)),
+    }
+}
+
+/// A reservation as the API shows it.
+pub fn reservation_to_proto(reservation: &Reservation) -> pb::Reservation {
+    let state = if reservation.released { pb::reservation::State::Released } else { pb::reservation::State::Reserved };
+    pb::Reservation {
+        reservation_id: reservation.id.to_string(),
+        deal: names::format(names::DEALS, reservation.deal_id),
+        quantity: reservation.quantity,
+        unit_price: Some(reservation.unit_price.to_proto()),
+        state: state.into(),
+        create_time: Some(time::to_proto(reservation.create_time)),
+        update_time: Some(time::to_proto(reservation.update_time)),
+    }
+}

@@ -1,0 +1,36 @@
+//! deal-service: admins create and update deals, customers read them, and order-service reserves
+//! and releases their units.
+//!
+//! Layers: [`grpc`] decodes, validates, calls and maps errors; [`domain`] holds the rules;
+//! [`store`] holds the SQL; [`error`] is the one error type and its mapping to gRPC status.
+
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod store;
+
+use std::future::Future;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::{
+    proto::deal::deal_service_server::{DealServiceServer, SERVICE_NAME},
+    shared::server,
+};
+
+/// The `google.rpc.ErrorInfo` domain of this service's errors.
+pub const DOMAIN: &str = "deal.topkart.com";
+
+/// Serves the deal API, health and reflection on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    pool: PgPool,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), server::ServeError> {
+    let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
+    let router = server::builder()
+        .add_service(health_service)
+        .add_service(DealServiceServer::new(grpc::DealApi::new(pool)));
+    server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
+}

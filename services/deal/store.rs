@@ -1,0 +1,280 @@
+//! Every SQL statement of deal-service. Statements that keep an invariant say how beside them.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::shared::{money::Price, paging::Cursor};
+
+use super::domain::{Deal, DealState, DealTerms};
+
+/// The columns every deal query returns; `state` is the deal's state at the statement's instant.
+macro_rules! deal_columns {
+    () => {
+        "id, product_name, currency_code, actual_price_micros, final_price_micros, total_units, \
+         available_units, start_time, expire_time, deal_state_at(deals, now()) as state, create_time, update_time"
+    };
+}
+
+macro_rules! reservation_columns {
+    () => {
+        "id, deal_id, quantity, currency_code, unit_price_micros, state, create_time, update_time"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct DealRow {
+    id: Uuid,
+    product_name: String,
+    currency_code: String,
+    actual_price_micros: i64,
+    final_price_micros: i64,
+    total_units: i32,
+    available_units: i32,
+    start_time: DateTime<Utc>,
+    expire_time: DateTime<Utc>,
+    state: String,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl From<DealRow> for Deal {
+    fn from(row: DealRow) -> Self {
+        Deal {
+            id: row.id,
+            terms: DealTerms {
+                product_name: row.product_name,
+                actual_price: Price::from_stored(row.currency_code.clone(), row.actual_price_micros),
+                final_price: Price::from_stored(row.currency_code, row.final_price_micros),
+                total_units: row.total_units,
+                start_time: row.start_time,
+                expire_time: row.expire_time,
+            },
+            available_units: row.available_units,
+            // deal_state_at only ever returns the three names.
+            state: DealState::from_db(&row.state).unwrap_or(DealState::Expired),
+            create_time: row.create_time,
+            update_time: row.update_time,
+        }
+    }
+}
+
+/// Units held for one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: Uuid,
+    pub deal_id: Uuid,
+    pub quantity: i32,
+    pub unit_price: Price,
+    pub released: bool,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ReservationRow {
+    id: Uuid,
+    deal_id: Uuid,
+    quantity: i32,
+    currency_code: String,
+    unit_price_micros: i64,
+    state: String,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl From<ReservationRow> for Reservation {
+    fn from(row: ReservationRow) -> Self {
+        Reservation {
+            id: row.id,
+            deal_id: row.deal_id,
+            quantity: row.quantity,
+            unit_price: Price::from_stored(row.currency_code, row.unit_price_micros),
+            released: row.state == "released",
+            create_time: row.create_time,
+            update_time: row.update_time,
+        }
+    }
+}
+
+/// Inserts a new deal with all its units available.
+pub async fn insert_deal(pool: &PgPool, id: Uuid, terms: &DealTerms, state: DealState) -> Result<Deal, sqlx::Error> {
+    let row: DealRow = sqlx::query_as(concat!(
+        "insert into deals (id, product_name, currency_code, actual_price_micros, final_price_micros, \
+                            total_units, available_units, start_time, expire_time, state)
+         values ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)
+         returning ",
+        deal_columns!()
+    ))
+    .bind(id)
+    .bind(&terms.product_name)
+    .bind(terms.final_price.currency_code())
+    .bind(terms.actual_price.micros())
+    .bind(terms.final_price.micros())
+    .bind(terms.total_units)
+    .bind(terms.start_time)
+    .bind(terms.expire_time)
+    .bind(state.as_str())
+    .fetch_one(pool)
+    .await?;
+    Ok(row.into())
+}
+
+/// One deal, if it exists.
+pub async fn get_deal(pool: &PgPool, id: Uuid) -> Result<Option<Deal>, sqlx::Error> {
+    let row: Option<DealRow> = sqlx::query_as(concat!("select ", deal_columns!(), " from deals where id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(Deal::from))
+}
+
+/// One deal, locked until the transaction ends so that no reservation slips in while it is updated.
+pub async fn lock_deal(conn: &mut PgConnection, id: Uuid) -> Result<Option<Deal>, sqlx::Error> {
+    let row: Option<DealRow> =
+        sqlx::query_as(concat!("select ", deal_columns!(), " from deals where id = $1 for update"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(Deal::from))
+}
+
+/// Writes new terms to a locked deal. Available units move by as much as total units do, so the
+/// units reserved stay the same; the check constraint refuses anything below zero.
+pub async fn update_deal(conn: &mut PgConnection, id: Uuid, terms: &DealTerms) -> Result<Deal, sqlx::Error> {
+    let row: DealRow = sqlx::query_as(concat!(
+        "update deals
+            set product_name = $2, currency_code = $3, actual_price_micros = $4, final_price_micros = $5,
+                available_units = available_units + ($6 - total_units), total_units = $6,
+                start_time = $7, expire_time = $8,
+                state = case when state = 'scheduled' and $7 <= now() then 'active' else state end,
+                update_time = now()
+          where id = $1
+         returning ",
+        deal_columns!()
+    ))
+    .bind(id)
+    .bind(&terms.product_name)
+    .bind(terms.final_price.currency_code())
+    .bind(terms.actual_price.micros())
+    .bind(terms.final_price.micros())
+    .bind(terms.total_units)
+    .bind(terms.start_time)
+    .bind(terms.expire_time)
+    .fetch_one(conn)
+    .await?;
+    Ok(row.into())
+}
+
+/// Which deals a list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DealFilter {
+    /// Deals a customer can order now: active, unexpired, with units left.
+    Live,
+    /// Every deal in this state now.
+    InState(DealState),
+}
+
+/// A page of deals ordered by expiry then id, after `after`.
+pub async fn list_deals(pool: &PgPool, filter: DealFilter, after: Option<Cursor>, limit: i64) -> Result<Vec<Deal>, sqlx::Error> {
+    let after = after.unwrap_or(Cursor { at: DateTime::UNIX_EPOCH, id: Uuid::nil() });
+    let rows: Vec<DealRow> = match filter {
+        // The first two conditions let the partial index on expire_time do the work; deal_state_at
+        // has the final word.
+        DealFilter::Live => sqlx::query_as(concat!(
+            "select ", deal_columns!(), " from deals
+              where state <> 'expired' and expire_time > now()
+                and deal_state_at(deals, now()) = 'active' and available_units > 0
+                and (expire_time, id) > ($1, $2)
+              order by expire_time, id
+              limit $3"
+        ))
+        .bind(after.at)
+        .bind(after.id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?,
+        DealFilter::InState(state) => sqlx::query_as(concat!(
+            "select ", deal_columns!(), " from deals
+              where deal_state_at(deals, now()) = $4
+                and (expire_time, id) > ($1, $2)
+              order by expire_time, id
+              limit $3"
+        ))
+        .bind(after.at)
+        .bind(after.id)
+        .bind(limit)
+        .bind(state.as_str())
+        .fetch_all(pool)
+        .await?,
+    };
+    Ok(rows.into_iter().map(Deal::from).collect())
+}
+
+/// Takes `quantity` units of a deal for reservation `id`, in one statement: the conditional update
+/// checks the deal's state and expiry against the database clock, the units left and the expected
+/// price, under the row lock it takes, so no interleaving of concurrent calls sells a unit twice or
+/// sells after expiry. Returns `None` when the deal refused; nothing is written then.
+pub async fn reserve(
+    pool: &PgPool,
+    id: Uuid,
+    deal_id: Uuid,
+    quantity: i32,
+    expected_price: Option<&Price>,
+) -> Result<Option<Reservation>, sqlx::Error> {
+    let row: Option<ReservationRow> = sqlx::query_as(concat!(
+        "with taken as (
+             update deals
+                set available_units = available_units - $3, update_time = now()
+              where id = $2
+                and deal_state_at(deals, now()) = 'active'
+                and available_units >= $3
+                and ($4::bigint is null or (final_price_micros = $4 and currency_code = $5))
+             returning id, currency_code, final_price_micros
+         )
+         insert into reservations (id, deal_id, quantity, currency_code, unit_price_micros)
+         select $1, id, $3, currency_code, final_price_micros from taken
+         returning ",
+        reservation_columns!()
+    ))
+    .bind(id)
+    .bind(deal_id)
+    .bind(quantity)
+    .bind(expected_price.map(Price::micros))
+    .bind(expected_price.map(Price::currency_code))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Reservation::from))
+}
+
+/// One reservation, if it exists.
+pub async fn get_reservation(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
+    let row: Option<ReservationRow> =
+        sqlx::query_as(concat!("select ", reservation_columns!(), " from reservations where id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(Reservation::from))
+}
+
+/// Gives a held reservation's units back, in one statement: only the call that moves it from
+/// 'reserved' to 'released' restores units, so a retried release gives nothing back twice. Returns
+/// `None` when there was nothing held to release.
+pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
+    let row: Option<ReservationRow> = sqlx::query_as(concat!(
+        "with released as (
+             update reservations set state = 'released', update_time = now()
+              where id = $1 and state = 'reserved'
+             returning ", reservation_columns!(), "
+         ), restored as (
+             update deals set available_units = available_units + released.quantity, update_time = now()
+               from released
+              where deals.id = released.deal_id
+         )
+         select * from released"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Reservation::from))
+}

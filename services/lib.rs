@@ -1,0 +1,13 @@
+//! Topkart lightning deals: three gRPC services over one Postgres.
+//!
+//! - [`deal`]: admins create and update deals; customers list and read them; order-service reserves
+//!   and releases units.
+//! - [`order`]: customers place, track and cancel orders; admins approve or reject them.
+//! - [`worker`]: expires deals every few seconds and performs the daily 00:00 UTC reset.
+//! - [`shared`]: what every binary needs: database, server plumbing, error details, conversions.
+
+pub mod deal;
+pub mod order;
+pub mod proto;
+pub mod shared;
+pub mod worker;

@@ -1,0 +1,218 @@
+//! The rules of an order: what a valid order request is and which state changes are allowed.
+//! No I/O here.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{
+    deal::domain::quantity,
+    proto::order as pb,
+    shared::{money::Price, names, status::Violations},
+};
+
+use super::error::OrderError;
+
+/// The longest customer id, in characters.
+pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderState {
+    /// Units reserved, waiting for an admin.
+    PendingApproval,
+    /// Approved. Final.
+    Approved,
+    /// Rejected by an admin, units given back. Final.
+    Rejected,
+    /// Cancelled by the customer, units given back. Final.
+    Cancelled,
+}
+
+impl OrderState {
+    /// The name the database uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingApproval => "pending_approval",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Reads the name the database uses.
+    pub fn from_db(name: &str) -> Option<Self> {
+        [Self::PendingApproval, Self::Approved, Self::Rejected, Self::Cancelled]
+            .into_iter()
+            .find(|state| state.as_str() == name)
+    }
+
+    /// The API's enum value.
+    pub fn to_proto(self) -> pb::order::State {
+        match self {
+            Self::PendingApproval => pb::order::State::PendingApproval,
+            Self::Approved => pb::order::State::Approved,
+            Self::Rejected => pb::order::State::Rejected,
+            Self::Cancelled => pb::order::State::Cancelled,
+        }
+    }
+
+    /// The state an API filter names; `None` for STATE_UNSPECIFIED.
+    pub fn from_proto(state: pb::order::State) -> Option<Self> {
+        match state {
+            pb::order::State::Unspecified => None,
+            pb::order::State::PendingApproval => Some(Self::PendingApproval),
+            pb::order::State::Approved => Some(Self::Approved),
+            pb::order::State::Rejected => Some(Self::Rejected),
+            pb::order::State::Cancelled => Some(Self::Cancelled),
+        }
+    }
+}
+
+/// What an admin or the customer decides about a pending order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Reject,
+    Cancel,
+}
+
+impl Decision {
+    /// The state the order moves to.
+    pub fn outcome(self) -> OrderState {
+        match self {
+            Self::Approve => OrderState::Approved,
+            Self::Reject => OrderState::Rejected,
+            Self::Cancel => OrderState::Cancelled,
+        }
+    }
+
+    /// Whether the order's units go back to the deal.
+    pub fn releases_units(self) -> bool {
+        matches!(self, Self::Reject | Self::Cancel)
+    }
+
+    /// Checks that an order in `current` may take this decision.
+    pub fn check(self, current: OrderState) -> Result<(), OrderError> {
+        if current == OrderState::PendingApproval { Ok(()) } else { Err(OrderError::OrderNotPending { state: current }) }
+    }
+}
+
+/// A valid `CreateOrder` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub deal_id: Uuid,
+    pub customer_id: String,
+    pub quantity: i32,
+    /// The unit price the customer was shown, if the request said.
+    pub shown_unit_price: Option<Price>,
+}
+
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub id: Uuid,
+    pub deal_id: Uuid,
+    pub customer_id: String,
+    pub quantity: i32,
+    pub unit_price: Price,
+    pub total_price: Price,
+    pub state: OrderState,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+/// Validates a `CreateOrder` request's order.
+pub fn new_order(order: Option<&pb::Order>) -> Result<NewOrder, OrderError> {
+    let mut violations = Violations::default();
+    let Some(order) = order else {
+        violations.add("order", "is required");
+        return Err(violations.into());
+    };
+    let deal_id = names::parse("order.deal", names::DEALS, &order.deal, &mut violations);
+    let customer_id = customer_id("order.customer_id", &order.customer_id, &mut violations);
+    let quantity = quantity("order.quantity", order.quantity, &mut violations);
+    let shown_unit_price = order
+        .unit_price
+        .as_ref()
+        .and_then(|price| Price::parse("order.unit_price", Some(price), &mut violations));
+    match (deal_id, customer_id, quantity) {
+        (Some(deal_id), Some(customer_id), Some(quantity)) if violations.is_empty() => {
+            Ok(NewOrder { deal_id, customer_id, quantity, shown_unit_price })
+        }
+        _ => Err(violations.into()),
+    }
+}
+
+/// Validates a customer id for `field`: 1 to 128 characters, no control characters.
+pub fn customer_id(field: &str, value: &str, violations: &mut Violations) -> Option<String> {
+    if value.is_empty() {
+        violations.add(field, "is required");
+    } else if value.chars().count() > MAX_CUSTOMER_ID_CHARS {
+        violations.add(field, format!("must be at most {MAX_CUSTOMER_ID_CHARS} characters"));
+    } else if value.chars().any(char::is_control) {
+        violations.add(field, "must not contain control characters");
+    } else {
+        return Some(value.to_owned());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Money;
+
+    fn request() -> pb::Order {
+        pb::Order {
+            deal: names::format(names::DEALS, Uuid::new_v4()),
+            customer_id: "alice".into(),
+            quantity: 2,
+            ..Default::default()
+        }
+    }
+
+    fn invalid_fields(result: Result<NewOrder, OrderError>) -> Vec<String> {
+        match result {
+            Err(OrderError::InvalidArgument(violations)) => violations.fields().map(str::to_owned).collect(),
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_order_may_carry_the_price_shown() {
+        let shown = Money { currency_code: "INR".into(), units: 599, nanos: 0 };
+        let order = new_order(Some(&pb::Order { unit_price: Some(shown), ..request() })).unwrap();
+        assert_eq!(order.shown_unit_price.unwrap().micros(), 599_000_000);
+        assert_eq!(new_order(Some(&request())).unwrap().shown_unit_price, None);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let bad = pb::Order {
+            deal: "orders/1".into(),
+            customer_id: String::new(),
+            quantity: 0,
+            unit_price: Some(Money { currency_code: "INR".into(), units: -1, nanos: 0 }),
+            ..Default::default()
+        };
+        assert_eq!(
+            invalid_fields(new_order(Some(&bad))),
+            ["order.deal", "order.customer_id", "order.quantity", "order.unit_price.units"]
+        );
+        assert_eq!(invalid_fields(new_order(None)), ["order"]);
+        let too_many = pb::Order { quantity: 101, ..request() };
+        assert_eq!(invalid_fields(new_order(Some(&too_many))), ["order.quantity"]);
+    }
+
+    #[test]
+    fn only_a_pending_order_can_be_decided() {
+        for decision in [Decision::Approve, Decision::Reject, Decision::Cancel] {
+            assert!(decision.check(OrderState::PendingApproval).is_ok());
+            for done in [OrderState::Approved, OrderState::Rejected, OrderState::Cancelled] {
+                assert!(matches!(decision.check(done), Err(OrderError::OrderNotPending { state }) if state == done));
+            }
+        }
+        assert!(!Decision::Approve.releases_units());
+        assert!(Decision::Reject.releases_units() && Decision::Cancel.releases_units());
+    }
+}

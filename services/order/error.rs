@@ -1,0 +1,70 @@
+//! The one error type of order-service and its one mapping onto gRPC status codes.
+
+use tonic::{Code, Status};
+
+use crate::shared::status;
+
+use super::{DOMAIN, domain::OrderState};
+
+/// Everything an order-service request can fail with.
+#[derive(Debug)]
+pub enum OrderError {
+    /// The request is malformed; every bad field is named.
+    InvalidArgument(status::Violations),
+    /// No order has that name.
+    OrderNotFound,
+    /// The order has left PENDING_APPROVAL, so it can no longer be approved, rejected or cancelled.
+    OrderNotPending { state: OrderState },
+    /// The deal service refused the reservation (deal unknown, expired, sold out, price changed):
+    /// its status and details go to the client as they are.
+    DealRefused(Status),
+    /// The deal service did not answer in time or could not be reached.
+    DealServiceUnavailable { code: Code },
+    /// Something that should not happen; the cause is logged, not sent.
+    Internal(String),
+    /// The database failed; the cause is logged, not sent.
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for OrderError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Database(err)
+    }
+}
+
+impl From<status::Violations> for OrderError {
+    fn from(violations: status::Violations) -> Self {
+        Self::InvalidArgument(violations)
+    }
+}
+
+impl From<OrderError> for Status {
+    fn from(err: OrderError) -> Self {
+        match err {
+            OrderError::InvalidArgument(violations) => violations.into_status(DOMAIN),
+            OrderError::OrderNotFound => {
+                status::with_reason(Code::NotFound, DOMAIN, "ORDER_NOT_FOUND", "no order has that name", [])
+            }
+            OrderError::OrderNotPending { state } => status::with_reason(
+                Code::FailedPrecondition,
+                DOMAIN,
+                "ORDER_NOT_PENDING",
+                format!("the order is {} and can no longer change", state.to_proto().as_str_name()),
+                [("state", state.to_proto().as_str_name().to_owned())],
+            ),
+            OrderError::DealRefused(status) => status,
+            OrderError::DealServiceUnavailable { code } => status::with_reason(
+                code,
+                DOMAIN,
+                "DEAL_SERVICE_UNAVAILABLE",
+                "the deal service did not answer; nothing was ordered, retry later",
+                [],
+            ),
+            OrderError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                Status::internal("internal error")
+            }
+            OrderError::Database(err) => status::from_database_error(DOMAIN, &err),
+        }
+    }
+}

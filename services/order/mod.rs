@@ -1,0 +1,39 @@
+//! order-service: customers place, track and cancel orders; admins approve or reject them. Units
+//! come from deal-service over gRPC, never from its tables.
+//!
+//! Layers: [`grpc`] decodes, validates, calls and maps errors; [`domain`] holds the rules;
+//! [`store`] holds the SQL; [`deals`] is the client of deal-service; [`error`] is the one error
+//! type and its mapping to gRPC status.
+
+pub mod deals;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod store;
+
+use std::future::Future;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::{
+    proto::order::order_service_server::{OrderServiceServer, SERVICE_NAME},
+    shared::server,
+};
+
+/// The `google.rpc.ErrorInfo` domain of this service's own errors.
+pub const DOMAIN: &str = "order.topkart.com";
+
+/// Serves the order API, health and reflection on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    pool: PgPool,
+    deals: deals::DealsClient,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), server::ServeError> {
+    let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
+    let router = server::builder()
+        .add_service(health_service)
+        .add_service(OrderServiceServer::new(grpc::OrderApi::new(pool, deals)));
+    server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
+}

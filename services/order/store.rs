@@ -1,0 +1,136 @@
+//! Every SQL statement of order-service.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::shared::{money::Price, paging::Cursor};
+
+use super::domain::{Order, OrderState};
+
+macro_rules! order_columns {
+    () => {
+        "id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros, state, \
+         create_time, update_time"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    deal_id: Uuid,
+    customer_id: String,
+    quantity: i32,
+    currency_code: String,
+    unit_price_micros: i64,
+    total_price_micros: i64,
+    state: String,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl From<OrderRow> for Order {
+    fn from(row: OrderRow) -> Self {
+        Order {
+            id: row.id,
+            deal_id: row.deal_id,
+            customer_id: row.customer_id,
+            quantity: row.quantity,
+            unit_price: Price::from_stored(row.currency_code.clone(), row.unit_price_micros),
+            total_price: Price::from_stored(row.currency_code, row.total_price_micros),
+            // The check constraint allows only the four names.
+            state: OrderState::from_db(&row.state).unwrap_or(OrderState::PendingApproval),
+            create_time: row.create_time,
+            update_time: row.update_time,
+        }
+    }
+}
+
+/// What a new order row holds.
+pub struct OrderInsert<'a> {
+    pub id: Uuid,
+    pub deal_id: Uuid,
+    pub customer_id: &'a str,
+    pub quantity: i32,
+    pub unit_price: &'a Price,
+    pub total_price: &'a Price,
+}
+
+/// Records a placed order, pending approval.
+pub async fn insert_order(pool: &PgPool, order: OrderInsert<'_>) -> Result<Order, sqlx::Error> {
+    let row: OrderRow = sqlx::query_as(concat!(
+        "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, \
+                             total_price_micros, state)
+         values ($1, $2, $3, $4, $5, $6, $7, 'pending_approval')
+         returning ",
+        order_columns!()
+    ))
+    .bind(order.id)
+    .bind(order.deal_id)
+    .bind(order.customer_id)
+    .bind(order.quantity)
+    .bind(order.unit_price.currency_code())
+    .bind(order.unit_price.micros())
+    .bind(order.total_price.micros())
+    .fetch_one(pool)
+    .await?;
+    Ok(row.into())
+}
+
+/// One order, if it exists.
+pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<OrderRow> = sqlx::query_as(concat!("select ", order_columns!(), " from orders where id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(Order::from))
+}
+
+/// One order, locked until the transaction ends, so two decisions on it cannot both pass.
+pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<OrderRow> =
+        sqlx::query_as(concat!("select ", order_columns!(), " from orders where id = $1 for update"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(Order::from))
+}
+
+/// Moves a locked order to `state`.
+pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: OrderState) -> Result<Order, sqlx::Error> {
+    let row: OrderRow = sqlx::query_as(concat!(
+        "update orders set state = $2, update_time = now() where id = $1 returning ",
+        order_columns!()
+    ))
+    .bind(id)
+    .bind(state.as_str())
+    .fetch_one(conn)
+    .await?;
+    Ok(row.into())
+}
+
+/// A page of orders, newest first, after `after`, optionally of one customer and in one state.
+pub async fn list_orders(
+    pool: &PgPool,
+    customer_id: Option<&str>,
+    state: Option<OrderState>,
+    after: Option<Cursor>,
+    limit: i64,
+) -> Result<Vec<Order>, sqlx::Error> {
+    let rows: Vec<OrderRow> = sqlx::query_as(concat!(
+        "select ", order_columns!(), " from orders
+          where ($1::timestamptz is null or (create_time, id) < ($1, $2))
+            and ($3::text is null or customer_id = $3)
+            and ($4::text is null or state = $4)
+          order by create_time desc, id desc
+          limit $5"
+    ))
+    .bind(after.map(|cursor| cursor.at))
+    .bind(after.map(|cursor| cursor.id))
+    .bind(customer_id)
+    .bind(state.map(OrderState::as_str))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Order::from).collect())
+}

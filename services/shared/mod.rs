@@ -1,0 +1,13 @@
+//! Pieces every binary shares: the database pool and migrations, the gRPC server plumbing (health,
+//! reflection, graceful shutdown), error details, and the conversions between protobuf and domain
+//! values (money, timestamps, resource names, pages).
+
+pub mod cli;
+pub mod db;
+pub mod money;
+pub mod names;
+pub mod paging;
+pub mod server;
+pub mod status;
+pub mod telemetry;
+pub mod time;

@@ -1,0 +1,168 @@
+//! What every gRPC server here serves besides its own API: `grpc.health.v1` tied to the database,
+//! server reflection (v1 and v1alpha) so grpcurl needs no `.proto`, and a graceful shutdown.
+
+use std::{future::Future, time::Duration};
+
+use sqlx::PgPool;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// The standard health service's name.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+/// How often health re-checks the database.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// A database slower than this to answer `select 1` counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health of a server: NOT_SERVING until the database answers, SERVING while it does, and
+/// NOT_SERVING again from the moment shutdown begins.
+pub struct Health {
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    probe: JoinHandle<()>,
+}
+
+impl Health {
+    /// Starts probing `pool` for the overall server ("") and for each of `services`.
+    pub async fn start(pool: PgPool, services: &[&'static str]) -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+        let (reporter, server) = tonic_health::server::health_reporter();
+        let mut services = services.to_vec();
+        services.push("");
+        set_all(&reporter, &services, ServingStatus::NotServing).await;
+        let probe = tokio::spawn(probe_database(pool, reporter.clone(), services.clone()));
+        (Self { reporter, services, probe }, server)
+    }
+
+    /// Stops probing and reports NOT_SERVING, so load balancers drain this server.
+    pub async fn shut_down(self) {
+        self.probe.abort();
+        set_all(&self.reporter, &self.services, ServingStatus::NotServing).await;
+    }
+}
+
+async fn probe_database(pool: PgPool, reporter: HealthReporter, services: Vec<&'static str>) {
+    let mut last = None;
+    loop {
+        let answered = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("select 1").execute(&pool)).await,
+            Ok(Ok(_))
+        );
+        if last != Some(answered) {
+            if answered {
+                tracing::info!("database answers, serving");
+            } else {
+                tracing::warn!("database does not answer, not serving");
+            }
+            let status = if answered { ServingStatus::Serving } else { ServingStatus::NotServing };
+            set_all(&reporter, &services, status).await;
+            last = Some(answered);
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+async fn set_all(reporter: &HealthReporter, services: &[&'static str], status: ServingStatus) {
+    for service in services {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// Adds server reflection to `router`: v1 for current clients and v1alpha for older ones (PyPI's
+/// grpcurl). It describes our contracts and the health and `google.rpc` error-detail types, and
+/// lists only what this server serves: `services`, health and reflection.
+pub fn with_reflection(router: Router, services: &[&str]) -> Result<Router, tonic_reflection::server::Error> {
+    let describe = |reflection_service: &str| {
+        let builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(HEALTH_SERVICE)
+            .with_service_name(reflection_service);
+        services.iter().fold(builder, |builder, service| builder.with_service_name(*service))
+    };
+    Ok(router
+        .add_service(describe("grpc.reflection.v1.ServerReflection").build_v1()?)
+        .add_service(describe("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?))
+}
+
+/// The server settings every service shares.
+pub fn builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+}
+
+/// Why a server stopped serving before it was asked to.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The descriptors for reflection could not be loaded.
+    Reflection(tonic_reflection::server::Error),
+    /// The transport failed.
+    Transport(tonic::transport::Error),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Reflection(err) => write!(f, "reflection: {err}"),
+            Self::Transport(err) => write!(f, "transport: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl From<tonic_reflection::server::Error> for ServeError {
+    fn from(err: tonic_reflection::server::Error) -> Self {
+        Self::Reflection(err)
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then reports NOT_SERVING and lets the
+/// requests in flight finish.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let incoming = TcpListenerStream::new(listener);
+    router
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            health.shut_down().await;
+        })
+        .await
+        .map_err(ServeError::Transport)
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT), whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,99 @@
+//! Building `tonic::Status` replies that clients can act on: a stable `google.rpc.ErrorInfo` reason
+//! on every error and a `google.rpc.BadRequest` naming every bad field. Internal causes are logged
+//! here and never sent to the client.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Every field of a request that failed validation, collected so a client learns them all at once.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Violations(Vec<(String, String)>);
+
+impl Violations {
+    /// Records that `field` (a path such as `deal.final_price`) is wrong, and why.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    /// True when nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The fields recorded, in order.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(field, _)| field.as_str())
+    }
+
+    /// `Ok(value)` when nothing was recorded, else these violations.
+    pub fn into_result<T>(self, value: T) -> Result<T, Violations> {
+        if self.is_empty() { Ok(value) } else { Err(self) }
+    }
+
+    /// INVALID_ARGUMENT with reason `INVALID_ARGUMENT` and one field violation per bad field.
+    pub fn into_status(self, domain: &str) -> Status {
+        let message = self
+            .0
+            .iter()
+            .map(|(field, description)| format!("{field}: {description}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut details = ErrorDetails::with_error_info("INVALID_ARGUMENT", domain, HashMap::new());
+        for (field, description) in self.0 {
+            details.add_bad_request_violation(field, description);
+        }
+        Status::with_error_details(Code::InvalidArgument, message, details)
+    }
+}
+
+/// A status with an `ErrorInfo` of `reason` in `domain`, plus metadata a client may use (for
+/// example the units left).
+pub fn with_reason(
+    code: Code,
+    domain: &str,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: impl IntoIterator<Item = (&'static str, String)>,
+) -> Status {
+    let metadata: HashMap<String, String> = metadata.into_iter().map(|(key, value)| (key.to_owned(), value)).collect();
+    let details = ErrorDetails::with_error_info(reason, domain, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+/// Maps a database error: an unreachable database is UNAVAILABLE (worth a retry), anything else is
+/// INTERNAL with a generic message. The cause is logged, never sent.
+pub fn from_database_error(domain: &str, err: &sqlx::Error) -> Status {
+    if super::db::is_unavailable(err) {
+        tracing::warn!(error = %err, "database unavailable");
+        return with_reason(Code::Unavailable, domain, "DATABASE_UNAVAILABLE", "the database is unavailable, retry later", []);
+    }
+    tracing::error!(error = %err, "database error");
+    Status::internal("internal error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_every_field() {
+        let mut violations = Violations::default();
+        violations.add("deal.product_name", "must not be blank");
+        violations.add("deal.total_units", "must be at least 1");
+        let status = violations.into_status("deal.topkart.com");
+
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let fields: Vec<_> = details
+            .bad_request()
+            .expect("bad request details")
+            .field_violations
+            .iter()
+            .map(|violation| violation.field.clone())
+            .collect();
+        assert_eq!(fields, ["deal.product_name", "deal.total_units"]);
+        assert_eq!(details.error_info().expect("error info").reason, "INVALID_ARGUMENT");
+    }
+}

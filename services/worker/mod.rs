@@ -1,0 +1,92 @@
+//! expiry-worker: every few seconds it performs the daily reset if the UTC day has turned, then
+//! sweeps expired and newly started deals. It serves gRPC health so orchestrators can probe it.
+
+pub mod daily_reset;
+pub mod sweep;
+
+use std::{future::Future, time::Duration};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::shared::server;
+
+pub use daily_reset::daily_reset;
+pub use sweep::sweep_once;
+
+/// The name under which the worker reports its health, besides the server's "".
+pub const HEALTH_SERVICE_NAME: &str = "topkart.worker.v1.ExpiryWorker";
+
+/// Runs the worker loop every `sweep_interval` (and at every 00:00 UTC) and serves health on
+/// `listener`, until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    pool: PgPool,
+    sweep_interval: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), server::ServeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ticks = tokio::spawn(tick_until_stopped(pool.clone(), sweep_interval, stop_rx));
+    let (health, health_service) = server::Health::start(pool, &[HEALTH_SERVICE_NAME]).await;
+    let router = server::builder().add_service(health_service);
+    let served = server::serve(server::with_reflection(router, &[])?, listener, health, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    // The loop stops between ticks; a tick in progress finishes its transaction first.
+    let _ = ticks.await;
+    served
+}
+
+async fn tick_until_stopped(pool: PgPool, sweep_interval: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tick(&pool, Utc::now()).await;
+        let wait = until_next_tick(Utc::now(), sweep_interval);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One round: the day's reset first (a no-op once done), then the sweep. Errors are logged and the
+/// next round tries again.
+async fn tick(pool: &PgPool, now: DateTime<Utc>) {
+    match daily_reset(pool, now).await {
+        Ok(Some(report)) => tracing::info!(day = %report.day, ended = report.ended, started = report.started, "daily reset performed"),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "daily reset failed; retrying next tick"),
+    }
+    match sweep_once(pool, now).await {
+        Ok(report) if report != sweep::SweepReport::default() => {
+            tracing::info!(expired = report.expired, started = report.started, "sweep")
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "sweep failed; retrying next tick"),
+    }
+}
+
+/// How long to sleep after a tick at `now`: the interval, or less to wake exactly at 00:00 UTC.
+fn until_next_tick(now: DateTime<Utc>, sweep_interval: Duration) -> Duration {
+    let next_midnight = daily_reset::day_start(now) + TimeDelta::days(1);
+    let to_midnight = (next_midnight - now).to_std().unwrap_or(Duration::ZERO);
+    sweep_interval.min(to_midnight)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn the_worker_wakes_at_midnight_if_that_comes_first() {
+        let interval = Duration::from_secs(10);
+        let noon = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();
+        assert_eq!(until_next_tick(noon, interval), interval);
+        let before_midnight = Utc.with_ymd_and_hms(2026, 11, 25, 23, 59, 57).unwrap();
+        assert_eq!(until_next_tick(before_midnight, interval), Duration::from_secs(3));
+    }
+}
