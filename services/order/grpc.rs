@@ -136,19 +136,25 @@ impl OrderApi {
         Ok(pb::ListOrdersResponse { orders: orders.iter().map(order_to_proto).collect(), next_page_token })
     }
 
-    /// Approves, rejects or cancels a pending order. The order stays locked while its units go back,
-    /// so a concurrent decision waits and then sees the order is no longer pending; if the release
-    /// fails, nothing changes and the call can be retried (a release is idempotent).
+    /// Approves, rejects or cancels a pending order. The state moves first, in one conditional
+    /// statement, so concurrent decisions cannot both pass and no lock is held across the call to
+    /// deal-service; if the units cannot be given back, the order returns to pending and the error
+    /// goes to the caller, who may retry (a release is idempotent).
     async fn decide(&self, name: &str, decision: Decision) -> Result<Order, OrderError> {
         let id = order_id(name)?;
-        let mut tx = self.pool.begin().await?;
-        let current = store::lock_order(&mut tx, id).await?.ok_or(OrderError::OrderNotFound)?;
-        decision.check(current.state)?;
+        let outcome = decision.outcome();
+        let Some(order) = store::decide(&self.pool, id, outcome).await? else {
+            let current = store::get_order(&self.pool, id).await?.ok_or(OrderError::OrderNotFound)?;
+            decision.check(current.state)?;
+            // Pending again: a failed release was just undone. Let the caller retry.
+            return Err(OrderError::DealServiceUnavailable { code: tonic::Code::Unavailable });
+        };
         if decision.releases_units() {
-            self.deals.release(id).await?;
+            if let Err(err) = self.deals.release(id).await {
+                store::undo_decision(&self.pool, id, outcome).await?;
+                return Err(err);
+            }
         }
-        let order = store::set_state(&mut tx, id, decision.outcome()).await?;
-        tx.commit().await?;
         tracing::info!(order = %id, state = order.state.as_str(), "order decided");
         Ok(order)
     }

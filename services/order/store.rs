@@ -1,7 +1,7 @@
 //! Every SQL statement of order-service.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::shared::{money::Price, paging::Cursor};
@@ -86,27 +86,31 @@ pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::E
     Ok(row.map(Order::from))
 }
 
-/// One order, locked until the transaction ends, so two decisions on it cannot both pass.
-pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    let row: Option<OrderRow> =
-        sqlx::query_as(concat!("select ", order_columns!(), " from orders where id = $1 for update"))
-            .bind(id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.map(Order::from))
-}
-
-/// Moves a locked order to `state`.
-pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: OrderState) -> Result<Order, sqlx::Error> {
-    let row: OrderRow = sqlx::query_as(concat!(
-        "update orders set state = $2, update_time = now() where id = $1 returning ",
+/// Moves a pending order to `state`, in one conditional statement: of concurrent decisions on one
+/// order exactly one finds it pending. `None` when it was not pending (or does not exist).
+pub async fn decide(pool: &PgPool, id: Uuid, state: OrderState) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<OrderRow> = sqlx::query_as(concat!(
+        "update orders set state = $2, update_time = now()
+          where id = $1 and state = 'pending_approval'
+         returning ",
         order_columns!()
     ))
     .bind(id)
     .bind(state.as_str())
-    .fetch_one(conn)
+    .fetch_optional(pool)
     .await?;
-    Ok(row.into())
+    Ok(row.map(Order::from))
+}
+
+/// Puts an order that `decide` moved to `state` back to pending, when the units could not be
+/// given back; nothing else moves an order out of a final state.
+pub async fn undo_decision(pool: &PgPool, id: Uuid, state: OrderState) -> Result<(), sqlx::Error> {
+    sqlx::query("update orders set state = 'pending_approval', update_time = now() where id = $1 and state = $2")
+        .bind(id)
+        .bind(state.as_str())
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// A page of orders, newest first, after `after`, optionally of one customer and in one state.

@@ -1,0 +1,131 @@
+//! The README's flow against the three real binaries, started as processes on free ports over a
+//! fresh database and awaited through `grpc.health.v1`.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use chrono::{TimeDelta, Utc};
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use topkart::{
+    proto::{
+        deal::{self as dealpb, deal_service_client::DealServiceClient},
+        order::{self as orderpb, order_service_client::OrderServiceClient},
+    },
+    shared::time,
+};
+
+use crate::helpers::*;
+
+/// A running binary, killed when dropped.
+struct Process(Child);
+
+impl Process {
+    fn start(binary: &str, database_url: &str, args: &[&str]) -> Self {
+        let child = Command::new(binary)
+            .args(args)
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start binary");
+        Self(child)
+    }
+
+    /// Sends SIGTERM and waits: a graceful shutdown exits 0.
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(10), self.0.wait()).await.expect("exit within 10 s").unwrap()
+    }
+}
+
+/// A port free right now on loopback.
+async fn free_addr() -> SocketAddr {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
+}
+
+/// Waits until the server at `addr` reports SERVING.
+async fn wait_serving(addr: SocketAddr) {
+    for _ in 0..150 {
+        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+            if let Ok(channel) = endpoint.connect().await {
+                let reply = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
+                if reply.is_ok_and(|reply| reply.into_inner().status() == ServingStatus::Serving) {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{addr} never became SERVING");
+}
+
+/// The test database's URL: the configured server with this test's database.
+fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let database = pool.connect_options().get_database().expect("a database name").to_owned();
+    let (without_query, query) = base.split_once('?').map_or((base.as_str(), ""), |(url, query)| (url, query));
+    let server = without_query.rsplit_once('/').map_or(without_query, |(server, _)| server);
+    if query.is_empty() { format!("{server}/{database}") } else { format!("{server}/{database}?{query}") }
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
+    let url = database_url(&pool);
+    let (deal_addr, order_addr, worker_addr) = (free_addr().await, free_addr().await, free_addr().await);
+    let deal = Process::start(env!("CARGO_BIN_EXE_deal-service"), &url, &["--listen-addr", &deal_addr.to_string()]);
+    let order = Process::start(
+        env!("CARGO_BIN_EXE_order-service"),
+        &url,
+        &["--listen-addr", &order_addr.to_string(), "--deal-service-url", &format!("http://{deal_addr}")],
+    );
+    let worker = Process::start(
+        env!("CARGO_BIN_EXE_expiry-worker"),
+        &url,
+        &["--listen-addr", &worker_addr.to_string(), "--sweep-interval-secs", "1"],
+    );
+    for addr in [deal_addr, order_addr, worker_addr] {
+        wait_serving(addr).await;
+    }
+    let mut deals = DealServiceClient::new(channel(deal_addr).await);
+    let mut orders = OrderServiceClient::new(channel(order_addr).await);
+
+    // An admin creates a deal; a customer lists the live deals and orders one.
+    let created = deals.create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(10)) }).await.unwrap().into_inner();
+    let live = deals.list_deals(dealpb::ListDealsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(live.deals, [created.clone()]);
+    let shown_price = live.deals[0].final_price.clone();
+    let order_req = orderpb::Order { unit_price: shown_price, ..order_request(&created.name, 2) };
+    let placed = orders.create_order(orderpb::CreateOrderRequest { order: Some(order_req) }).await.unwrap().into_inner();
+
+    // The customer tracks the order; the admin approves it.
+    let tracked = orders.get_order(orderpb::GetOrderRequest { name: placed.name.clone() }).await.unwrap().into_inner();
+    assert_eq!(tracked.state(), orderpb::order::State::PendingApproval);
+    let approved = orders.approve_order(orderpb::ApproveOrderRequest { name: placed.name.clone() }).await.unwrap().into_inner();
+    assert_eq!(approved.state(), orderpb::order::State::Approved);
+
+    // A deal whose expiry has passed cannot be ordered, and the worker marks it expired.
+    let expiring = dealpb::Deal { expire_time: Some(time::to_proto(Utc::now() + TimeDelta::milliseconds(1500))), ..deal_request(5) };
+    let expiring = deals.create_deal(dealpb::CreateDealRequest { deal: Some(expiring) }).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let refused = orders.create_order(orderpb::CreateOrderRequest { order: Some(order_request(&expiring.name, 1)) }).await;
+    assert_refused(refused, Code::FailedPrecondition, "DEAL_EXPIRED");
+    let id = uuid(&expiring.name);
+    let mut swept = false;
+    for _ in 0..50 {
+        if stored_state(&pool, id).await == "expired" {
+            swept = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(swept, "the worker never swept the expired deal");
+
+    for process in [deal, order, worker] {
+        assert!(process.terminate().await.success(), "a binary did not shut down cleanly on SIGTERM");
+    }
+}

@@ -1,0 +1,209 @@
+//! `spawn_app`: the real deal and order servers on port 0 over a fresh database, with generated
+//! clients and typed helpers for the requests most tests make.
+
+use std::{net::SocketAddr, time::Duration};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
+use topkart::{
+    order::deals::DealsClient,
+    proto::{
+        Money,
+        deal::{self as dealpb, deal_service_client::DealServiceClient},
+        order::{self as orderpb, order_service_client::OrderServiceClient},
+    },
+    shared::time,
+};
+
+/// Both servers, their clients, and the database they share.
+pub struct TestApp {
+    pub pool: PgPool,
+    pub deals: DealServiceClient<Channel>,
+    pub orders: OrderServiceClient<Channel>,
+    stop_deal: Option<oneshot::Sender<()>>,
+    _stop_order: oneshot::Sender<()>,
+}
+
+/// Starts deal-service and order-service on port 0 over `pool`.
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    let (deal_addr, stop_deal) = spawn_deal_service(pool.clone()).await;
+    let deals_client = DealsClient::connect_lazy(&format!("http://{deal_addr}"), Duration::from_secs(5)).unwrap();
+    let (order_addr, stop_order) = spawn_order_service(pool.clone(), deals_client).await;
+    TestApp {
+        deals: DealServiceClient::new(channel(deal_addr).await),
+        orders: OrderServiceClient::new(channel(order_addr).await),
+        pool,
+        stop_deal: Some(stop_deal),
+        _stop_order: stop_order,
+    }
+}
+
+/// Starts deal-service on port 0; dropping the sender stops it.
+pub async fn spawn_deal_service(pool: PgPool) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(topkart::deal::run(listener, pool, async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// Starts order-service on port 0 with `deals` as its deal-service; dropping the sender stops it.
+pub async fn spawn_order_service(pool: PgPool, deals: DealsClient) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(topkart::order::run(listener, pool, deals, async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// A connected channel to `addr`.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
+/// Indian rupees, whole units.
+pub fn inr(units: i64) -> Money {
+    Money { currency_code: "INR".into(), units, nanos: 0 }
+}
+
+/// A valid deal: 1000 → 600 INR, `units` units, live now for two hours.
+pub fn deal_request(units: i32) -> dealpb::Deal {
+    dealpb::Deal {
+        product_name: "Phone".into(),
+        actual_price: Some(inr(1000)),
+        final_price: Some(inr(600)),
+        total_units: units,
+        expire_time: Some(time::to_proto(Utc::now() + TimeDelta::hours(2))),
+        ..Default::default()
+    }
+}
+
+/// An order request for `quantity` units of `deal` by alice.
+pub fn order_request(deal: &str, quantity: i32) -> orderpb::Order {
+    orderpb::Order { deal: deal.into(), customer_id: "alice".into(), quantity, ..Default::default() }
+}
+
+impl TestApp {
+    /// Shuts deal-service down, as an outage would.
+    pub async fn stop_deal_service(&mut self) {
+        if let Some(stop) = self.stop_deal.take() {
+            let _ = stop.send(());
+        }
+        // Graceful shutdown closes the listener at once; give it a moment to do so.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    /// Creates a live deal of `units` units.
+    pub async fn create_deal(&self, units: i32) -> dealpb::Deal {
+        self.deals
+            .clone()
+            .create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(units)) })
+            .await
+            .expect("create deal")
+            .into_inner()
+    }
+
+    /// Reads a deal back.
+    pub async fn get_deal(&self, name: &str) -> dealpb::Deal {
+        self.deals.clone().get_deal(dealpb::GetDealRequest { name: name.into() }).await.expect("get deal").into_inner()
+    }
+
+    /// Places an order.
+    pub async fn order(&self, order: orderpb::Order) -> Result<orderpb::Order, Status> {
+        self.orders
+            .clone()
+            .create_order(orderpb::CreateOrderRequest { order: Some(order) })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Moves a deal's window into the past, as if it expired a second ago and no sweep had run.
+    pub async fn expire_without_sweep(&self, deal_name: &str) {
+        let id = uuid(deal_name);
+        sqlx::query(
+            "update deals set start_time = now() - interval '1 hour', expire_time = now() - interval '1 second'
+              where id = $1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    /// How many orders are recorded.
+    pub async fn order_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from orders").fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+/// The UUID in a resource name.
+pub fn uuid(name: &str) -> uuid::Uuid {
+    uuid::Uuid::parse_str(name.rsplit('/').next().unwrap()).unwrap()
+}
+
+/// Inserts a deal directly with the given window, bypassing the API's "in the future" rule, so a
+/// test can stand at any instant.
+pub async fn insert_deal_at(pool: &PgPool, start: DateTime<Utc>, expire: DateTime<Utc>, state: &str) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "insert into deals (id, product_name, currency_code, actual_price_micros, final_price_micros,
+                            total_units, available_units, start_time, expire_time, state)
+         values ($1, 'Lamp', 'INR', 1000000000, 600000000, 10, 10, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(start)
+    .bind(expire)
+    .bind(state)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+/// The stored state of a deal.
+pub async fn stored_state(pool: &PgPool, id: uuid::Uuid) -> String {
+    sqlx::query_scalar("select state from deals where id = $1").bind(id).fetch_one(pool).await.unwrap()
+}
+
+/// Asserts `result` failed with `code` and `reason`, and returns the status.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, reason: &str) -> Status {
+    let status = result.expect_err("the call should have failed");
+    assert_eq!(status.code(), code, "{status:?}");
+    let info = status.get_error_details().error_info().cloned();
+    assert_eq!(info.map(|info| info.reason).as_deref(), Some(reason), "{status:?}");
+    status
+}
+
+/// Asserts `result` is INVALID_ARGUMENT naming exactly `fields`.
+#[track_caller]
+pub fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Status>, fields: &[&str]) {
+    let status = assert_refused(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let named: Vec<String> = status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| bad.field_violations.iter().map(|violation| violation.field.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(named, fields, "{status:?}");
+}
+
+/// Runs every future as its own task, all at once, and returns their outputs in order.
+pub async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outputs.push(task.await.expect("task panicked"));
+    }
+    outputs
+}
