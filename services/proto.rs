@@ -26,5 +26,4 @@ pub use topkart::deal::v1 as deal;
 pub use topkart::order::v1 as order;
 
 /// Descriptors of every contract in `proto/` (with their imports), for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/topkart_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/topkart_descriptor.bin"));

@@ -42,7 +42,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let deals = DealsClient::connect_lazy(&args.deal_service_url, Duration::from_millis(args.deal_service_deadline_ms))?;
+    let deals =
+        DealsClient::connect_lazy(&args.deal_service_url, Duration::from_millis(args.deal_service_deadline_ms))?;
     let pool = db::connect_and_migrate(&args.database.database_url, args.database.database_max_connections).await?;
     let listener = cli::bind(args.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, deal_service = %args.deal_service_url, "order-service listening");

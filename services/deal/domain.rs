@@ -123,8 +123,14 @@ pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms
         None => Some(now),
     };
     let expire_time = required_time("deal.expire_time", deal.expire_time.as_ref(), &mut violations);
-    let (Some(product_name), Some(actual_price), Some(final_price), Some(total_units), Some(start_time), Some(expire_time)) =
-        (product_name, actual_price, final_price, total_units, start_time, expire_time)
+    let (
+        Some(product_name),
+        Some(actual_price),
+        Some(final_price),
+        Some(total_units),
+        Some(start_time),
+        Some(expire_time),
+    ) = (product_name, actual_price, final_price, total_units, start_time, expire_time)
     else {
         return Err(violations.into());
     };
@@ -134,10 +140,16 @@ pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms
 }
 
 /// The fields `UpdateDeal` may change, as named in an update mask.
-const UPDATABLE_FIELDS: [&str; 6] = ["product_name", "actual_price", "final_price", "total_units", "start_time", "expire_time"];
+const UPDATABLE_FIELDS: [&str; 6] =
+    ["product_name", "actual_price", "final_price", "total_units", "start_time", "expire_time"];
 
 /// Applies an `UpdateDeal` request to `current`, read at `now`, and returns the new terms.
-pub fn update_deal(current: &Deal, patch: &pb::Deal, mask: &[String], now: DateTime<Utc>) -> Result<DealTerms, DealError> {
+pub fn update_deal(
+    current: &Deal,
+    patch: &pb::Deal,
+    mask: &[String],
+    now: DateTime<Utc>,
+) -> Result<DealTerms, DealError> {
     check_update_mask(mask)?;
     if current.state == DealState::Expired {
         return Err(DealError::DealExpired);
@@ -148,8 +160,12 @@ pub fn update_deal(current: &Deal, patch: &pb::Deal, mask: &[String], now: DateT
         let path = format!("deal.{field}");
         match field.as_str() {
             "product_name" => set(&mut terms.product_name, product_name(&path, &patch.product_name, &mut violations)),
-            "actual_price" => set(&mut terms.actual_price, Price::parse(&path, patch.actual_price.as_ref(), &mut violations)),
-            "final_price" => set(&mut terms.final_price, Price::parse(&path, patch.final_price.as_ref(), &mut violations)),
+            "actual_price" => {
+                set(&mut terms.actual_price, Price::parse(&path, patch.actual_price.as_ref(), &mut violations))
+            }
+            "final_price" => {
+                set(&mut terms.final_price, Price::parse(&path, patch.final_price.as_ref(), &mut violations))
+            }
             "total_units" => set(&mut terms.total_units, total_units(&path, patch.total_units, &mut violations)),
             "start_time" => {
                 let new = required_time(&path, patch.start_time.as_ref(), &mut violations);
@@ -159,7 +175,9 @@ pub fn update_deal(current: &Deal, patch: &pb::Deal, mask: &[String], now: DateT
                 let new = new.filter(|new| not_in_the_past(&path, *new, now, &mut violations));
                 set(&mut terms.start_time, new);
             }
-            "expire_time" => set(&mut terms.expire_time, required_time(&path, patch.expire_time.as_ref(), &mut violations)),
+            "expire_time" => {
+                set(&mut terms.expire_time, required_time(&path, patch.expire_time.as_ref(), &mut violations))
+            }
             // check_update_mask has refused every other path.
             _ => {}
         }
@@ -265,7 +283,11 @@ fn total_units(field: &str, units: i32, violations: &mut Violations) -> Option<i
     }
 }
 
-fn required_time(field: &str, timestamp: Option<&prost_types::Timestamp>, violations: &mut Violations) -> Option<DateTime<Utc>> {
+fn required_time(
+    field: &str,
+    timestamp: Option<&prost_types::Timestamp>,
+    violations: &mut Violations,
+) -> Option<DateTime<Utc>> {
     match timestamp {
         Some(timestamp) => time::parse(field, timestamp, violations),
         None => {
@@ -275,7 +297,12 @@ fn required_time(field: &str, timestamp: Option<&prost_types::Timestamp>, violat
     }
 }
 
-fn start_time(field: &str, timestamp: &prost_types::Timestamp, now: DateTime<Utc>, violations: &mut Violations) -> Option<DateTime<Utc>> {
+fn start_time(
+    field: &str,
+    timestamp: &prost_types::Timestamp,
+    now: DateTime<Utc>,
+    violations: &mut Violations,
+) -> Option<DateTime<Utc>> {
     time::parse(field, timestamp, violations).filter(|start| not_in_the_past(field, *start, now, violations))
 }
 

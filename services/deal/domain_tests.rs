@@ -55,7 +55,14 @@ fn a_deal_may_be_scheduled_for_the_next_midnight() {
 
 #[test]
 fn every_bad_field_is_named_at_once() {
-    let request = pb::Deal { product_name: " \t ".into(), actual_price: None, final_price: inr(0), total_units: 0, expire_time: None, ..Default::default() };
+    let request = pb::Deal {
+        product_name: " \t ".into(),
+        actual_price: None,
+        final_price: inr(0),
+        total_units: 0,
+        expire_time: None,
+        ..Default::default()
+    };
     assert_eq!(
         invalid_fields(new_deal(Some(&request), now())),
         ["deal.product_name", "deal.actual_price", "deal.final_price", "deal.total_units", "deal.expire_time"]
@@ -69,7 +76,8 @@ fn final_price_must_not_exceed_actual_price_nor_change_currency() {
     assert_eq!(invalid_fields(new_deal(Some(&above), now())), ["deal.final_price"]);
     let equal = pb::Deal { final_price: inr(1000), ..valid_request() };
     assert!(new_deal(Some(&equal), now()).is_ok());
-    let other_currency = pb::Deal { final_price: Some(Money { currency_code: "USD".into(), units: 5, nanos: 0 }), ..valid_request() };
+    let other_currency =
+        pb::Deal { final_price: Some(Money { currency_code: "USD".into(), units: 5, nanos: 0 }), ..valid_request() };
     assert_eq!(invalid_fields(new_deal(Some(&other_currency), now())), ["deal.final_price.currency_code"]);
 }
 
@@ -111,7 +119,10 @@ fn an_update_changes_only_the_masked_fields() {
 fn an_update_cannot_break_a_rule() {
     let current = stored(new_deal(Some(&valid_request()), now()).unwrap(), 40, DealState::Active);
     let above_actual = pb::Deal { final_price: inr(5000), ..Default::default() };
-    assert_eq!(invalid_fields(update_deal(&current, &above_actual, &["final_price".into()], now())), ["deal.final_price"]);
+    assert_eq!(
+        invalid_fields(update_deal(&current, &above_actual, &["final_price".into()], now())),
+        ["deal.final_price"]
+    );
     let below_sold = pb::Deal { total_units: 9, ..Default::default() };
     assert!(matches!(
         update_deal(&current, &below_sold, &["total_units".into()], now()),
@@ -119,8 +130,12 @@ fn an_update_cannot_break_a_rule() {
     ));
     let exactly_sold = pb::Deal { total_units: 10, ..Default::default() };
     assert_eq!(update_deal(&current, &exactly_sold, &["total_units".into()], now()).unwrap().total_units, 10);
-    let moved_start = pb::Deal { start_time: Some(time::to_proto(now() + TimeDelta::minutes(5))), ..Default::default() };
-    assert!(matches!(update_deal(&current, &moved_start, &["start_time".into()], now()), Err(DealError::StartTimeLocked)));
+    let moved_start =
+        pb::Deal { start_time: Some(time::to_proto(now() + TimeDelta::minutes(5))), ..Default::default() };
+    assert!(matches!(
+        update_deal(&current, &moved_start, &["start_time".into()], now()),
+        Err(DealError::StartTimeLocked)
+    ));
 }
 
 #[test]

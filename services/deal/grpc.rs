@@ -8,12 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     proto::deal::{self as pb, deal_service_server::DealService},
-    shared::{
-        money::Price,
-        names, paging,
-        status::Violations,
-        time,
-    },
+    shared::{money::Price, names, paging, status::Violations, time},
 };
 
 use super::{
@@ -56,18 +51,29 @@ impl DealService for DealApi {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_deals(&self, request: Request<pb::ListDealsRequest>) -> Result<Response<pb::ListDealsResponse>, Status> {
+    async fn list_deals(
+        &self,
+        request: Request<pb::ListDealsRequest>,
+    ) -> Result<Response<pb::ListDealsResponse>, Status> {
         reply(self.list(request.get_ref()).await)
     }
 
     #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal, reservation = %request.get_ref().reservation_id))]
-    async fn reserve_units(&self, request: Request<pb::ReserveUnitsRequest>) -> Result<Response<pb::Reservation>, Status> {
+    async fn reserve_units(
+        &self,
+        request: Request<pb::ReserveUnitsRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
         reply(self.reserve(request.get_ref()).await.map(|reservation| reservation_to_proto(&reservation)))
     }
 
     #[tracing::instrument(skip_all, fields(reservation = %request.get_ref().reservation_id))]
-    async fn release_units(&self, request: Request<pb::ReleaseUnitsRequest>) -> Result<Response<pb::Reservation>, Status> {
-        reply(self.release(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)))
+    async fn release_units(
+        &self,
+        request: Request<pb::ReleaseUnitsRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        reply(
+            self.release(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)),
+        )
     }
 }
 

@@ -29,8 +29,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
-    let router = server::builder()
-        .add_service(health_service)
-        .add_service(DealServiceServer::new(grpc::DealApi::new(pool)));
+    let router =
+        server::builder().add_service(health_service).add_service(DealServiceServer::new(grpc::DealApi::new(pool)));
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
 }

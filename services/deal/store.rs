@@ -176,37 +176,50 @@ pub enum DealFilter {
 }
 
 /// A page of deals ordered by expiry then id, after `after`.
-pub async fn list_deals(pool: &PgPool, filter: DealFilter, after: Option<Cursor>, limit: i64) -> Result<Vec<Deal>, sqlx::Error> {
+pub async fn list_deals(
+    pool: &PgPool,
+    filter: DealFilter,
+    after: Option<Cursor>,
+    limit: i64,
+) -> Result<Vec<Deal>, sqlx::Error> {
     let after = after.unwrap_or(Cursor { at: DateTime::UNIX_EPOCH, id: Uuid::nil() });
     let rows: Vec<DealRow> = match filter {
         // The first two conditions let the partial index on expire_time do the work; deal_state_at
         // has the final word.
-        DealFilter::Live => sqlx::query_as(concat!(
-            "select ", deal_columns!(), " from deals
+        DealFilter::Live => {
+            sqlx::query_as(concat!(
+                "select ",
+                deal_columns!(),
+                " from deals
               where state <> 'expired' and expire_time > now()
                 and deal_state_at(deals, now()) = 'active' and available_units > 0
                 and (expire_time, id) > ($1, $2)
               order by expire_time, id
               limit $3"
-        ))
-        .bind(after.at)
-        .bind(after.id)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?,
-        DealFilter::InState(state) => sqlx::query_as(concat!(
-            "select ", deal_columns!(), " from deals
+            ))
+            .bind(after.at)
+            .bind(after.id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
+        DealFilter::InState(state) => {
+            sqlx::query_as(concat!(
+                "select ",
+                deal_columns!(),
+                " from deals
               where deal_state_at(deals, now()) = $4
                 and (expire_time, id) > ($1, $2)
               order by expire_time, id
               limit $3"
-        ))
-        .bind(after.at)
-        .bind(after.id)
-        .bind(limit)
-        .bind(state.as_str())
-        .fetch_all(pool)
-        .await?,
+            ))
+            .bind(after.at)
+            .bind(after.id)
+            .bind(limit)
+            .bind(state.as_str())
+            .fetch_all(pool)
+            .await?
+        }
     };
     Ok(rows.into_iter().map(Deal::from).collect())
 }
@@ -265,7 +278,9 @@ pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sql
         "with released as (
              update reservations set state = 'released', update_time = now()
               where id = $1 and state = 'reserved'
-             returning ", reservation_columns!(), "
+             returning ",
+        reservation_columns!(),
+        "
          ), restored as (
              update deals set available_units = available_units + released.quantity, update_time = now()
                from released

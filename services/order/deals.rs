@@ -29,10 +29,7 @@ pub struct DealsClient {
 impl DealsClient {
     /// A client that connects to `url` on first use and gives each call `deadline`.
     pub fn connect_lazy(url: &str, deadline: Duration) -> Result<Self, tonic::codegen::http::uri::InvalidUri> {
-        let channel = Channel::from_shared(url.to_owned())?
-            .connect_timeout(deadline)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = Channel::from_shared(url.to_owned())?.connect_timeout(deadline).tcp_nodelay(true).connect_lazy();
         Ok(Self { client: DealServiceClient::new(channel), deadline })
     }
 
@@ -50,7 +47,8 @@ impl DealsClient {
             quantity,
             expected_unit_price: shown_unit_price.map(Price::to_proto),
         };
-        let reservation = self.call(request, |mut client, request| async move { client.reserve_units(request).await }).await?;
+        let reservation =
+            self.call(request, |mut client, request| async move { client.reserve_units(request).await }).await?;
         let mut violations = Violations::default();
         let unit_price = Price::parse("unit_price", reservation.unit_price.as_ref(), &mut violations)
             .ok_or_else(|| OrderError::Internal(format!("deal-service sent an invalid unit price: {violations:?}")))?;
@@ -91,7 +89,9 @@ fn from_deal_status(status: Status) -> OrderError {
         Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists => OrderError::DealRefused(status),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             tracing::warn!(code = ?status.code(), message = status.message(), "deal-service unavailable");
-            OrderError::DealServiceUnavailable { code: if status.code() == Code::DeadlineExceeded { Code::DeadlineExceeded } else { Code::Unavailable } }
+            OrderError::DealServiceUnavailable {
+                code: if status.code() == Code::DeadlineExceeded { Code::DeadlineExceeded } else { Code::Unavailable },
+            }
         }
         code => OrderError::Internal(format!("deal-service answered {code:?}: {}", status.message())),
     }

@@ -93,7 +93,11 @@ impl Decision {
 
     /// Checks that an order in `current` may take this decision.
     pub fn check(self, current: OrderState) -> Result<(), OrderError> {
-        if current == OrderState::PendingApproval { Ok(()) } else { Err(OrderError::OrderNotPending { state: current }) }
+        if current == OrderState::PendingApproval {
+            Ok(())
+        } else {
+            Err(OrderError::OrderNotPending { state: current })
+        }
     }
 }
 
@@ -131,10 +135,8 @@ pub fn new_order(order: Option<&pb::Order>) -> Result<NewOrder, OrderError> {
     let deal_id = names::parse("order.deal", names::DEALS, &order.deal, &mut violations);
     let customer_id = customer_id("order.customer_id", &order.customer_id, &mut violations);
     let quantity = quantity("order.quantity", order.quantity, &mut violations);
-    let shown_unit_price = order
-        .unit_price
-        .as_ref()
-        .and_then(|price| Price::parse("order.unit_price", Some(price), &mut violations));
+    let shown_unit_price =
+        order.unit_price.as_ref().and_then(|price| Price::parse("order.unit_price", Some(price), &mut violations));
     match (deal_id, customer_id, quantity) {
         (Some(deal_id), Some(customer_id), Some(quantity)) if violations.is_empty() => {
             Ok(NewOrder { deal_id, customer_id, quantity, shown_unit_price })

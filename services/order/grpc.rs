@@ -43,7 +43,10 @@ impl OrderService for OrderApi {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_orders(&self, request: Request<pb::ListOrdersRequest>) -> Result<Response<pb::ListOrdersResponse>, Status> {
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         reply(self.list(request.get_ref()).await)
     }
 

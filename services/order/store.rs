@@ -122,7 +122,9 @@ pub async fn list_orders(
     limit: i64,
 ) -> Result<Vec<Order>, sqlx::Error> {
     let rows: Vec<OrderRow> = sqlx::query_as(concat!(
-        "select ", order_columns!(), " from orders
+        "select ",
+        order_columns!(),
+        " from orders
           where ($1::timestamptz is null or (create_time, id) < ($1, $2))
             and ($3::text is null or customer_id = $3)
             and ($4::text is null or state = $4)

@@ -35,9 +35,7 @@ impl std::error::Error for StartupError {}
 
 /// Connects to `database_url`, retrying while the database starts, then applies pending migrations.
 pub async fn connect_and_migrate(database_url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
-    let options = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT);
+    let options = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT);
     let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
     let pool = loop {
         match options.clone().connect(database_url).await {
@@ -55,10 +53,7 @@ pub async fn connect_and_migrate(database_url: &str, max_connections: u32) -> Re
 
 /// True when the error means the database could not be reached (as opposed to a bad statement).
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
-    )
+    matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
 }
 
 /// True when the error is a violation of a unique index or primary key.

@@ -113,7 +113,13 @@ mod tests {
 
     #[test]
     fn refuses_zero_negative_and_too_large() {
-        for bad in [money("INR", 0, 0), money("INR", -1, 0), money("INR", 0, -5_000), money("INR", MAX_PRICE_UNITS + 1, 0), money("INR", i64::MAX, 0)] {
+        for bad in [
+            money("INR", 0, 0),
+            money("INR", -1, 0),
+            money("INR", 0, -5_000),
+            money("INR", MAX_PRICE_UNITS + 1, 0),
+            money("INR", i64::MAX, 0),
+        ] {
             assert!(parse(bad.clone()).is_err(), "{bad:?} was accepted");
         }
     }

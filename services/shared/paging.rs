@@ -48,20 +48,19 @@ impl Cursor {
         if token.is_empty() {
             return None;
         }
-        let cursor = decode_hex(token)
-            .and_then(|plain| {
-                let mut parts = plain.splitn(4, '|');
-                let (Some("v1"), Some(micros), Some(id), Some(token_filter)) =
-                    (parts.next(), parts.next(), parts.next(), parts.next())
-                else {
-                    return None;
-                };
-                if token_filter != filter {
-                    return None;
-                }
-                let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-                Some(Self { at, id: Uuid::try_parse(id).ok()? })
-            });
+        let cursor = decode_hex(token).and_then(|plain| {
+            let mut parts = plain.splitn(4, '|');
+            let (Some("v1"), Some(micros), Some(id), Some(token_filter)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            if token_filter != filter {
+                return None;
+            }
+            let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+            Some(Self { at, id: Uuid::try_parse(id).ok()? })
+        });
         if cursor.is_none() {
             violations.add(field, "is not a page token of this request; start again without one");
         }

@@ -26,7 +26,10 @@ pub struct Health {
 
 impl Health {
     /// Starts probing `pool` for the overall server ("") and for each of `services`.
-    pub async fn start(pool: PgPool, services: &[&'static str]) -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+    pub async fn start(
+        pool: PgPool,
+        services: &[&'static str],
+    ) -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
         let (reporter, server) = tonic_health::server::health_reporter();
         let mut services = services.to_vec();
         services.push("");
@@ -45,10 +48,8 @@ impl Health {
 async fn probe_database(pool: PgPool, reporter: HealthReporter, services: Vec<&'static str>) {
     let mut last = None;
     loop {
-        let answered = matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("select 1").execute(&pool)).await,
-            Ok(Ok(_))
-        );
+        let answered =
+            matches!(tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("select 1").execute(&pool)).await, Ok(Ok(_)));
         if last != Some(answered) {
             if answered {
                 tracing::info!("database answers, serving");
@@ -89,9 +90,7 @@ pub fn with_reflection(router: Router, services: &[&str]) -> Result<Router, toni
 
 /// The server settings every service shares.
 pub fn builder() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .tcp_nodelay(true)
+    tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30))).tcp_nodelay(true)
 }
 
 /// Why a server stopped serving before it was asked to.

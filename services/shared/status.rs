@@ -34,12 +34,8 @@ impl Violations {
 
     /// INVALID_ARGUMENT with reason `INVALID_ARGUMENT` and one field violation per bad field.
     pub fn into_status(self, domain: &str) -> Status {
-        let message = self
-            .0
-            .iter()
-            .map(|(field, description)| format!("{field}: {description}"))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let message =
+            self.0.iter().map(|(field, description)| format!("{field}: {description}")).collect::<Vec<_>>().join("; ");
         let mut details = ErrorDetails::with_error_info("INVALID_ARGUMENT", domain, HashMap::new());
         for (field, description) in self.0 {
             details.add_bad_request_violation(field, description);
@@ -67,7 +63,13 @@ pub fn with_reason(
 pub fn from_database_error(domain: &str, err: &sqlx::Error) -> Status {
     if super::db::is_unavailable(err) {
         tracing::warn!(error = %err, "database unavailable");
-        return with_reason(Code::Unavailable, domain, "DATABASE_UNAVAILABLE", "the database is unavailable, retry later", []);
+        return with_reason(
+            Code::Unavailable,
+            domain,
+            "DATABASE_UNAVAILABLE",
+            "the database is unavailable, retry later",
+            [],
+        );
     }
     tracing::error!(error = %err, "database error");
     Status::internal("internal error")

@@ -44,7 +44,12 @@ mod tests {
 
     #[test]
     fn refuses_out_of_range_values() {
-        for bad in [Timestamp { seconds: 0, nanos: -1 }, Timestamp { seconds: 0, nanos: 1_000_000_000 }, Timestamp { seconds: i64::MAX, nanos: 0 }, Timestamp { seconds: -1, nanos: 0 }] {
+        for bad in [
+            Timestamp { seconds: 0, nanos: -1 },
+            Timestamp { seconds: 0, nanos: 1_000_000_000 },
+            Timestamp { seconds: i64::MAX, nanos: 0 },
+            Timestamp { seconds: -1, nanos: 0 },
+        ] {
             let mut violations = Violations::default();
             assert!(parse("t", &bad, &mut violations).is_none(), "{bad:?} was accepted");
             assert_eq!(violations.fields().collect::<Vec<_>>(), ["t"]);

@@ -73,7 +73,8 @@ mod tests {
 
     #[test]
     fn the_day_starts_at_midnight_utc() {
-        let last_instant = Utc.with_ymd_and_hms(2026, 11, 25, 23, 59, 59).unwrap() + chrono::TimeDelta::microseconds(999_999);
+        let last_instant =
+            Utc.with_ymd_and_hms(2026, 11, 25, 23, 59, 59).unwrap() + chrono::TimeDelta::microseconds(999_999);
         assert_eq!(day_start(last_instant), Utc.with_ymd_and_hms(2026, 11, 25, 0, 0, 0).unwrap());
         let midnight = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
         assert_eq!(day_start(midnight), midnight);

@@ -55,7 +55,9 @@ async fn tick_until_stopped(pool: PgPool, sweep_interval: Duration, mut stop: wa
 /// next round tries again.
 async fn tick(pool: &PgPool, now: DateTime<Utc>) {
     match daily_reset(pool, now).await {
-        Ok(Some(report)) => tracing::info!(day = %report.day, ended = report.ended, started = report.started, "daily reset performed"),
+        Ok(Some(report)) => {
+            tracing::info!(day = %report.day, ended = report.ended, started = report.started, "daily reset performed")
+        }
         Ok(None) => {}
         Err(err) => tracing::warn!(error = %err, "daily reset failed; retrying next tick"),
     }

@@ -50,12 +50,21 @@ async fn create_deal_refuses_bad_input_naming_every_field_and_writes_nothing(poo
     let cases: Vec<(pb::Deal, Vec<&str>)> = vec![
         (pb::Deal { final_price: Some(inr(1001)), ..deal_request(5) }, vec!["deal.final_price"]),
         (pb::Deal { total_units: 0, ..deal_request(5) }, vec!["deal.total_units"]),
-        (pb::Deal { product_name: "  ".into(), total_units: -1, ..deal_request(5) }, vec!["deal.product_name", "deal.total_units"]),
         (
-            pb::Deal { expire_time: Some(time::to_proto(Utc::now() + TimeDelta::hours(12) + TimeDelta::seconds(5))), ..deal_request(5) },
+            pb::Deal { product_name: "  ".into(), total_units: -1, ..deal_request(5) },
+            vec!["deal.product_name", "deal.total_units"],
+        ),
+        (
+            pb::Deal {
+                expire_time: Some(time::to_proto(Utc::now() + TimeDelta::hours(12) + TimeDelta::seconds(5))),
+                ..deal_request(5)
+            },
             vec!["deal.expire_time"],
         ),
-        (pb::Deal { expire_time: Some(time::to_proto(Utc::now() - TimeDelta::seconds(1))), ..deal_request(5) }, vec!["deal.expire_time"]),
+        (
+            pb::Deal { expire_time: Some(time::to_proto(Utc::now() - TimeDelta::seconds(1))), ..deal_request(5) },
+            vec!["deal.expire_time"],
+        ),
     ];
     for (deal, fields) in cases {
         assert_invalid(client.create_deal(pb::CreateDealRequest { deal: Some(deal) }).await, &fields);
@@ -68,7 +77,13 @@ async fn create_deal_refuses_bad_input_naming_every_field_and_writes_nothing(poo
 async fn update_deal_changes_only_masked_fields(pool: PgPool) {
     let app = spawn_app(pool).await;
     let deal = app.create_deal(10).await;
-    let patch = pb::Deal { name: deal.name.clone(), product_name: "Tablet".into(), total_units: 20, final_price: Some(inr(1)), ..Default::default() };
+    let patch = pb::Deal {
+        name: deal.name.clone(),
+        product_name: "Tablet".into(),
+        total_units: 20,
+        final_price: Some(inr(1)),
+        ..Default::default()
+    };
     let updated = app
         .deals
         .clone()
@@ -113,12 +128,20 @@ async fn update_deal_refuses_expired_unknown_and_badly_masked_requests(pool: PgP
     let unknown = format!("deals/{}", uuid::Uuid::new_v4());
     assert_refused(client.update_deal(rename(&unknown, &["product_name"])).await, Code::NotFound, "DEAL_NOT_FOUND");
     let started = pb::UpdateDealRequest {
-        deal: Some(pb::Deal { name: deal.name.clone(), start_time: Some(time::to_proto(Utc::now() + TimeDelta::minutes(5))), ..Default::default() }),
+        deal: Some(pb::Deal {
+            name: deal.name.clone(),
+            start_time: Some(time::to_proto(Utc::now() + TimeDelta::minutes(5))),
+            ..Default::default()
+        }),
         update_mask: mask(&["start_time"]),
     };
     assert_refused(client.update_deal(started).await, Code::FailedPrecondition, "START_TIME_LOCKED");
     app.expire_without_sweep(&deal.name).await;
-    assert_refused(client.update_deal(rename(&deal.name, &["product_name"])).await, Code::FailedPrecondition, "DEAL_EXPIRED");
+    assert_refused(
+        client.update_deal(rename(&deal.name, &["product_name"])).await,
+        Code::FailedPrecondition,
+        "DEAL_EXPIRED",
+    );
     assert_eq!(app.get_deal(&deal.name).await.product_name, "Phone");
 }
 
@@ -157,9 +180,17 @@ async fn list_deals_shows_customers_only_live_deals_with_units_left(pool: PgPool
     assert_eq!(names, [live.name.as_str()]);
     assert!(listed.next_page_token.is_empty());
 
-    let expired_list = client.list_deals(pb::ListDealsRequest { state: State::Expired.into(), ..Default::default() }).await.unwrap().into_inner();
+    let expired_list = client
+        .list_deals(pb::ListDealsRequest { state: State::Expired.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(expired_list.deals.iter().map(|deal| deal.name.as_str()).collect::<Vec<_>>(), [expired.name.as_str()]);
-    let active = client.list_deals(pb::ListDealsRequest { state: State::Active.into(), ..Default::default() }).await.unwrap().into_inner();
+    let active = client
+        .list_deals(pb::ListDealsRequest { state: State::Active.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(active.deals.len(), 2, "the admin's view of ACTIVE includes the sold-out deal");
 }
 
@@ -174,7 +205,11 @@ async fn list_deals_pages_through_every_live_deal_once(pool: PgPool) {
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = client.list_deals(pb::ListDealsRequest { page_size: 2, page_token, ..Default::default() }).await.unwrap().into_inner();
+        let page = client
+            .list_deals(pb::ListDealsRequest { page_size: 2, page_token, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(page.deals.len() <= 2);
         seen.extend(page.deals.into_iter().map(|deal| deal.name));
         if page.next_page_token.is_empty() {
@@ -191,15 +226,23 @@ async fn list_deals_pages_through_every_live_deal_once(pool: PgPool) {
 async fn list_deals_refuses_bad_paging_and_unknown_states(pool: PgPool) {
     let app = spawn_app(pool).await;
     let mut client = app.deals.clone();
-    assert_invalid(client.list_deals(pb::ListDealsRequest { page_size: -1, ..Default::default() }).await, &["page_size"]);
-    assert_invalid(client.list_deals(pb::ListDealsRequest { page_token: "forged".into(), ..Default::default() }).await, &["page_token"]);
+    assert_invalid(
+        client.list_deals(pb::ListDealsRequest { page_size: -1, ..Default::default() }).await,
+        &["page_size"],
+    );
+    assert_invalid(
+        client.list_deals(pb::ListDealsRequest { page_token: "forged".into(), ..Default::default() }).await,
+        &["page_token"],
+    );
     assert_invalid(client.list_deals(pb::ListDealsRequest { state: 99, ..Default::default() }).await, &["state"]);
     for _ in 0..3 {
         app.create_deal(3).await;
     }
-    let page = client.list_deals(pb::ListDealsRequest { page_size: 1, ..Default::default() }).await.unwrap().into_inner();
+    let page =
+        client.list_deals(pb::ListDealsRequest { page_size: 1, ..Default::default() }).await.unwrap().into_inner();
     // A token made for the live view is refused for another filter.
-    let other_filter = pb::ListDealsRequest { page_token: page.next_page_token, state: State::Expired.into(), ..Default::default() };
+    let other_filter =
+        pb::ListDealsRequest { page_token: page.next_page_token, state: State::Expired.into(), ..Default::default() };
     assert_invalid(client.list_deals(other_filter).await, &["page_token"]);
 }
 
@@ -240,18 +283,32 @@ async fn reserve_refuses_with_a_reason_and_takes_nothing(pool: PgPool) {
         quantity,
         expected_unit_price: price.map(inr),
     };
-    assert_refused(client.reserve_units(reserve(&deal.name, 6, None)).await, Code::FailedPrecondition, "INSUFFICIENT_UNITS");
-    assert_refused(client.reserve_units(reserve(&deal.name, 1, Some(599))).await, Code::FailedPrecondition, "PRICE_CHANGED");
+    assert_refused(
+        client.reserve_units(reserve(&deal.name, 6, None)).await,
+        Code::FailedPrecondition,
+        "INSUFFICIENT_UNITS",
+    );
+    assert_refused(
+        client.reserve_units(reserve(&deal.name, 1, Some(599))).await,
+        Code::FailedPrecondition,
+        "PRICE_CHANGED",
+    );
     let unknown = format!("deals/{}", uuid::Uuid::new_v4());
     assert_refused(client.reserve_units(reserve(&unknown, 1, None)).await, Code::NotFound, "DEAL_NOT_FOUND");
     assert_invalid(client.reserve_units(reserve(&deal.name, 0, None)).await, &["quantity"]);
     assert_invalid(
-        client.reserve_units(pb::ReserveUnitsRequest { reservation_id: "x".into(), ..reserve("deals/x", 101, None) }).await,
+        client
+            .reserve_units(pb::ReserveUnitsRequest { reservation_id: "x".into(), ..reserve("deals/x", 101, None) })
+            .await,
         &["deal", "reservation_id", "quantity"],
     );
     let later = Utc::now() + TimeDelta::hours(1);
     let scheduled = insert_deal_at(&pool, later, later + TimeDelta::hours(1), "scheduled").await;
-    assert_refused(client.reserve_units(reserve(&format!("deals/{scheduled}"), 1, None)).await, Code::FailedPrecondition, "DEAL_NOT_STARTED");
+    assert_refused(
+        client.reserve_units(reserve(&format!("deals/{scheduled}"), 1, None)).await,
+        Code::FailedPrecondition,
+        "DEAL_NOT_STARTED",
+    );
     app.expire_without_sweep(&deal.name).await;
     assert_refused(client.reserve_units(reserve(&deal.name, 1, None)).await, Code::FailedPrecondition, "DEAL_EXPIRED");
 
@@ -266,5 +323,8 @@ async fn release_of_an_unknown_reservation_is_not_found(pool: PgPool) {
     let mut client = app.deals.clone();
     let unknown = pb::ReleaseUnitsRequest { reservation_id: uuid::Uuid::new_v4().to_string() };
     assert_refused(client.release_units(unknown).await, Code::NotFound, "RESERVATION_NOT_FOUND");
-    assert_invalid(client.release_units(pb::ReleaseUnitsRequest { reservation_id: String::new() }).await, &["reservation_id"]);
+    assert_invalid(
+        client.release_units(pb::ReleaseUnitsRequest { reservation_id: String::new() }).await,
+        &["reservation_id"],
+    );
 }

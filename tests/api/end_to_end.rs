@@ -95,24 +95,31 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     let mut orders = OrderServiceClient::new(channel(order_addr).await);
 
     // An admin creates a deal; a customer lists the live deals and orders one.
-    let created = deals.create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(10)) }).await.unwrap().into_inner();
+    let created =
+        deals.create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(10)) }).await.unwrap().into_inner();
     let live = deals.list_deals(dealpb::ListDealsRequest::default()).await.unwrap().into_inner();
     assert_eq!(live.deals, [created.clone()]);
     let shown_price = live.deals[0].final_price.clone();
     let order_req = orderpb::Order { unit_price: shown_price, ..order_request(&created.name, 2) };
-    let placed = orders.create_order(orderpb::CreateOrderRequest { order: Some(order_req) }).await.unwrap().into_inner();
+    let placed =
+        orders.create_order(orderpb::CreateOrderRequest { order: Some(order_req) }).await.unwrap().into_inner();
 
     // The customer tracks the order; the admin approves it.
     let tracked = orders.get_order(orderpb::GetOrderRequest { name: placed.name.clone() }).await.unwrap().into_inner();
     assert_eq!(tracked.state(), orderpb::order::State::PendingApproval);
-    let approved = orders.approve_order(orderpb::ApproveOrderRequest { name: placed.name.clone() }).await.unwrap().into_inner();
+    let approved =
+        orders.approve_order(orderpb::ApproveOrderRequest { name: placed.name.clone() }).await.unwrap().into_inner();
     assert_eq!(approved.state(), orderpb::order::State::Approved);
 
     // A deal whose expiry has passed cannot be ordered, and the worker marks it expired.
-    let expiring = dealpb::Deal { expire_time: Some(time::to_proto(Utc::now() + TimeDelta::milliseconds(1500))), ..deal_request(5) };
+    let expiring = dealpb::Deal {
+        expire_time: Some(time::to_proto(Utc::now() + TimeDelta::milliseconds(1500))),
+        ..deal_request(5)
+    };
     let expiring = deals.create_deal(dealpb::CreateDealRequest { deal: Some(expiring) }).await.unwrap().into_inner();
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let refused = orders.create_order(orderpb::CreateOrderRequest { order: Some(order_request(&expiring.name, 1)) }).await;
+    let refused =
+        orders.create_order(orderpb::CreateOrderRequest { order: Some(order_request(&expiring.name, 1)) }).await;
     assert_refused(refused, Code::FailedPrecondition, "DEAL_EXPIRED");
     let id = uuid(&expiring.name);
     let mut swept = false;

@@ -44,7 +44,8 @@ async fn an_order_for_more_than_is_left_fails_and_changes_nothing(pool: PgPool) 
     let app = spawn_app(pool).await;
     let deal = app.create_deal(5).await;
     app.order(order_request(&deal.name, 3)).await.unwrap();
-    let status = assert_refused(app.order(order_request(&deal.name, 3)).await, Code::FailedPrecondition, "INSUFFICIENT_UNITS");
+    let status =
+        assert_refused(app.order(order_request(&deal.name, 3)).await, Code::FailedPrecondition, "INSUFFICIENT_UNITS");
     assert!(status.message().contains("only 2 left"), "{status:?}");
     assert_eq!(app.order_count().await, 1);
     assert_eq!(app.get_deal(&deal.name).await.available_units, 2);
@@ -91,12 +92,28 @@ async fn approve_moves_a_pending_order_once(pool: PgPool) {
     let mut client = app.orders.clone();
     let approved = client.approve_order(pb::ApproveOrderRequest { name: name(&order) }).await.unwrap().into_inner();
     assert_eq!(approved.state(), State::Approved);
-    assert_refused(client.approve_order(pb::ApproveOrderRequest { name: name(&order) }).await, Code::FailedPrecondition, "ORDER_NOT_PENDING");
-    assert_refused(client.reject_order(pb::RejectOrderRequest { name: name(&order) }).await, Code::FailedPrecondition, "ORDER_NOT_PENDING");
-    assert_refused(client.cancel_order(pb::CancelOrderRequest { name: name(&order) }).await, Code::FailedPrecondition, "ORDER_NOT_PENDING");
+    assert_refused(
+        client.approve_order(pb::ApproveOrderRequest { name: name(&order) }).await,
+        Code::FailedPrecondition,
+        "ORDER_NOT_PENDING",
+    );
+    assert_refused(
+        client.reject_order(pb::RejectOrderRequest { name: name(&order) }).await,
+        Code::FailedPrecondition,
+        "ORDER_NOT_PENDING",
+    );
+    assert_refused(
+        client.cancel_order(pb::CancelOrderRequest { name: name(&order) }).await,
+        Code::FailedPrecondition,
+        "ORDER_NOT_PENDING",
+    );
     assert_eq!(app.get_deal(&deal.name).await.available_units, 3, "approved units stay sold");
     let unknown = format!("orders/{}", uuid::Uuid::new_v4());
-    assert_refused(client.approve_order(pb::ApproveOrderRequest { name: unknown }).await, Code::NotFound, "ORDER_NOT_FOUND");
+    assert_refused(
+        client.approve_order(pb::ApproveOrderRequest { name: unknown }).await,
+        Code::NotFound,
+        "ORDER_NOT_FOUND",
+    );
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
@@ -162,7 +179,8 @@ async fn list_orders_filters_by_customer_and_state_newest_first(pool: PgPool) {
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let request = pb::ListOrdersRequest { page_size: 2, page_token, customer_id: "alice".into(), ..Default::default() };
+        let request =
+            pb::ListOrdersRequest { page_size: 2, page_token, customer_id: "alice".into(), ..Default::default() };
         let page = client.list_orders(request).await.unwrap().into_inner();
         seen.extend(page.orders.into_iter().map(|order| order.name));
         if page.next_page_token.is_empty() {
@@ -180,9 +198,15 @@ async fn list_orders_filters_by_customer_and_state_newest_first(pool: PgPool) {
     let approved = client.list_orders(approved).await.unwrap().into_inner();
     assert_eq!(approved.orders.iter().map(name).collect::<Vec<_>>(), [name(&alices[0])]);
 
-    assert_invalid(client.list_orders(pb::ListOrdersRequest { page_size: -5, ..Default::default() }).await, &["page_size"]);
+    assert_invalid(
+        client.list_orders(pb::ListOrdersRequest { page_size: -5, ..Default::default() }).await,
+        &["page_size"],
+    );
     assert_invalid(client.list_orders(pb::ListOrdersRequest { state: 42, ..Default::default() }).await, &["state"]);
-    assert_invalid(client.list_orders(pb::ListOrdersRequest { page_token: "00".into(), ..Default::default() }).await, &["page_token"]);
+    assert_invalid(
+        client.list_orders(pb::ListOrdersRequest { page_token: "00".into(), ..Default::default() }).await,
+        &["page_token"],
+    );
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]

@@ -91,6 +91,9 @@ async fn several_workers_reset_the_day_exactly_once(pool: PgPool) {
     let performed: Vec<_> = reports.into_iter().flatten().collect();
     assert_eq!(performed.len(), 1);
     assert_eq!(performed[0].ended, 1);
-    let rows: i64 = sqlx::query_scalar("select count(*) from daily_resets where day = '2026-11-26'").fetch_one(&pool).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("select count(*) from daily_resets where day = '2026-11-26'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(rows, 1);
 }

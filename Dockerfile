@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+
+# One image for the whole system: deal-service, order-service and expiry-worker, plus health-probe
+# for container health checks. Which service a container runs is chosen by its command (see
+# docker-compose.yml). Needs BuildKit (the default builder of current Docker) for the cache mounts.
+
+# ---- build ---------------------------------------------------------------------------------------
+# Debian bookworm on both stages, so the binaries link against the glibc they run with. Keep the
+# Rust version in step with `rust-version` in Cargo.toml.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+
+# Only what the four binaries are compiled from: build.rs generates the gRPC code from proto/ with
+# protox (pure Rust, so no protoc), and sqlx::migrate!("./migrations") embeds the migrations at
+# compile time. tests/ is left out on purpose: cargo reads an explicit [[test]] path only when it
+# builds that target, so `build --bins` does not need it, and test edits do not rerun this stage.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+COPY migrations ./migrations
+COPY services ./services
+
+# The cache mounts keep downloaded crates and compiled dependencies between builds, so a code change
+# recompiles only our crate. A cache mount is not part of the image, so the binaries are copied out
+# of target/ in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+ && mkdir -p /out \
+ && cp target/release/deal-service \
+       target/release/order-service \
+       target/release/expiry-worker \
+       target/release/health-probe \
+       /out/
+
+# ---- runtime -------------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+# The binaries need only glibc, libm and libgcc_s (no OpenSSL: nothing here speaks TLS today);
+# ca-certificates is for a TLS database or upstream URL later.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 topkart \
+ && useradd --system --uid 10001 --gid topkart --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin topkart
+
+COPY --from=build /out/ /usr/local/bin/
+
+# Numeric, so a runtime that insists on a non-root user (runAsNonRoot) can check it.
+USER 10001:10001
+
+# deal-service, order-service, expiry-worker (health only). Each binary listens on 127.0.0.1 unless
+# LISTEN_ADDR says otherwise: in a container it must be 0.0.0.0:<port>.
+EXPOSE 50051 50052 50053
+
+# The binaries run as PID 1 and shut down gracefully on SIGTERM themselves, so no init is needed.
+# A default only: compose sets the command for each service.
+CMD ["deal-service"]
