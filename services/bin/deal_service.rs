@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use topkart::shared::{cli, db, server, telemetry};
+use topkart::shared::{cli, server, telemetry};
 
 /// Serves the deal API, gRPC health and server reflection.
 #[derive(Debug, Parser)]
@@ -21,18 +21,11 @@ struct Args {
 async fn main() -> ExitCode {
     telemetry::init();
     let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %err, "deal-service stopped");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit_code("deal-service", run(args).await)
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = db::connect_and_migrate(&args.database.database_url, args.database.database_max_connections).await?;
-    let listener = cli::bind(args.listen_addr).await?;
+async fn run(args: Args) -> Result<(), cli::MainError> {
+    let (pool, listener) = cli::start(&args.database, args.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "deal-service listening");
     topkart::deal::run(listener, pool, server::shutdown_signal()).await?;
     Ok(())

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use topkart::shared::{cli, db, server, telemetry};
+use topkart::shared::{cli, server, telemetry};
 
 /// Expires deals every few seconds, performs the daily reset, and serves gRPC health.
 #[derive(Debug, Parser)]
@@ -25,18 +25,11 @@ struct Args {
 async fn main() -> ExitCode {
     telemetry::init();
     let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %err, "expiry-worker stopped");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit_code("expiry-worker", run(args).await)
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = db::connect_and_migrate(&args.database.database_url, args.database.database_max_connections).await?;
-    let listener = cli::bind(args.listen_addr).await?;
+async fn run(args: Args) -> Result<(), cli::MainError> {
+    let (pool, listener) = cli::start(&args.database, args.listen_addr).await?;
     let interval = Duration::from_secs(args.sweep_interval_secs);
     tracing::info!(addr = %listener.local_addr()?, interval_secs = args.sweep_interval_secs, "expiry-worker started");
     topkart::worker::run(listener, pool, interval, server::shutdown_signal()).await?;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use clap::Parser;
 use topkart::{
     order::deals::DealsClient,
-    shared::{cli, db, server, telemetry},
+    shared::{cli, server, telemetry},
 };
 
 /// Serves the order API, gRPC health and server reflection.
@@ -32,20 +32,13 @@ struct Args {
 async fn main() -> ExitCode {
     telemetry::init();
     let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %err, "order-service stopped");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit_code("order-service", run(args).await)
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(args: Args) -> Result<(), cli::MainError> {
     let deals =
         DealsClient::connect_lazy(&args.deal_service_url, Duration::from_millis(args.deal_service_deadline_ms))?;
-    let pool = db::connect_and_migrate(&args.database.database_url, args.database.database_max_connections).await?;
-    let listener = cli::bind(args.listen_addr).await?;
+    let (pool, listener) = cli::start(&args.database, args.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, deal_service = %args.deal_service_url, "order-service listening");
     topkart::order::run(listener, pool, deals, server::shutdown_signal()).await?;
     Ok(())

@@ -1,6 +1,11 @@
 //! Settings every binary takes, from flags with environment fallbacks.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, process::ExitCode};
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use super::db;
 
 /// Database settings.
 #[derive(Debug, clap::Args)]
@@ -14,9 +19,25 @@ pub struct DatabaseArgs {
     pub database_max_connections: u32,
 }
 
-/// Binds `addr`, naming it in the error.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
+/// What a binary's start-up or serving failed with.
+pub type MainError = Box<dyn std::error::Error>;
+
+/// Start-up common to every binary: connect and migrate, then bind `addr`.
+pub async fn start(database: &DatabaseArgs, addr: SocketAddr) -> Result<(PgPool, TcpListener), MainError> {
+    let pool = db::connect_and_migrate(&database.database_url, database.database_max_connections).await?;
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
+        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
+    Ok((pool, listener))
+}
+
+/// The process's exit code, logging why `binary` stopped if it failed.
+pub fn exit_code(binary: &str, result: Result<(), MainError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "{binary} stopped");
+            ExitCode::FAILURE
+        }
+    }
 }
