@@ -73,6 +73,38 @@ impl DealState {
     }
 }
 
+/// Where a reservation is in the protocol of docs/reservations.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationState {
+    /// Units taken, held while the order is being recorded.
+    Held,
+    /// Units belong to a recorded order.
+    Confirmed,
+    /// Units given back. Final.
+    Released,
+}
+
+impl ReservationState {
+    /// Reads the name the database uses.
+    pub fn from_db(name: &str) -> Option<Self> {
+        match name {
+            "reserved" => Some(Self::Held),
+            "confirmed" => Some(Self::Confirmed),
+            "released" => Some(Self::Released),
+            _ => None,
+        }
+    }
+
+    /// The API's enum value.
+    pub fn to_proto(self) -> pb::reservation::State {
+        match self {
+            Self::Held => pb::reservation::State::Reserved,
+            Self::Confirmed => pb::reservation::State::Confirmed,
+            Self::Released => pb::reservation::State::Released,
+        }
+    }
+}
+
 /// Everything an admin sets on a deal, valid on its own and as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DealTerms {

@@ -29,6 +29,8 @@ pub enum DealError {
     StartTimeLocked,
     /// The reservation id was used before for another deal or quantity.
     ReservationIdReused,
+    /// The reservation was released; it can be neither taken again nor confirmed.
+    ReservationReleased,
     /// The database failed; the cause is logged, not sent.
     Database(sqlx::Error),
 }
@@ -85,6 +87,11 @@ impl From<DealError> for Status {
                 Code::AlreadyExists,
                 "RESERVATION_ID_REUSED",
                 "that reservation_id was used for another deal or quantity",
+            ),
+            ReservationReleased => reason(
+                Code::FailedPrecondition,
+                "RESERVATION_RELEASED",
+                "that reservation was released; reserve under a new id",
             ),
             Database(err) => status::from_database_error(DOMAIN, &err),
         }

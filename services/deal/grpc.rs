@@ -12,7 +12,7 @@ use crate::{
 };
 
 use super::{
-    domain::{self, Deal, DealState},
+    domain::{self, Deal, DealState, ReservationState},
     error::DealError,
     store::{self, DealFilter, Reservation},
 };
@@ -64,6 +64,16 @@ impl DealService for DealApi {
         request: Request<pb::ReserveUnitsRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         reply(self.reserve(request.get_ref()).await.map(|reservation| reservation_to_proto(&reservation)))
+    }
+
+    #[tracing::instrument(skip_all, fields(reservation = %request.get_ref().reservation_id))]
+    async fn confirm_units(
+        &self,
+        request: Request<pb::ConfirmUnitsRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        reply(
+            self.confirm(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)),
+        )
     }
 
     #[tracing::instrument(skip_all, fields(reservation = %request.get_ref().reservation_id))]
@@ -183,10 +193,21 @@ impl DealApi {
         Err(DealError::InsufficientUnits { requested: quantity, available: 0 })
     }
 
+    async fn confirm(&self, reservation_id: &str) -> Result<Reservation, DealError> {
+        let id = reservation_uuid(reservation_id)?;
+        if let Some(confirmed) = store::confirm(&self.pool, id).await? {
+            return Ok(confirmed);
+        }
+        // Not held: confirmed before (a retry, answered the same), released, or unknown.
+        let existing = store::get_reservation(&self.pool, id).await?.ok_or(DealError::ReservationNotFound)?;
+        match existing.state {
+            ReservationState::Released => Err(DealError::ReservationReleased),
+            ReservationState::Held | ReservationState::Confirmed => Ok(existing),
+        }
+    }
+
     async fn release(&self, reservation_id: &str) -> Result<Reservation, DealError> {
-        let mut violations = Violations::default();
-        let id = names::parse_uuid("reservation_id", reservation_id, &mut violations);
-        let id = violations.into_result(id)?.ok_or(DealError::ReservationNotFound)?;
+        let id = reservation_uuid(reservation_id)?;
         if let Some(released) = store::release(&self.pool, id).await? {
             tracing::info!(reservation = %id, units = released.quantity, "units released");
             return Ok(released);
@@ -196,13 +217,23 @@ impl DealApi {
     }
 }
 
-/// A retried reservation gets the first answer; a reused id with another request is refused.
+/// A retried reservation gets the first answer; a reused id with another request is refused, and so
+/// is a retry after the reservation was released (its units went back; taking them again under the
+/// same id could revive a cancelled order's hold).
 fn same_reservation(existing: Reservation, deal_id: Uuid, quantity: i32) -> Result<Reservation, DealError> {
-    if existing.deal_id == deal_id && existing.quantity == quantity {
-        Ok(existing)
-    } else {
+    if existing.deal_id != deal_id || existing.quantity != quantity {
         Err(DealError::ReservationIdReused)
+    } else if existing.state == ReservationState::Released {
+        Err(DealError::ReservationReleased)
+    } else {
+        Ok(existing)
     }
+}
+
+fn reservation_uuid(reservation_id: &str) -> Result<Uuid, DealError> {
+    let mut violations = Violations::default();
+    let id = names::parse_uuid("reservation_id", reservation_id, &mut violations);
+    violations.into_result(id)?.ok_or(DealError::ReservationNotFound)
 }
 
 /// A deal as the API shows it.
@@ -224,7 +255,7 @@ pub fn deal_to_proto(deal: &Deal) -> pb::Deal {
 
 /// A reservation as the API shows it.
 pub fn reservation_to_proto(reservation: &Reservation) -> pb::Reservation {
-    let state = if reservation.released { pb::reservation::State::Released } else { pb::reservation::State::Reserved };
+    let state = reservation.state.to_proto();
     pb::Reservation {
         reservation_id: reservation.id.to_string(),
         deal: names::format(names::DEALS, reservation.deal_id),

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::shared::{money::Price, paging::Cursor};
 
-use super::domain::{Deal, DealState, DealTerms};
+use super::domain::{Deal, DealState, DealTerms, ReservationState};
 
 /// The columns every deal query returns; `state` is the deal's state at the statement's instant.
 macro_rules! deal_columns {
@@ -66,7 +66,7 @@ pub struct Reservation {
     pub deal_id: Uuid,
     pub quantity: i32,
     pub unit_price: Price,
-    pub released: bool,
+    pub state: ReservationState,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
 }
@@ -90,7 +90,8 @@ impl From<ReservationRow> for Reservation {
             deal_id: row.deal_id,
             quantity: row.quantity,
             unit_price: Price::from_stored(row.currency_code, row.unit_price_micros),
-            released: row.state == "released",
+            // The check constraint allows only the three names.
+            state: ReservationState::from_db(&row.state).unwrap_or(ReservationState::Released),
             create_time: row.create_time,
             update_time: row.update_time,
         }
@@ -270,14 +271,14 @@ pub async fn get_reservation(pool: &PgPool, id: Uuid) -> Result<Option<Reservati
     Ok(row.map(Reservation::from))
 }
 
-/// Gives a held reservation's units back, in one statement: only the call that moves it from
-/// 'reserved' to 'released' restores units, so a retried release gives nothing back twice. Returns
-/// `None` when there was nothing held to release.
+/// Gives a reservation's units back, in one statement: only the call that moves it to 'released'
+/// restores units, so a retried release gives nothing back twice. Returns `None` when there was
+/// nothing to release.
 pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
     let row: Option<ReservationRow> = sqlx::query_as(concat!(
         "with released as (
              update reservations set state = 'released', update_time = now()
-              where id = $1 and state = 'reserved'
+              where id = $1 and state in ('reserved', 'confirmed')
              returning ",
         reservation_columns!(),
         "
@@ -287,6 +288,21 @@ pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sql
               where deals.id = released.deal_id
          )
          select * from released"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Reservation::from))
+}
+
+/// Confirms a held reservation. Returns `None` when it was not held (confirmed before, released, or
+/// unknown).
+pub async fn confirm(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
+    let row: Option<ReservationRow> = sqlx::query_as(concat!(
+        "update reservations set state = 'confirmed', update_time = now()
+          where id = $1 and state = 'reserved'
+         returning ",
+        reservation_columns!()
     ))
     .bind(id)
     .fetch_optional(pool)

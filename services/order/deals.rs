@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tonic::{Code, Request, Status, transport::Channel};
 use uuid::Uuid;
 
 use crate::{
     proto::deal::{self as pb, deal_service_client::DealServiceClient},
-    shared::{money::Price, names, status::Violations},
+    shared::{money::Price, names, status::Violations, time},
 };
 
 use super::error::OrderError;
@@ -17,7 +18,16 @@ use super::error::OrderError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservedUnits {
     pub unit_price: Price,
+    /// When the hold was made, by the database clock: the order must be recorded within
+    /// `ORDER_WRITE_WINDOW` of it.
+    pub hold_time: DateTime<Utc>,
 }
+
+/// How many times a call that failed as UNAVAILABLE is sent in all. Every call here is idempotent
+/// (by reservation id), so resending cannot take or give units twice.
+const ATTEMPTS: usize = 3;
+/// The pause before resending, doubled each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A cheap-to-clone handle on deal-service.
 #[derive(Debug, Clone)]
@@ -48,38 +58,64 @@ impl DealsClient {
             expected_unit_price: shown_unit_price.map(Price::to_proto),
         };
         let reservation =
-            self.call(request, |mut client, request| async move { client.reserve_units(request).await }).await?;
+            self.call(&request, |mut client, request| async move { client.reserve_units(request).await }).await?;
         let mut violations = Violations::default();
-        let unit_price = Price::parse("unit_price", reservation.unit_price.as_ref(), &mut violations)
-            .ok_or_else(|| OrderError::Internal(format!("deal-service sent an invalid unit price: {violations:?}")))?;
-        Ok(ReservedUnits { unit_price })
+        let unit_price = Price::parse("unit_price", reservation.unit_price.as_ref(), &mut violations);
+        let hold_time = reservation.create_time.as_ref().and_then(|at| time::parse("create_time", at, &mut violations));
+        match (unit_price, hold_time) {
+            (Some(unit_price), Some(hold_time)) => Ok(ReservedUnits { unit_price, hold_time }),
+            _ => Err(OrderError::Internal(format!("deal-service sent an invalid reservation: {violations:?}"))),
+        }
     }
 
     /// Gives the units of `reservation_id` back; a retry gives nothing back twice.
     pub async fn release(&self, reservation_id: Uuid) -> Result<(), OrderError> {
         let request = pb::ReleaseUnitsRequest { reservation_id: reservation_id.to_string() };
-        self.call(request, |mut client, request| async move { client.release_units(request).await }).await?;
+        self.call(&request, |mut client, request| async move { client.release_units(request).await }).await?;
         Ok(())
     }
 
-    /// Sends one call with the deadline, both as `grpc-timeout` for the server and as a local timer
-    /// for a server that never answers.
+    /// Confirms the hold of `reservation_id`, whose order is recorded.
+    pub async fn confirm(&self, reservation_id: Uuid) -> Result<(), OrderError> {
+        let request = pb::ConfirmUnitsRequest { reservation_id: reservation_id.to_string() };
+        self.call(&request, |mut client, request| async move { client.confirm_units(request).await }).await?;
+        Ok(())
+    }
+
+    /// Sends an idempotent call, each attempt with the deadline (both as `grpc-timeout` for the
+    /// server and as a local timer for a server that never answers), resending it while deal-service
+    /// is UNAVAILABLE. A timed-out attempt is not resent: the deadline is the customer's patience.
     async fn call<Req, Resp, Fut>(
         &self,
-        message: Req,
-        send: impl FnOnce(DealServiceClient<Channel>, Request<Req>) -> Fut,
+        message: &Req,
+        send: impl Fn(DealServiceClient<Channel>, Request<Req>) -> Fut,
     ) -> Result<Resp, OrderError>
     where
+        Req: Clone,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        let mut request = Request::new(message);
-        request.set_timeout(self.deadline);
-        match tokio::time::timeout(self.deadline, send(self.client.clone(), request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(from_deal_status(status)),
-            Err(_elapsed) => Err(OrderError::DealServiceUnavailable { code: Code::DeadlineExceeded }),
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            let mut request = Request::new(message.clone());
+            request.set_timeout(self.deadline);
+            let status = match tokio::time::timeout(self.deadline, send(self.client.clone(), request)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_elapsed) => return Err(OrderError::DealServiceUnavailable { code: Code::DeadlineExceeded }),
+            };
+            if status.code() != Code::Unavailable || attempt == ATTEMPTS {
+                return Err(from_deal_status(status));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
         }
+        unreachable_attempts()
     }
+}
+
+/// The loop above always returns; this keeps the compiler satisfied without a panic.
+fn unreachable_attempts<T>() -> Result<T, OrderError> {
+    Err(OrderError::DealServiceUnavailable { code: Code::Unavailable })
 }
 
 /// A refusal passes through with its details; a transport failure is UNAVAILABLE or

@@ -109,6 +109,19 @@ pub struct NewOrder {
     pub quantity: i32,
     /// The unit price the customer was shown, if the request said.
     pub shown_unit_price: Option<Price>,
+    /// The client's idempotency key, which becomes the order's id.
+    pub request_id: Option<Uuid>,
+}
+
+impl NewOrder {
+    /// Whether `existing`, found under this request's id, is the order this request placed: a retry
+    /// then gets it back.
+    pub fn placed(&self, existing: &Order) -> bool {
+        existing.deal_id == self.deal_id
+            && existing.customer_id == self.customer_id
+            && existing.quantity == self.quantity
+            && self.shown_unit_price.as_ref().is_none_or(|shown| *shown == existing.unit_price)
+    }
 }
 
 /// An order as stored.
@@ -125,10 +138,13 @@ pub struct Order {
     pub update_time: DateTime<Utc>,
 }
 
-/// Validates a `CreateOrder` request's order.
-pub fn new_order(order: Option<&pb::Order>) -> Result<NewOrder, OrderError> {
+/// Validates a `CreateOrder` request.
+pub fn new_order(request: &pb::CreateOrderRequest) -> Result<NewOrder, OrderError> {
     let mut violations = Violations::default();
-    let Some(order) = order else {
+    let request_id = (!request.request_id.is_empty())
+        .then(|| names::parse_uuid("request_id", &request.request_id, &mut violations))
+        .flatten();
+    let Some(order) = request.order.as_ref() else {
         violations.add("order", "is required");
         return Err(violations.into());
     };
@@ -139,7 +155,7 @@ pub fn new_order(order: Option<&pb::Order>) -> Result<NewOrder, OrderError> {
         order.unit_price.as_ref().and_then(|price| Price::parse("order.unit_price", Some(price), &mut violations));
     match (deal_id, customer_id, quantity) {
         (Some(deal_id), Some(customer_id), Some(quantity)) if violations.is_empty() => {
-            Ok(NewOrder { deal_id, customer_id, quantity, shown_unit_price })
+            Ok(NewOrder { deal_id, customer_id, quantity, shown_unit_price, request_id })
         }
         _ => Err(violations.into()),
     }
@@ -173,6 +189,10 @@ mod tests {
         }
     }
 
+    fn create(order: Option<pb::Order>) -> pb::CreateOrderRequest {
+        pb::CreateOrderRequest { order, request_id: String::new() }
+    }
+
     fn invalid_fields(result: Result<NewOrder, OrderError>) -> Vec<String> {
         match result {
             Err(OrderError::InvalidArgument(violations)) => violations.fields().map(str::to_owned).collect(),
@@ -183,9 +203,9 @@ mod tests {
     #[test]
     fn a_valid_order_may_carry_the_price_shown() {
         let shown = Money { currency_code: "INR".into(), units: 599, nanos: 0 };
-        let order = new_order(Some(&pb::Order { unit_price: Some(shown), ..request() })).unwrap();
+        let order = new_order(&create(Some(pb::Order { unit_price: Some(shown), ..request() }))).unwrap();
         assert_eq!(order.shown_unit_price.unwrap().micros(), 599_000_000);
-        assert_eq!(new_order(Some(&request())).unwrap().shown_unit_price, None);
+        assert_eq!(new_order(&create(Some(request()))).unwrap().shown_unit_price, None);
     }
 
     #[test]
@@ -198,12 +218,39 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            invalid_fields(new_order(Some(&bad))),
+            invalid_fields(new_order(&create(Some(bad)))),
             ["order.deal", "order.customer_id", "order.quantity", "order.unit_price.units"]
         );
-        assert_eq!(invalid_fields(new_order(None)), ["order"]);
+        assert_eq!(invalid_fields(new_order(&create(None))), ["order"]);
         let too_many = pb::Order { quantity: 101, ..request() };
-        assert_eq!(invalid_fields(new_order(Some(&too_many))), ["order.quantity"]);
+        assert_eq!(invalid_fields(new_order(&create(Some(too_many)))), ["order.quantity"]);
+        let bad_key = pb::CreateOrderRequest { request_id: "retry-1".into(), ..create(Some(request())) };
+        assert_eq!(invalid_fields(new_order(&bad_key)), ["request_id"]);
+    }
+
+    #[test]
+    fn a_retry_is_recognised_by_its_body() {
+        let key = Uuid::new_v4();
+        let request = pb::CreateOrderRequest { request_id: key.to_string(), ..create(Some(request())) };
+        let new = new_order(&request).unwrap();
+        assert_eq!(new.request_id, Some(key));
+        let price = Price::from_stored("INR".into(), 600_000_000);
+        let placed = Order {
+            id: key,
+            deal_id: new.deal_id,
+            customer_id: "alice".into(),
+            quantity: 2,
+            total_price: price.times(2).unwrap(),
+            unit_price: price,
+            state: OrderState::PendingApproval,
+            create_time: Utc::now(),
+            update_time: Utc::now(),
+        };
+        assert!(new.placed(&placed));
+        assert!(!new.placed(&Order { quantity: 3, ..placed.clone() }));
+        assert!(!new.placed(&Order { customer_id: "bob".into(), ..placed.clone() }));
+        let shown_other = NewOrder { shown_unit_price: Some(Price::from_stored("INR".into(), 1)), ..new };
+        assert!(!shown_other.placed(&placed));
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub enum OrderError {
     /// The deal service refused the reservation (deal unknown, expired, sold out, price changed):
     /// its status and details go to the client as they are.
     DealRefused(Status),
+    /// The request id names another order.
+    RequestIdReused,
+    /// The order could not be recorded in time after its units were reserved; they were (or will be)
+    /// given back, and nothing was ordered.
+    OrderAbandoned,
     /// The deal service did not answer in time or could not be reached.
     DealServiceUnavailable { code: Code },
     /// Something that should not happen; the cause is logged, not sent.
@@ -53,6 +58,20 @@ impl From<OrderError> for Status {
                 [("state", state.to_proto().as_str_name().to_owned())],
             ),
             OrderError::DealRefused(status) => status,
+            OrderError::RequestIdReused => status::with_reason(
+                Code::AlreadyExists,
+                DOMAIN,
+                "REQUEST_ID_REUSED",
+                "that request_id placed another order; use a new request_id for a new order",
+                [],
+            ),
+            OrderError::OrderAbandoned => status::with_reason(
+                Code::Aborted,
+                DOMAIN,
+                "ORDER_ABANDONED",
+                "the order could not be recorded in time and was abandoned; nothing was ordered, retry with a new request_id",
+                [],
+            ),
             OrderError::DealServiceUnavailable { code } => status::with_reason(
                 code,
                 DOMAIN,

@@ -3,17 +3,19 @@
 
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
+use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::{
     proto::order::{self as pb, order_service_server::OrderService},
-    shared::{names, paging, status::Violations, time},
+    shared::{db, names, paging, reservations::ORDER_WRITE_WINDOW, status::Violations, time},
 };
 
 use super::{
     deals::DealsClient,
     domain::{self, Decision, Order, OrderState},
     error::OrderError,
+    faults::Faults,
     store::{self, OrderInsert},
 };
 
@@ -21,12 +23,13 @@ use super::{
 pub struct OrderApi {
     pool: PgPool,
     deals: DealsClient,
+    faults: Faults,
 }
 
 impl OrderApi {
-    /// The API over `pool`, reserving through `deals`.
-    pub fn new(pool: PgPool, deals: DealsClient) -> Self {
-        Self { pool, deals }
+    /// The API over `pool`, reserving through `deals`, with `faults` injected (tests only).
+    pub fn new(pool: PgPool, deals: DealsClient, faults: Faults) -> Self {
+        Self { pool, deals, faults }
     }
 }
 
@@ -71,11 +74,23 @@ fn reply<T>(result: Result<T, OrderError>) -> Result<Response<T>, Status> {
 }
 
 impl OrderApi {
+    /// Places an order by the protocol of docs/reservations.md: reserve (a hold, named by the order
+    /// id), record the order within the write window, confirm the hold. A failure after the hold
+    /// leaves it to the expiry worker, which releases it unless the order was recorded.
     async fn create(&self, request: &pb::CreateOrderRequest) -> Result<Order, OrderError> {
-        let new = domain::new_order(request.order.as_ref())?;
-        // The order's id names its reservation, so the units can always be traced to the order.
-        let id = Uuid::new_v4();
-        let reserved = self.deals.reserve(id, new.deal_id, new.quantity, new.shown_unit_price.as_ref()).await?;
+        let new = domain::new_order(request)?;
+        let id = new.request_id.unwrap_or_else(Uuid::new_v4);
+        if new.request_id.is_some() {
+            if let Some(existing) = store::get_order(&self.pool, id).await? {
+                return placed_by(&new, existing);
+            }
+        }
+        let reserved = match self.deals.reserve(id, new.deal_id, new.quantity, new.shown_unit_price.as_ref()).await {
+            // A retry after the first attempt was given up and its hold released.
+            Err(OrderError::DealRefused(status)) if is_released(&status) => return Err(OrderError::OrderAbandoned),
+            other => other?,
+        };
+        self.faults.after_reserve()?;
         let total_price = reserved
             .unit_price
             .times(new.quantity)
@@ -88,18 +103,30 @@ impl OrderApi {
             unit_price: &reserved.unit_price,
             total_price: &total_price,
         };
-        match store::insert_order(&self.pool, insert).await {
-            Ok(order) => {
+        let write_by = reserved.hold_time + ORDER_WRITE_WINDOW;
+        match store::insert_order(&self.pool, insert, write_by).await {
+            Ok(Some(order)) => {
+                // Best effort: the expiry worker confirms holds whose order exists.
+                if let Err(err) = self.deals.confirm(id).await {
+                    tracing::warn!(order = %id, error = ?err, "hold not confirmed; the expiry worker will confirm it");
+                }
                 tracing::info!(order = %order.id, deal = %order.deal_id, quantity = order.quantity, "order placed");
                 Ok(order)
             }
-            Err(err) => {
-                // No order, so no units held for it.
-                if let Err(release) = self.deals.release(id).await {
-                    tracing::error!(order = %id, error = ?release, "could not release the units of an order that was not recorded");
+            Ok(None) => {
+                // Too late: no order can be recorded for this hold any more, so its units go back.
+                if let Err(err) = self.deals.release(id).await {
+                    tracing::warn!(order = %id, error = ?err, "abandoned hold not released; the expiry worker will release it");
                 }
-                Err(err.into())
+                Err(OrderError::OrderAbandoned)
             }
+            // A concurrent retry with the same request id recorded it first.
+            Err(err) if db::is_unique_violation(&err) => {
+                let existing = store::get_order(&self.pool, id).await?.ok_or(OrderError::Database(err))?;
+                placed_by(&new, existing)
+            }
+            // Whether the order was written is unknown: the expiry worker settles the hold either way.
+            Err(err) => Err(err.into()),
         }
     }
 
@@ -140,27 +167,38 @@ impl OrderApi {
     }
 
     /// Approves, rejects or cancels a pending order. The state moves first, in one conditional
-    /// statement, so concurrent decisions cannot both pass and no lock is held across the call to
-    /// deal-service; if the units cannot be given back, the order returns to pending and the error
-    /// goes to the caller, who may retry (a release is idempotent).
+    /// statement, so of concurrent decisions exactly one passes and no lock is held across the call
+    /// to deal-service. Rejected and cancelled orders then give their units back; if that call
+    /// fails, the decision stands and the expiry worker completes the release (a release is
+    /// idempotent, so it happens exactly once).
     async fn decide(&self, name: &str, decision: Decision) -> Result<Order, OrderError> {
         let id = order_id(name)?;
-        let outcome = decision.outcome();
-        let Some(order) = store::decide(&self.pool, id, outcome).await? else {
+        let Some(order) = store::decide(&self.pool, id, decision.outcome()).await? else {
             let current = store::get_order(&self.pool, id).await?.ok_or(OrderError::OrderNotFound)?;
             decision.check(current.state)?;
-            // Pending again: a failed release was just undone. Let the caller retry.
-            return Err(OrderError::DealServiceUnavailable { code: tonic::Code::Unavailable });
+            return Err(OrderError::Internal("order pending but not decided".into()));
         };
         if decision.releases_units() {
-            if let Err(err) = self.deals.release(id).await {
-                store::undo_decision(&self.pool, id, outcome).await?;
-                return Err(err);
+            match self.deals.release(id).await {
+                Ok(()) => store::mark_units_released(&self.pool, id).await?,
+                Err(err) => {
+                    tracing::warn!(order = %id, error = ?err, "units not released; the expiry worker will release them")
+                }
             }
         }
         tracing::info!(order = %id, state = order.state.as_str(), "order decided");
         Ok(order)
     }
+}
+
+/// A retry gets the order its request id placed; another order under that id is refused.
+fn placed_by(new: &domain::NewOrder, existing: Order) -> Result<Order, OrderError> {
+    if new.placed(&existing) { Ok(existing) } else { Err(OrderError::RequestIdReused) }
+}
+
+/// Whether deal-service refused because the reservation was released.
+fn is_released(status: &Status) -> bool {
+    status.get_error_details().error_info().is_some_and(|info| info.reason == "RESERVATION_RELEASED")
 }
 
 fn order_id(name: &str) -> Result<Uuid, OrderError> {

@@ -8,6 +8,7 @@
 pub mod deals;
 pub mod domain;
 pub mod error;
+pub mod faults;
 pub mod grpc;
 pub mod store;
 
@@ -31,9 +32,20 @@ pub async fn run(
     deals: deals::DealsClient,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
+    run_with_faults(listener, pool, deals, faults::Faults::default(), shutdown).await
+}
+
+/// [`run`], with faults injected for tests.
+pub async fn run_with_faults(
+    listener: TcpListener,
+    pool: PgPool,
+    deals: deals::DealsClient,
+    faults: faults::Faults,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
     let router = server::builder()
         .add_service(health_service)
-        .add_service(OrderServiceServer::new(grpc::OrderApi::new(pool, deals)));
+        .add_service(OrderServiceServer::new(grpc::OrderApi::new(pool, deals, faults)));
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
 }

@@ -56,12 +56,19 @@ pub struct OrderInsert<'a> {
     pub total_price: &'a Price,
 }
 
-/// Records a placed order, pending approval.
-pub async fn insert_order(pool: &PgPool, order: OrderInsert<'_>) -> Result<Order, sqlx::Error> {
-    let row: OrderRow = sqlx::query_as(concat!(
+/// Records a placed order, pending approval, unless the database clock has passed `write_by`: the
+/// expiry worker releases holds without an order only well after that instant, so an order recorded
+/// here always keeps its units. `None` when it was too late; nothing is written then.
+pub async fn insert_order(
+    pool: &PgPool,
+    order: OrderInsert<'_>,
+    write_by: DateTime<Utc>,
+) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<OrderRow> = sqlx::query_as(concat!(
         "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, \
                              total_price_micros, state)
-         values ($1, $2, $3, $4, $5, $6, $7, 'pending_approval')
+         select $1, $2, $3, $4, $5, $6, $7, 'pending_approval'
+          where clock_timestamp() < $8
          returning ",
         order_columns!()
     ))
@@ -72,9 +79,10 @@ pub async fn insert_order(pool: &PgPool, order: OrderInsert<'_>) -> Result<Order
     .bind(order.unit_price.currency_code())
     .bind(order.unit_price.micros())
     .bind(order.total_price.micros())
-    .fetch_one(pool)
+    .bind(write_by)
+    .fetch_optional(pool)
     .await?;
-    Ok(row.into())
+    Ok(row.map(Order::from))
 }
 
 /// One order, if it exists.
@@ -102,14 +110,9 @@ pub async fn decide(pool: &PgPool, id: Uuid, state: OrderState) -> Result<Option
     Ok(row.map(Order::from))
 }
 
-/// Puts an order that `decide` moved to `state` back to pending, when the units could not be
-/// given back; nothing else moves an order out of a final state.
-pub async fn undo_decision(pool: &PgPool, id: Uuid, state: OrderState) -> Result<(), sqlx::Error> {
-    sqlx::query("update orders set state = 'pending_approval', update_time = now() where id = $1 and state = $2")
-        .bind(id)
-        .bind(state.as_str())
-        .execute(pool)
-        .await?;
+/// Notes that a rejected or cancelled order's units are back with the deal.
+pub async fn mark_units_released(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("update orders set units_released = true where id = $1").bind(id).execute(pool).await?;
     Ok(())
 }
 

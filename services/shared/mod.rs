@@ -7,6 +7,7 @@ pub mod db;
 pub mod money;
 pub mod names;
 pub mod paging;
+pub mod reservations;
 pub mod server;
 pub mod status;
 pub mod telemetry;

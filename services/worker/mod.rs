@@ -1,7 +1,9 @@
-//! expiry-worker: every few seconds it performs the daily reset if the UTC day has turned, then
-//! sweeps expired and newly started deals. It serves gRPC health so orchestrators can probe it.
+//! expiry-worker: every few seconds it performs the daily reset if the UTC day has turned, sweeps
+//! expired and newly started deals, and settles the holds the order protocol left behind. It
+//! serves gRPC health so orchestrators can probe it.
 
 pub mod daily_reset;
+pub mod holds;
 pub mod sweep;
 
 use std::{future::Future, time::Duration};
@@ -13,6 +15,7 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::shared::server;
 
 pub use daily_reset::daily_reset;
+pub use holds::settle_holds;
 pub use sweep::sweep_once;
 
 /// The name under which the worker reports its health, besides the server's "".
@@ -42,7 +45,11 @@ pub async fn run(
 
 async fn tick_until_stopped(pool: PgPool, sweep_interval: Duration, mut stop: watch::Receiver<bool>) {
     loop {
-        tick(&pool, Utc::now()).await;
+        // The database's clock, the one reservations and orders are stamped with.
+        match sqlx::query_scalar::<_, DateTime<Utc>>("select now()").fetch_one(&pool).await {
+            Ok(now) => tick(&pool, now).await,
+            Err(err) => tracing::warn!(error = %err, "database unavailable; retrying next tick"),
+        }
         let wait = until_next_tick(Utc::now(), sweep_interval);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -51,8 +58,8 @@ async fn tick_until_stopped(pool: PgPool, sweep_interval: Duration, mut stop: wa
     }
 }
 
-/// One round: the day's reset first (a no-op once done), then the sweep. Errors are logged and the
-/// next round tries again.
+/// One round: the day's reset first (a no-op once done), then the sweep, then the holds. Errors are
+/// logged and the next round tries again.
 async fn tick(pool: &PgPool, now: DateTime<Utc>) {
     match daily_reset(pool, now).await {
         Ok(Some(report)) => {
@@ -67,6 +74,16 @@ async fn tick(pool: &PgPool, now: DateTime<Utc>) {
         }
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "sweep failed; retrying next tick"),
+    }
+    match settle_holds(pool, now).await {
+        Ok(report) if report != holds::HoldReport::default() => tracing::info!(
+            confirmed = report.confirmed,
+            released = report.released,
+            finished_releases = report.finished_releases,
+            "holds settled"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "settling holds failed; retrying next tick"),
     }
 }
 

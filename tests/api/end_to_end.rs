@@ -101,8 +101,11 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     assert_eq!(live.deals, [created.clone()]);
     let shown_price = live.deals[0].final_price.clone();
     let order_req = orderpb::Order { unit_price: shown_price, ..order_request(&created.name, 2) };
-    let placed =
-        orders.create_order(orderpb::CreateOrderRequest { order: Some(order_req) }).await.unwrap().into_inner();
+    let placed = orders
+        .create_order(orderpb::CreateOrderRequest { order: Some(order_req), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
 
     // The customer tracks the order; the admin approves it.
     let tracked = orders.get_order(orderpb::GetOrderRequest { name: placed.name.clone() }).await.unwrap().into_inner();
@@ -118,8 +121,12 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     };
     let expiring = deals.create_deal(dealpb::CreateDealRequest { deal: Some(expiring) }).await.unwrap().into_inner();
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let refused =
-        orders.create_order(orderpb::CreateOrderRequest { order: Some(order_request(&expiring.name, 1)) }).await;
+    let refused = orders
+        .create_order(orderpb::CreateOrderRequest {
+            order: Some(order_request(&expiring.name, 1)),
+            request_id: String::new(),
+        })
+        .await;
     assert_refused(refused, Code::FailedPrecondition, "DEAL_EXPIRED");
     let id = uuid(&expiring.name);
     let mut swept = false;

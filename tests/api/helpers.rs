@@ -9,7 +9,7 @@ use tokio::{net::TcpListener, sync::oneshot};
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 use topkart::{
-    order::deals::DealsClient,
+    order::{deals::DealsClient, faults::Faults},
     proto::{
         Money,
         deal::{self as dealpb, deal_service_client::DealServiceClient},
@@ -23,6 +23,7 @@ pub struct TestApp {
     pub pool: PgPool,
     pub deals: DealServiceClient<Channel>,
     pub orders: OrderServiceClient<Channel>,
+    pub deal_addr: SocketAddr,
     stop_deal: Option<oneshot::Sender<()>>,
     _stop_order: oneshot::Sender<()>,
 }
@@ -30,12 +31,12 @@ pub struct TestApp {
 /// Starts deal-service and order-service on port 0 over `pool`.
 pub async fn spawn_app(pool: PgPool) -> TestApp {
     let (deal_addr, stop_deal) = spawn_deal_service(pool.clone()).await;
-    let deals_client = DealsClient::connect_lazy(&format!("http://{deal_addr}"), Duration::from_secs(5)).unwrap();
-    let (order_addr, stop_order) = spawn_order_service(pool.clone(), deals_client).await;
+    let (order_addr, stop_order) = spawn_order_service(pool.clone(), deals_client(deal_addr)).await;
     TestApp {
         deals: DealServiceClient::new(channel(deal_addr).await),
         orders: OrderServiceClient::new(channel(order_addr).await),
         pool,
+        deal_addr,
         stop_deal: Some(stop_deal),
         _stop_order: stop_order,
     }
@@ -54,13 +55,42 @@ pub async fn spawn_deal_service(pool: PgPool) -> (SocketAddr, oneshot::Sender<()
 
 /// Starts order-service on port 0 with `deals` as its deal-service; dropping the sender stops it.
 pub async fn spawn_order_service(pool: PgPool, deals: DealsClient) -> (SocketAddr, oneshot::Sender<()>) {
+    spawn_order_service_with_faults(pool, deals, Faults::default()).await
+}
+
+/// [`spawn_order_service`] with `faults` injected.
+pub async fn spawn_order_service_with_faults(
+    pool: PgPool,
+    deals: DealsClient,
+    faults: Faults,
+) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(topkart::order::run(listener, pool, deals, async move {
+    tokio::spawn(topkart::order::run_with_faults(listener, pool, deals, faults, async move {
         let _ = stopped.await;
     }));
     (addr, stop)
+}
+
+/// A client of the deal-service at `addr`, as order-service uses it.
+pub fn deals_client(addr: SocketAddr) -> DealsClient {
+    DealsClient::connect_lazy(&format!("http://{addr}"), Duration::from_secs(5)).unwrap()
+}
+
+/// Asserts the database keeps every invariant.
+pub async fn assert_invariants(pool: &PgPool) {
+    let violations = topkart::invariants::check(pool).await.expect("read the invariants");
+    assert!(
+        violations.is_empty(),
+        "invariants broken:\n{}",
+        violations.iter().map(|v| format!("{v}\n")).collect::<String>()
+    );
+}
+
+/// The database's clock, the one reservations are stamped with.
+pub async fn db_now(pool: &PgPool) -> DateTime<Utc> {
+    sqlx::query_scalar("select now()").fetch_one(pool).await.unwrap()
 }
 
 /// A connected channel to `addr`.
@@ -119,7 +149,7 @@ impl TestApp {
     pub async fn order(&self, order: orderpb::Order) -> Result<orderpb::Order, Status> {
         self.orders
             .clone()
-            .create_order(orderpb::CreateOrderRequest { order: Some(order) })
+            .create_order(orderpb::CreateOrderRequest { order: Some(order), request_id: String::new() })
             .await
             .map(tonic::Response::into_inner)
     }

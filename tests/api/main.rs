@@ -6,4 +6,5 @@ mod deals;
 mod end_to_end;
 mod helpers;
 mod orders;
+mod reliability;
 mod worker;

@@ -7,6 +7,7 @@ use tonic::Code;
 use topkart::{
     order::deals::DealsClient,
     proto::order::{self as pb, order::State, order_service_client::OrderServiceClient},
+    shared::reservations::HOLD_TIMEOUT,
 };
 
 use crate::helpers::*;
@@ -71,7 +72,10 @@ async fn create_order_refuses_bad_input_and_unknown_deals(pool: PgPool) {
         &["order.deal", "order.customer_id", "order.quantity"],
     );
     let mut client = app.orders.clone();
-    assert_invalid(client.create_order(pb::CreateOrderRequest { order: None }).await, &["order"]);
+    assert_invalid(
+        client.create_order(pb::CreateOrderRequest { order: None, request_id: String::new() }).await,
+        &["order"],
+    );
     assert_eq!(app.order_count().await, 0);
 }
 
@@ -210,16 +214,23 @@ async fn list_orders_filters_by_customer_and_state_newest_first(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
-async fn a_cancel_that_cannot_give_units_back_leaves_the_order_pending(pool: PgPool) {
-    let mut app = spawn_app(pool).await;
+async fn a_cancel_while_deal_service_is_down_stands_and_the_worker_gives_the_units_back(pool: PgPool) {
+    let mut app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
     let order = app.order(order_request(&deal.name, 4)).await.unwrap();
     app.stop_deal_service().await;
     let mut client = app.orders.clone();
-    let result = client.cancel_order(pb::CancelOrderRequest { name: name(&order) }).await;
-    assert_refused(result, Code::Unavailable, "DEAL_SERVICE_UNAVAILABLE");
-    let tracked = client.get_order(pb::GetOrderRequest { name: name(&order) }).await.unwrap().into_inner();
-    assert_eq!(tracked.state(), State::PendingApproval);
+    let cancelled = client.cancel_order(pb::CancelOrderRequest { name: name(&order) }).await.unwrap().into_inner();
+    assert_eq!(cancelled.state(), State::Cancelled);
+    let available = || sqlx::query_scalar::<_, i32>("select available_units from deals").fetch_one(&pool);
+    assert_eq!(available().await.unwrap(), 6, "the units are out until the worker settles them");
+
+    let report = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
+    assert_eq!(report.finished_releases, 1);
+    assert_eq!(available().await.unwrap(), 10);
+    assert_invariants(&pool).await;
+    let again = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
+    assert_eq!(again.finished_releases, 0, "released exactly once");
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
@@ -230,7 +241,9 @@ async fn with_deal_service_down_an_order_is_unavailable_and_nothing_is_written(p
     let (order_addr, _stop) = spawn_order_service(pool.clone(), deals).await;
     let mut client = OrderServiceClient::new(channel(order_addr).await);
     let deal = format!("deals/{}", uuid::Uuid::new_v4());
-    let result = client.create_order(pb::CreateOrderRequest { order: Some(order_request(&deal, 1)) }).await;
+    let result = client
+        .create_order(pb::CreateOrderRequest { order: Some(order_request(&deal, 1)), request_id: String::new() })
+        .await;
     assert_refused(result, Code::Unavailable, "DEAL_SERVICE_UNAVAILABLE");
     let orders: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&pool).await.unwrap();
     assert_eq!(orders, 0);

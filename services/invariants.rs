@@ -1,0 +1,70 @@
+//! The invariants of a live database, checked in one consistent snapshot: what tests assert after
+//! breaking things on purpose, and what operators run (`invariant-check`) when in doubt.
+
+use sqlx::PgPool;
+
+/// One broken invariant, with the rows that break it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant.
+    pub invariant: &'static str,
+    /// The offending row, described.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// Each invariant and the query that lists the rows breaking it (one text column each).
+const CHECKS: [(&str, &str); 5] = [
+    (
+        "every unit is available or held: total_units = available_units + units of live reservations",
+        "select format('deal %s: total %s, available %s, held %s', d.id, d.total_units, d.available_units, held)
+           from deals d
+           cross join lateral (
+               select coalesce(sum(r.quantity), 0) as held
+                 from reservations r
+                where r.deal_id = d.id and r.state in ('reserved', 'confirmed')
+           ) h
+          where d.total_units <> d.available_units + held",
+    ),
+    (
+        "0 <= available_units <= total_units",
+        "select format('deal %s: available %s of %s', id, available_units, total_units)
+           from deals where available_units < 0 or available_units > total_units",
+    ),
+    (
+        "every pending or approved order holds its units, and a finished one gave them back",
+        "select format('order %s (%s): reservation %s', o.id, o.state, coalesce(r.state || ' of ' || r.quantity, 'missing'))
+           from orders o left join reservations r on r.id = o.id
+          where (o.state in ('pending_approval', 'approved')
+                 and (r.id is null or r.state = 'released' or r.quantity <> o.quantity or r.deal_id <> o.deal_id))
+             or (o.state in ('rejected', 'cancelled') and o.units_released and r.state is distinct from 'released')",
+    ),
+    (
+        "no two orders share a request_id (an order's id is its request_id)",
+        "select format('order id %s appears %s times', id, count(*)) from orders group by id having count(*) > 1",
+    ),
+    (
+        "no unit was sold outside its deal's window (start_time to expire_time or the daily reset)",
+        "select format('reservation %s of deal %s made at %s', r.id, d.id, r.create_time)
+           from reservations r join deals d on d.id = r.deal_id
+          where r.create_time < d.start_time or r.create_time >= least(d.expire_time, d.daily_reset_time)",
+    ),
+];
+
+/// Every violation in the database, read in one repeatable-read snapshot.
+pub async fn check(pool: &PgPool) -> Result<Vec<Violation>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    let mut violations = Vec::new();
+    for (invariant, query) in CHECKS {
+        let rows: Vec<String> = sqlx::query_scalar(query).fetch_all(&mut *tx).await?;
+        violations.extend(rows.into_iter().map(|detail| Violation { invariant, detail }));
+    }
+    tx.commit().await?;
+    Ok(violations)
+}

@@ -1,0 +1,104 @@
+//! Settles what the two-step order protocol can leave behind (docs/reservations.md):
+//! - holds whose order-service never came back (a crash, a timeout, a lost reply): confirmed if
+//!   their order was recorded, released if not;
+//! - rejected or cancelled orders whose units did not make it back to the deal.
+//!
+//! Both act only on rows older than `HOLD_TIMEOUT`, long after order-service could still record an
+//! order for them, and take their rows with `for update skip locked`, so several workers share the
+//! work and never do a row twice.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::PgPool;
+
+use crate::shared::reservations::HOLD_TIMEOUT;
+
+/// How many rows one pass settles at most; the next tick takes the rest.
+const BATCH: i64 = 1000;
+
+/// What one pass over the holds did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HoldReport {
+    /// Holds whose order exists, now confirmed.
+    pub confirmed: i64,
+    /// Holds without a live order, now released.
+    pub released: i64,
+    /// Rejected or cancelled orders whose units were given back here.
+    pub finished_releases: i64,
+}
+
+fn cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - TimeDelta::from_std(HOLD_TIMEOUT).unwrap_or(TimeDelta::MAX)
+}
+
+/// Settles every hold and pending release that has waited `HOLD_TIMEOUT` as of `now`.
+#[tracing::instrument(skip(pool))]
+pub async fn settle_holds(pool: &PgPool, now: DateTime<Utc>) -> Result<HoldReport, sqlx::Error> {
+    let (confirmed, released) = resolve_stale_holds(pool, cutoff(now)).await?;
+    let finished_releases = finish_releases(pool, cutoff(now)).await?;
+    Ok(HoldReport { confirmed, released, finished_releases })
+}
+
+/// Holds made before `cutoff`: confirmed when their order is pending or approved, released (units
+/// back to the deal, in the same statement) when there is no order or it was rejected or cancelled.
+async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "with due as (
+             select r.id, o.state as order_state
+               from reservations r left join orders o on o.id = r.id
+              where r.state = 'reserved' and r.create_time <= $1
+              order by r.create_time
+              limit $2
+                for update of r skip locked
+         ), confirmed as (
+             update reservations set state = 'confirmed', update_time = now()
+               from due
+              where reservations.id = due.id and due.order_state in ('pending_approval', 'approved')
+             returning reservations.id
+         ), released as (
+             update reservations set state = 'released', update_time = now()
+               from due
+              where reservations.id = due.id
+                and (due.order_state is null or due.order_state in ('rejected', 'cancelled'))
+             returning reservations.deal_id, reservations.quantity
+         ), restored as (
+             update deals set available_units = available_units + back.units, update_time = now()
+               from (select deal_id, sum(quantity)::integer as units from released group by deal_id) back
+              where deals.id = back.deal_id
+         )
+         select (select count(*) from confirmed), (select count(*) from released)",
+    )
+    .bind(cutoff)
+    .bind(BATCH)
+    .fetch_one(pool)
+    .await
+}
+
+/// Rejected or cancelled orders, decided before `cutoff`, whose release did not complete: their
+/// reservation is released (if it still holds units) and the order marked, in one statement.
+async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "with due as (
+             select id from orders
+              where state in ('rejected', 'cancelled') and not units_released and update_time <= $1
+              order by update_time
+              limit $2
+                for update skip locked
+         ), released as (
+             update reservations set state = 'released', update_time = now()
+               from due
+              where reservations.id = due.id and reservations.state in ('reserved', 'confirmed')
+             returning reservations.deal_id, reservations.quantity
+         ), restored as (
+             update deals set available_units = available_units + back.units, update_time = now()
+               from (select deal_id, sum(quantity)::integer as units from released group by deal_id) back
+              where deals.id = back.deal_id
+         ), marked as (
+             update orders set units_released = true from due where orders.id = due.id returning 1
+         )
+         select count(*) from released",
+    )
+    .bind(cutoff)
+    .bind(BATCH)
+    .fetch_one(pool)
+    .await
+}

@@ -1,0 +1,158 @@
+//! Breaking things on purpose: failures between the reservation and the order write, clients that
+//! retry everything, several instances of every service. Each ends with the invariant checker.
+
+use sqlx::PgPool;
+use tonic::Code;
+use topkart::{
+    order::faults::Faults,
+    proto::order::{self as pb, order_service_client::OrderServiceClient},
+    shared::reservations::HOLD_TIMEOUT,
+    worker::{daily_reset, settle_holds},
+};
+
+use crate::helpers::*;
+
+fn keyed(deal: &str, customer: &str, request_id: &str) -> pb::CreateOrderRequest {
+    pb::CreateOrderRequest {
+        order: Some(pb::Order { customer_id: customer.into(), ..order_request(deal, 1) }),
+        request_id: request_id.into(),
+    }
+}
+
+async fn available(pool: &PgPool) -> i32 {
+    sqlx::query_scalar("select available_units from deals").fetch_one(pool).await.unwrap()
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_failure_between_reserve_and_order_write_loses_no_units(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(100).await;
+    // A second order-service on the same deal-service, failing every third order after its reserve.
+    let (faulty_addr, _stop) =
+        spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(3)).await;
+    let orders = OrderServiceClient::new(channel(faulty_addr).await);
+    let buyers = (0..60).map(|buyer| {
+        let mut orders = orders.clone();
+        let request = keyed(&deal.name, &format!("buyer-{buyer}"), &uuid::Uuid::new_v4().to_string());
+        async move { orders.create_order(request).await }
+    });
+    let results = join_all(buyers).await;
+    let placed = results.iter().filter(|result| result.is_ok()).count() as i32;
+    assert_eq!(placed, 40);
+    for failed in results.into_iter().filter(Result::is_err) {
+        assert_eq!(failed.unwrap_err().code(), Code::Internal);
+    }
+    // The 20 abandoned holds still count as held: no invariant is broken, no unit is lost.
+    assert_invariants(&pool).await;
+    assert_eq!(available(&pool).await, 40);
+
+    // Before the hold timeout the worker leaves them alone; after it, they go back.
+    let early = settle_holds(&pool, db_now(&pool).await).await.unwrap();
+    assert_eq!((early.confirmed, early.released), (0, 0));
+    let settled = settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
+    assert_eq!(settled.released, 20);
+    assert_eq!(available(&pool).await, 60);
+    assert_eq!(app.order_count().await, 40);
+    assert_invariants(&pool).await;
+}
+
+/// A deal-service client for a second order-service in `app`'s setup.
+fn deals_client_of(app: &TestApp) -> topkart::order::deals::DealsClient {
+    deals_client(app.deal_addr)
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn clients_retrying_with_the_same_request_id_get_one_order_each(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(100).await;
+    let keys: Vec<String> = (0..40).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    // Every client sends its request four times, all at once.
+    let attempts = keys.iter().enumerate().flat_map(|(buyer, key)| {
+        (0..4).map({
+            let orders = app.orders.clone();
+            let request = keyed(&deal.name, &format!("buyer-{buyer}"), key);
+            move |_| {
+                let mut orders = orders.clone();
+                let request = request.clone();
+                async move {
+                    (request.request_id.clone(), orders.create_order(request).await.map(|reply| reply.into_inner()))
+                }
+            }
+        })
+    });
+    let results = join_all(attempts.collect::<Vec<_>>()).await;
+    for (key, result) in &results {
+        let order = result.as_ref().expect("every retry succeeds");
+        assert_eq!(order.name, format!("orders/{key}"), "the order's id is its request_id");
+    }
+    assert_eq!(app.order_count().await, 40);
+    assert_eq!(available(&pool).await, 60);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_request_id_reused_for_another_order_is_refused(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let key = uuid::Uuid::new_v4().to_string();
+    let mut orders = app.orders.clone();
+    orders.create_order(keyed(&deal.name, "alice", &key)).await.unwrap();
+    let other = pb::CreateOrderRequest {
+        order: Some(pb::Order { customer_id: "alice".into(), ..order_request(&deal.name, 2) }),
+        request_id: key.clone(),
+    };
+    assert_refused(orders.create_order(other).await, Code::AlreadyExists, "REQUEST_ID_REUSED");
+    assert_invalid(orders.create_order(keyed(&deal.name, "alice", "not-a-uuid")).await, &["request_id"]);
+    assert_eq!(app.order_count().await, 1);
+    assert_eq!(available(&pool).await, 9);
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_retry_after_the_hold_was_released_is_abandoned_not_doubled(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let (faulty_addr, _stop) =
+        spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(1)).await;
+    let mut faulty = OrderServiceClient::new(channel(faulty_addr).await);
+    let key = uuid::Uuid::new_v4().to_string();
+    assert_eq!(faulty.create_order(keyed(&deal.name, "alice", &key)).await.unwrap_err().code(), Code::Internal);
+    settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
+
+    let mut orders = app.orders.clone();
+    assert_refused(orders.create_order(keyed(&deal.name, "alice", &key)).await, Code::Aborted, "ORDER_ABANDONED");
+    assert_eq!(app.order_count().await, 0);
+    assert_eq!(available(&pool).await, 10);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn two_instances_of_every_service_keep_every_invariant(pool: PgPool) {
+    let (deal_a, _stop_deal_a) = spawn_deal_service(pool.clone()).await;
+    let (deal_b, _stop_deal_b) = spawn_deal_service(pool.clone()).await;
+    let (order_a, _stop_order_a) = spawn_order_service(pool.clone(), deals_client(deal_a)).await;
+    let (order_b, _stop_order_b) = spawn_order_service(pool.clone(), deals_client(deal_b)).await;
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(50).await;
+    let clients = [OrderServiceClient::new(channel(order_a).await), OrderServiceClient::new(channel(order_b).await)];
+
+    let buyers = (0..200).map(|buyer| {
+        let mut orders = clients[buyer % 2].clone();
+        let request = keyed(&deal.name, &format!("buyer-{buyer}"), &uuid::Uuid::new_v4().to_string());
+        async move { orders.create_order(request).await }
+    });
+    // Meanwhile two workers reset the day and settle holds.
+    let now = db_now(&pool).await;
+    let workers = (0..2).map(|_| {
+        let pool = pool.clone();
+        async move {
+            let reset = daily_reset(&pool, now).await.unwrap();
+            settle_holds(&pool, now).await.unwrap();
+            reset.is_some()
+        }
+    });
+    let (results, resets) = tokio::join!(join_all(buyers), join_all(workers));
+    assert!(resets.iter().filter(|performed| **performed).count() <= 1, "the day was reset twice");
+    assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 50);
+    assert_eq!(available(&pool).await, 0);
+    assert_invariants(&pool).await;
+}
