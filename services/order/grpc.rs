@@ -114,11 +114,13 @@ impl OrderApi {
                 Ok(order)
             }
             Ok(None) => {
-                // Too late: no order can be recorded for this hold any more, so its units go back.
-                if let Err(err) = self.deals.release(id).await {
-                    tracing::warn!(order = %id, error = ?err, "abandoned hold not released; the expiry worker will release it");
+                // Too late to record it. A concurrent retry may have recorded it in time; if not, the
+                // hold is the worker's to release: releasing here could race a retry whose insert is
+                // still committing.
+                match store::get_order(&self.pool, id).await? {
+                    Some(existing) => placed_by(&new, existing),
+                    None => Err(OrderError::OrderAbandoned),
                 }
-                Err(OrderError::OrderAbandoned)
             }
             // A concurrent retry with the same request id recorded it first.
             Err(err) if db::is_unique_violation(&err) => {

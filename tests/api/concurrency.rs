@@ -27,10 +27,11 @@ async fn two_hundred_concurrent_orders_on_fifty_units_sell_exactly_fifty(pool: P
     }
     assert_eq!(app.get_deal(&deal.name).await.available_units, 0);
     assert_eq!(app.order_count().await, 50);
-    let reserved: i64 =
-        sqlx::query_scalar("select coalesce(sum(quantity), 0) from reservations where state in ('reserved', 'confirmed')")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let reserved: i64 = sqlx::query_scalar(
+        "select coalesce(sum(quantity), 0) from reservations where state in ('reserved', 'confirmed')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(reserved, 50);
 }

@@ -1,13 +1,11 @@
 //! The README's flow against the three real binaries, started as processes on free ports over a
 //! fresh database and awaited through `grpc.health.v1`.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
 use tonic::Code;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use topkart::{
     proto::{
         deal::{self as dealpb, deal_service_client::DealServiceClient},
@@ -16,62 +14,7 @@ use topkart::{
     shared::time,
 };
 
-use crate::helpers::*;
-
-/// A running binary, killed when dropped.
-struct Process(Child);
-
-impl Process {
-    fn start(binary: &str, database_url: &str, args: &[&str]) -> Self {
-        let child = Command::new(binary)
-            .args(args)
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start binary");
-        Self(child)
-    }
-
-    /// Sends SIGTERM and waits: a graceful shutdown exits 0.
-    async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.0.id().expect("running").to_string();
-        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-        assert!(sent.success());
-        tokio::time::timeout(Duration::from_secs(10), self.0.wait()).await.expect("exit within 10 s").unwrap()
-    }
-}
-
-/// A port free right now on loopback.
-async fn free_addr() -> SocketAddr {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
-}
-
-/// Waits until the server at `addr` reports SERVING.
-async fn wait_serving(addr: SocketAddr) {
-    for _ in 0..150 {
-        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-            if let Ok(channel) = endpoint.connect().await {
-                let reply = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
-                if reply.is_ok_and(|reply| reply.into_inner().status() == ServingStatus::Serving) {
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{addr} never became SERVING");
-}
-
-/// The test database's URL: the configured server with this test's database.
-fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let database = pool.connect_options().get_database().expect("a database name").to_owned();
-    let (without_query, query) = base.split_once('?').map_or((base.as_str(), ""), |(url, query)| (url, query));
-    let server = without_query.rsplit_once('/').map_or(without_query, |(server, _)| server);
-    if query.is_empty() { format!("{server}/{database}") } else { format!("{server}/{database}?{query}") }
-}
+use crate::{helpers::*, processes::*};
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {

@@ -2,9 +2,12 @@
 //! fresh Postgres database per test.
 
 mod concurrency;
+mod crashes;
 mod deals;
 mod end_to_end;
 mod helpers;
 mod orders;
+mod postgres_restart;
+mod processes;
 mod reliability;
 mod worker;

@@ -156,3 +156,26 @@ async fn two_instances_of_every_service_keep_every_invariant(pool: PgPool) {
     assert_eq!(available(&pool).await, 0);
     assert_invariants(&pool).await;
 }
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn an_order_is_not_recorded_after_its_write_window(pool: PgPool) {
+    use topkart::{
+        order::store::{OrderInsert, insert_order},
+        shared::money::Price,
+    };
+    let price = Price::from_stored("INR".into(), 600_000_000);
+    let insert = || OrderInsert {
+        id: uuid::Uuid::new_v4(),
+        deal_id: uuid::Uuid::new_v4(),
+        customer_id: "alice",
+        quantity: 1,
+        unit_price: &price,
+        total_price: &price,
+    };
+    let now = db_now(&pool).await;
+    let late = insert_order(&pool, insert(), now - chrono::TimeDelta::milliseconds(1)).await.unwrap();
+    assert!(late.is_none());
+    assert_eq!(sqlx::query_scalar::<_, i64>("select count(*) from orders").fetch_one(&pool).await.unwrap(), 0);
+    let in_time = insert_order(&pool, insert(), now + chrono::TimeDelta::seconds(10)).await.unwrap();
+    assert!(in_time.is_some());
+}
