@@ -105,19 +105,30 @@ async fn create_deal(addr: SocketAddr, units: i32) -> dealpb::Deal {
     deals.create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(units)) }).await.unwrap().into_inner()
 }
 
-#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
-async fn kill_9_of_order_service_mid_load_loses_and_doubles_nothing(pool: PgPool) {
+/// Which service a test kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    DealService,
+    OrderService,
+}
+
+/// Runs both services as binaries, starts 200 retrying buyers on 150 units, kills `victim` with
+/// SIGKILL once 30 orders are in, restarts it on the same port, and checks the settled result.
+async fn kill_9_mid_load(pool: PgPool, victim: Victim) {
     let url = database_url(&pool);
     let (deal_addr, order_addr) = (free_addr().await, free_addr().await);
-    let _deal = Process::start(env!("CARGO_BIN_EXE_deal-service"), &url, &["--listen-addr", &deal_addr.to_string()]);
-    let order_args = [
+    let deal_args = vec!["--listen-addr".to_owned(), deal_addr.to_string()];
+    let order_args = vec![
         "--listen-addr".to_owned(),
         order_addr.to_string(),
         "--deal-service-url".into(),
         format!("http://{deal_addr}"),
     ];
-    let order_args: Vec<&str> = order_args.iter().map(String::as_str).collect();
-    let order = Process::start(env!("CARGO_BIN_EXE_order-service"), &url, &order_args);
+    let start = |binary: &str, args: &[String]| {
+        Process::start(binary, &url, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut deal_service = start(env!("CARGO_BIN_EXE_deal-service"), &deal_args);
+    let mut order_service = start(env!("CARGO_BIN_EXE_order-service"), &order_args);
     wait_serving(deal_addr).await;
     wait_serving(order_addr).await;
     let deal = create_deal(deal_addr, 150).await;
@@ -127,41 +138,32 @@ async fn kill_9_of_order_service_mid_load_loses_and_doubles_nothing(pool: PgPool
         async move { retrying_buyers(order_addr, &deal, 200, Duration::from_secs(30)).await }
     });
     wait_for_orders(&pool, 30).await;
-    order.kill_hard().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let _order = Process::start(env!("CARGO_BIN_EXE_order-service"), &url, &order_args);
-    wait_serving(order_addr).await;
+    match victim {
+        Victim::DealService => {
+            deal_service.kill_hard().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            deal_service = start(env!("CARGO_BIN_EXE_deal-service"), &deal_args);
+            wait_serving(deal_addr).await;
+        }
+        Victim::OrderService => {
+            order_service.kill_hard().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            order_service = start(env!("CARGO_BIN_EXE_order-service"), &order_args);
+            wait_serving(order_addr).await;
+        }
+    }
 
     let outcomes = load.await.unwrap();
     assert_settled(&pool, &outcomes, 150).await;
+    drop((deal_service, order_service));
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn kill_9_of_order_service_mid_load_loses_and_doubles_nothing(pool: PgPool) {
+    kill_9_mid_load(pool, Victim::OrderService).await;
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn kill_9_of_deal_service_mid_load_loses_and_doubles_nothing(pool: PgPool) {
-    let url = database_url(&pool);
-    let (deal_addr, order_addr) = (free_addr().await, free_addr().await);
-    let deal_args = ["--listen-addr".to_owned(), deal_addr.to_string()];
-    let deal_args: Vec<&str> = deal_args.iter().map(String::as_str).collect();
-    let deal_service = Process::start(env!("CARGO_BIN_EXE_deal-service"), &url, &deal_args);
-    let _order = Process::start(
-        env!("CARGO_BIN_EXE_order-service"),
-        &url,
-        &["--listen-addr", &order_addr.to_string(), "--deal-service-url", &format!("http://{deal_addr}")],
-    );
-    wait_serving(deal_addr).await;
-    wait_serving(order_addr).await;
-    let deal = create_deal(deal_addr, 150).await;
-
-    let load = tokio::spawn({
-        let deal = deal.name.clone();
-        async move { retrying_buyers(order_addr, &deal, 200, Duration::from_secs(30)).await }
-    });
-    wait_for_orders(&pool, 30).await;
-    deal_service.kill_hard().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _deal_service = Process::start(env!("CARGO_BIN_EXE_deal-service"), &url, &deal_args);
-    wait_serving(deal_addr).await;
-
-    let outcomes = load.await.unwrap();
-    assert_settled(&pool, &outcomes, 150).await;
+    kill_9_mid_load(pool, Victim::DealService).await;
 }

@@ -25,7 +25,7 @@ impl Process {
     }
 
     /// Kills the process with SIGKILL, as a crash would, and waits for it.
-    pub async fn kill_hard(mut self) {
+    pub async fn kill_hard(&mut self) {
         self.0.kill().await.expect("kill -9");
     }
 
