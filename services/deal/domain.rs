@@ -134,6 +134,12 @@ impl Deal {
     }
 }
 
+/// The first 00:00 UTC after `start`, when the daily reset ends the deal; the same instant as the
+/// `daily_reset_time` column.
+pub fn daily_reset_after(start: DateTime<Utc>) -> DateTime<Utc> {
+    (start.date_naive() + chrono::Days::new(1)).and_time(chrono::NaiveTime::MIN).and_utc()
+}
+
 /// The state a new deal is stored with.
 pub fn initial_state(terms: &DealTerms, now: DateTime<Utc>) -> DealState {
     if terms.start_time <= now { DealState::Active } else { DealState::Scheduled }
@@ -200,8 +206,9 @@ pub fn update_deal(
             }
             "total_units" => set(&mut terms.total_units, total_units(&path, patch.total_units, &mut violations)),
             "start_time" => {
-                let new = required_time(&path, patch.start_time.as_ref(), &mut violations);
-                if new.is_some_and(|new| new != current.terms.start_time) && current.state != DealState::Scheduled {
+                let new = required_time(&path, patch.start_time.as_ref(), &mut violations)
+                    .filter(|new| *new != current.terms.start_time);
+                if new.is_some() && current.state != DealState::Scheduled {
                     return Err(DealError::StartTimeLocked);
                 }
                 let new = new.filter(|new| not_in_the_past(&path, *new, now, &mut violations));
@@ -276,7 +283,9 @@ fn check_whole(terms: &DealTerms, now: DateTime<Utc>, violations: &mut Violation
     } else if terms.final_price.micros() > terms.actual_price.micros() {
         violations.add("deal.final_price", "must not be above actual_price");
     }
-    if terms.expire_time <= now {
+    if daily_reset_after(terms.start_time) <= now {
+        violations.add("deal.start_time", "must be on the current UTC day: that day's deals ended at 00:00 UTC");
+    } else if terms.expire_time <= now {
         violations.add("deal.expire_time", "must be in the future");
     } else if terms.expire_time <= terms.start_time {
         violations.add("deal.expire_time", "must be after start_time");

@@ -168,3 +168,26 @@ fn a_refusal_says_why() {
     assert!(matches!(refusal(&stored(terms.clone(), 3, DealState::Expired), 1, None), Some(DealError::DealExpired)));
     assert!(matches!(refusal(&stored(terms, 3, DealState::Scheduled), 1, None), Some(DealError::DealNotStarted)));
 }
+
+#[test]
+fn a_start_before_the_last_midnight_is_refused() {
+    let just_after_midnight = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 10).unwrap();
+    let request = pb::Deal {
+        start_time: Some(time::to_proto(just_after_midnight - TimeDelta::seconds(20))),
+        expire_time: Some(time::to_proto(just_after_midnight + TimeDelta::hours(2))),
+        ..valid_request()
+    };
+    assert_eq!(invalid_fields(new_deal(Some(&request), just_after_midnight)), ["deal.start_time"]);
+    assert_eq!(
+        daily_reset_after(just_after_midnight - TimeDelta::seconds(20)),
+        just_after_midnight - TimeDelta::seconds(10)
+    );
+}
+
+#[test]
+fn an_unchanged_start_time_may_be_named_in_the_mask_of_a_started_deal() {
+    let current = stored(new_deal(Some(&valid_request()), now()).unwrap(), 50, DealState::Active);
+    let later = now() + TimeDelta::minutes(5);
+    let patch = pb::Deal { start_time: Some(time::to_proto(current.terms.start_time)), ..Default::default() };
+    assert_eq!(update_deal(&current, &patch, &["start_time".into()], later).unwrap(), current.terms);
+}

@@ -170,12 +170,16 @@ impl DealApi {
         let expected_price = expected_price.flatten();
 
         if let Some(existing) = store::get_reservation(&self.pool, id).await? {
-            return same_reservation(existing, deal_id, quantity);
+            return same_reservation(existing, deal_id, quantity, expected_price.as_ref());
         }
         for _ in 0..RESERVE_ATTEMPTS {
             match store::reserve(&self.pool, id, deal_id, quantity, expected_price.as_ref()).await {
                 Ok(Some(reservation)) => return Ok(reservation),
                 Ok(None) => {
+                    // A concurrent call with the same id may have taken the units first.
+                    if let Some(existing) = store::get_reservation(&self.pool, id).await? {
+                        return same_reservation(existing, deal_id, quantity, expected_price.as_ref());
+                    }
                     let deal = store::get_deal(&self.pool, deal_id).await?.ok_or(DealError::DealNotFound)?;
                     if let Some(refusal) = domain::refusal(&deal, quantity, expected_price.as_ref()) {
                         return Err(refusal);
@@ -185,7 +189,7 @@ impl DealApi {
                 // A concurrent call with the same id won the insert.
                 Err(err) if crate::shared::db::is_unique_violation(&err) => {
                     let existing = store::get_reservation(&self.pool, id).await?.ok_or(DealError::Database(err))?;
-                    return same_reservation(existing, deal_id, quantity);
+                    return same_reservation(existing, deal_id, quantity, expected_price.as_ref());
                 }
                 Err(err) => return Err(err.into()),
             }
@@ -217,14 +221,22 @@ impl DealApi {
     }
 }
 
-/// A retried reservation gets the first answer; a reused id with another request is refused, and so
-/// is a retry after the reservation was released (its units went back; taking them again under the
-/// same id could revive a cancelled order's hold).
-fn same_reservation(existing: Reservation, deal_id: Uuid, quantity: i32) -> Result<Reservation, DealError> {
+/// A retried reservation gets the first answer; a reused id with another request is refused; so is
+/// a retry that expects another price than the one the units were taken at, and a retry after the
+/// reservation was released (its units went back; taking them again under the same id could revive
+/// a cancelled order's hold).
+fn same_reservation(
+    existing: Reservation,
+    deal_id: Uuid,
+    quantity: i32,
+    expected_price: Option<&Price>,
+) -> Result<Reservation, DealError> {
     if existing.deal_id != deal_id || existing.quantity != quantity {
         Err(DealError::ReservationIdReused)
     } else if existing.state == ReservationState::Released {
         Err(DealError::ReservationReleased)
+    } else if expected_price.is_some_and(|expected| *expected != existing.unit_price) {
+        Err(DealError::PriceChanged { current: existing.unit_price })
     } else {
         Ok(existing)
     }

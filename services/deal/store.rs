@@ -225,10 +225,15 @@ pub async fn list_deals(
     Ok(rows.into_iter().map(Deal::from).collect())
 }
 
-/// Takes `quantity` units of a deal for reservation `id`, in one statement: the conditional update
-/// checks the deal's state and expiry against the database clock, the units left and the expected
-/// price, under the row lock it takes, so no interleaving of concurrent calls sells a unit twice or
-/// sells after expiry. Returns `None` when the deal refused; nothing is written then.
+/// Takes `quantity` units of a deal for reservation `id`. One conditional update checks the deal's
+/// state and expiry, the units left and the expected price under the deal's row lock, and the same
+/// statement inserts the reservation, so no interleaving of concurrent calls sells a unit twice.
+/// Returns `None` when the deal refused (or does not exist); nothing is written then.
+///
+/// The row lock is taken by a statement of its own first, so that the conditional statement starts
+/// only once the lock is ours: its `statement_timestamp()` is then the instant of the sale, used both
+/// for the expiry check and as the reservation's time. (With `now()`, fixed when the transaction
+/// starts, a buyer queued on the lock across the expiry would still pass.)
 pub async fn reserve(
     pool: &PgPool,
     id: Uuid,
@@ -236,18 +241,26 @@ pub async fn reserve(
     quantity: i32,
     expected_price: Option<&Price>,
 ) -> Result<Option<Reservation>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let locked: Option<i32> = sqlx::query_scalar("select 1 from deals where id = $1 for update")
+        .bind(deal_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if locked.is_none() {
+        return Ok(None);
+    }
     let row: Option<ReservationRow> = sqlx::query_as(concat!(
         "with taken as (
              update deals
-                set available_units = available_units - $3, update_time = now()
+                set available_units = available_units - $3, update_time = statement_timestamp()
               where id = $2
-                and deal_state_at(deals, now()) = 'active'
+                and deal_state_at(deals, statement_timestamp()) = 'active'
                 and available_units >= $3
                 and ($4::bigint is null or (final_price_micros = $4 and currency_code = $5))
              returning id, currency_code, final_price_micros
          )
-         insert into reservations (id, deal_id, quantity, currency_code, unit_price_micros)
-         select $1, id, $3, currency_code, final_price_micros from taken
+         insert into reservations (id, deal_id, quantity, currency_code, unit_price_micros, create_time, update_time)
+         select $1, id, $3, currency_code, final_price_micros, statement_timestamp(), statement_timestamp() from taken
          returning ",
         reservation_columns!()
     ))
@@ -256,8 +269,9 @@ pub async fn reserve(
     .bind(quantity)
     .bind(expected_price.map(Price::micros))
     .bind(expected_price.map(Price::currency_code))
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(row.map(Reservation::from))
 }
 

@@ -86,8 +86,13 @@ impl OrderApi {
             }
         }
         let reserved = match self.deals.reserve(id, new.deal_id, new.quantity, new.shown_unit_price.as_ref()).await {
-            // A retry after the first attempt was given up and its hold released.
-            Err(OrderError::DealRefused(status)) if is_released(&status) => return Err(OrderError::OrderAbandoned),
+            Err(OrderError::DealRefused(status)) => match refusal_reason(&status).as_deref() {
+                // A retry after the first attempt was given up and its hold released.
+                Some("RESERVATION_RELEASED") => return Err(OrderError::OrderAbandoned),
+                // The request id's hold was made for another deal or quantity.
+                Some("RESERVATION_ID_REUSED") => return Err(OrderError::RequestIdReused),
+                _ => return Err(OrderError::DealRefused(status)),
+            },
             other => other?,
         };
         self.faults.after_reserve()?;
@@ -175,10 +180,18 @@ impl OrderApi {
     /// idempotent, so it happens exactly once).
     async fn decide(&self, name: &str, decision: Decision) -> Result<Order, OrderError> {
         let id = order_id(name)?;
-        let Some(order) = store::decide(&self.pool, id, decision.outcome()).await? else {
+        let mut attempts = 0;
+        let order = loop {
+            if let Some(order) = store::decide(&self.pool, id, decision.outcome()).await? {
+                break order;
+            }
             let current = store::get_order(&self.pool, id).await?.ok_or(OrderError::OrderNotFound)?;
             decision.check(current.state)?;
-            return Err(OrderError::Internal("order pending but not decided".into()));
+            // Pending after all: the order was recorded between the two statements. Decide again.
+            attempts += 1;
+            if attempts == 3 {
+                return Err(OrderError::Internal("order kept changing while being decided".into()));
+            }
         };
         if decision.releases_units() {
             match self.deals.release(id).await {
@@ -198,9 +211,9 @@ fn placed_by(new: &domain::NewOrder, existing: Order) -> Result<Order, OrderErro
     if new.placed(&existing) { Ok(existing) } else { Err(OrderError::RequestIdReused) }
 }
 
-/// Whether deal-service refused because the reservation was released.
-fn is_released(status: &Status) -> bool {
-    status.get_error_details().error_info().is_some_and(|info| info.reason == "RESERVATION_RELEASED")
+/// The `ErrorInfo` reason of a refusal from deal-service.
+fn refusal_reason(status: &Status) -> Option<String> {
+    status.get_error_details().error_info().map(|info| info.reason.clone())
 }
 
 fn order_id(name: &str) -> Result<Uuid, OrderError> {

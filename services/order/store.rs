@@ -56,14 +56,20 @@ pub struct OrderInsert<'a> {
     pub total_price: &'a Price,
 }
 
-/// Records a placed order, pending approval, unless the database clock has passed `write_by`: the
-/// expiry worker releases holds without an order only well after that instant, so an order recorded
-/// here always keeps its units. `None` when it was too late; nothing is written then.
+/// Records a placed order, pending approval, unless the database clock has passed `write_by`.
+/// `None` when it was too late; nothing is written then.
+///
+/// The insert holds the hold's advisory lock (`hold_lock_key`) until it commits, and the expiry
+/// worker settles a hold only under that lock and only long after `write_by`: so the worker either
+/// sees this order, or this insert comes after the worker and finds `write_by` long past. An order
+/// recorded here always keeps its units.
 pub async fn insert_order(
     pool: &PgPool,
     order: OrderInsert<'_>,
     write_by: DateTime<Utc>,
 ) -> Result<Option<Order>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(order.id).execute(&mut *tx).await?;
     let row: Option<OrderRow> = sqlx::query_as(concat!(
         "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, \
                              total_price_micros, state)
@@ -80,8 +86,9 @@ pub async fn insert_order(
     .bind(order.unit_price.micros())
     .bind(order.total_price.micros())
     .bind(write_by)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(row.map(Order::from))
 }
 

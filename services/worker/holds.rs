@@ -40,15 +40,36 @@ pub async fn settle_holds(pool: &PgPool, now: DateTime<Utc>) -> Result<HoldRepor
 
 /// Holds made before `cutoff`: confirmed when their order is pending or approved, released (units
 /// back to the deal, in the same statement) when there is no order or it was rejected or cancelled.
+///
+/// First the holds are claimed, each under its advisory lock (`hold_lock_key`, which order-service
+/// holds while it inserts the hold's order; a hold whose lock is taken waits for the next tick).
+/// Then a second statement, whose snapshot is taken after the locks, looks for the orders: any order
+/// committed before a lock was granted is seen, and none can be inserted after it (its write window
+/// has long passed).
 async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as(
+    let mut tx = pool.begin().await?;
+    let claimed: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "select id from reservations
+          where state = 'reserved' and create_time <= $1
+          order by create_time
+          limit $2
+            for update skip locked",
+    )
+    .bind(cutoff)
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    let locked: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "select id from unnest($1::uuid[]) as claimed(id) where pg_try_advisory_xact_lock(hold_lock_key(id))",
+    )
+    .bind(&claimed)
+    .fetch_all(&mut *tx)
+    .await?;
+    let settled = sqlx::query_as(
         "with due as (
              select r.id, o.state as order_state
                from reservations r left join orders o on o.id = r.id
-              where r.state = 'reserved' and r.create_time <= $1
-              order by r.create_time
-              limit $2
-                for update of r skip locked
+              where r.id = any($1) and r.state = 'reserved'
          ), confirmed as (
              update reservations set state = 'confirmed', update_time = now()
                from due
@@ -67,10 +88,11 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
          )
          select (select count(*) from confirmed), (select count(*) from released)",
     )
-    .bind(cutoff)
-    .bind(BATCH)
-    .fetch_one(pool)
-    .await
+    .bind(&locked)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(settled)
 }
 
 /// Rejected or cancelled orders, decided before `cutoff`, whose release did not complete: their

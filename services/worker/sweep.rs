@@ -17,10 +17,11 @@ pub struct SweepReport {
 /// Sweeps as of `now`.
 #[tracing::instrument(skip(pool))]
 pub async fn sweep_once(pool: &PgPool, now: DateTime<Utc>) -> Result<SweepReport, sqlx::Error> {
-    // Uses the partial index on expire_time of unexpired deals.
+    // Uses the partial index on expire_time of unexpired deals. The daily-reset condition catches a
+    // deal that started just before midnight but was committed after the reset had run.
     let expired = sqlx::query(
         "update deals set state = 'expired', update_time = $1
-          where state <> 'expired' and expire_time <= $1",
+          where state <> 'expired' and (expire_time <= $1 or daily_reset_time <= $1)",
     )
     .bind(now)
     .execute(pool)

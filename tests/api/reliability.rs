@@ -179,3 +179,114 @@ async fn an_order_is_not_recorded_after_its_write_window(pool: PgPool) {
     let in_time = insert_order(&pool, insert(), now + chrono::TimeDelta::seconds(10)).await.unwrap();
     assert!(in_time.is_some());
 }
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_buyer_queued_on_the_deal_across_its_expiry_is_refused(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let now = db_now(&pool).await;
+    let deal =
+        insert_deal_at(&pool, now - chrono::TimeDelta::hours(1), now + chrono::TimeDelta::milliseconds(1500), "active")
+            .await;
+    // Another transaction holds the deal's row while the deal expires.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("select 1 from deals where id = $1 for update").bind(deal).execute(&mut *blocker).await.unwrap();
+    let queued = tokio::spawn({
+        let mut orders = app.orders.clone();
+        let request = keyed(&format!("deals/{deal}"), "alice", &uuid::Uuid::new_v4().to_string());
+        async move { orders.create_order(request).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    blocker.commit().await.unwrap();
+    assert_refused(queued.await.unwrap(), Code::FailedPrecondition, "DEAL_EXPIRED");
+    assert_eq!(available(&pool).await, 10);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn concurrent_attempts_of_one_request_for_the_last_unit_both_get_the_order(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(1).await;
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("select 1 from deals for update").execute(&mut *blocker).await.unwrap();
+    let key = uuid::Uuid::new_v4().to_string();
+    let attempts: Vec<_> = (0..2)
+        .map(|_| {
+            let mut orders = app.orders.clone();
+            let request = keyed(&deal.name, "alice", &key);
+            tokio::spawn(async move { orders.create_order(request).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    blocker.commit().await.unwrap();
+    for attempt in attempts {
+        let order = attempt.await.unwrap().expect("both attempts get the one order");
+        assert_eq!(order.into_inner().name, format!("orders/{key}"));
+    }
+    assert_eq!(app.order_count().await, 1);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_retry_with_another_body_does_not_take_over_the_hold(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let (faulty_addr, _stop) =
+        spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(1)).await;
+    let mut faulty = OrderServiceClient::new(channel(faulty_addr).await);
+    let key = uuid::Uuid::new_v4().to_string();
+    assert_eq!(faulty.create_order(keyed(&deal.name, "alice", &key)).await.unwrap_err().code(), Code::Internal);
+
+    let mut orders = app.orders.clone();
+    let more_units = pb::CreateOrderRequest {
+        order: Some(pb::Order { customer_id: "alice".into(), ..order_request(&deal.name, 2) }),
+        request_id: key.clone(),
+    };
+    assert_refused(orders.create_order(more_units).await, Code::AlreadyExists, "REQUEST_ID_REUSED");
+    let other_price = pb::CreateOrderRequest {
+        order: Some(pb::Order {
+            unit_price: Some(inr(300)),
+            customer_id: "alice".into(),
+            ..order_request(&deal.name, 1)
+        }),
+        request_id: key.clone(),
+    };
+    assert_refused(orders.create_order(other_price).await, Code::FailedPrecondition, "PRICE_CHANGED");
+    assert_eq!(app.order_count().await, 0);
+    // The same body takes its hold over and is recorded.
+    let order = orders.create_order(keyed(&deal.name, "alice", &key)).await.unwrap().into_inner();
+    assert_eq!(order.name, format!("orders/{key}"));
+    assert_eq!(available(&pool).await, 9);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn the_worker_never_releases_a_hold_whose_order_is_being_committed(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let (faulty_addr, _stop) =
+        spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(1)).await;
+    let mut faulty = OrderServiceClient::new(channel(faulty_addr).await);
+    let key = uuid::Uuid::new_v4();
+    faulty.create_order(keyed(&deal.name, "alice", &key.to_string())).await.unwrap_err();
+
+    // An order insert in flight for that hold: it holds the hold's lock and has not committed.
+    let mut inserting = pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(key).execute(&mut *inserting).await.unwrap();
+    sqlx::query(
+        "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros, state)
+         values ($1, $2, 'alice', 1, 'INR', 600000000, 600000000, 'pending_approval')",
+    )
+    .bind(key)
+    .bind(uuid(&deal.name))
+    .execute(&mut *inserting)
+    .await
+    .unwrap();
+    let while_inserting = settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
+    assert_eq!((while_inserting.confirmed, while_inserting.released), (0, 0), "the hold is left for later");
+    inserting.commit().await.unwrap();
+
+    let after = settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
+    assert_eq!((after.confirmed, after.released), (1, 0));
+    assert_eq!(available(&pool).await, 9);
+    assert_invariants(&pool).await;
+}
