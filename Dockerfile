@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 
 # One image for the whole system: deal-service, order-service and expiry-worker, plus health-probe
-# for container health checks. Which service a container runs is chosen by its command (see
+# for container health checks, topkart (mints tokens) and invariant-check. Which service a container runs is chosen by its command (see
 # docker-compose.yml). Needs BuildKit (the default builder of current Docker) for the cache mounts.
 
 # ---- build ---------------------------------------------------------------------------------------
@@ -30,6 +30,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
        target/release/order-service \
        target/release/expiry-worker \
        target/release/health-probe \
+       target/release/topkart \
+       target/release/invariant-check \
        /out/
 
 # ---- runtime -------------------------------------------------------------------------------------

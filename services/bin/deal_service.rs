@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use topkart::shared::{cli, server, telemetry};
+use topkart::shared::{auth, cli, server, telemetry};
 
 /// Serves the deal API, gRPC health and server reflection.
 #[derive(Debug, Parser)]
@@ -15,6 +15,12 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     listen_addr: SocketAddr,
+
+    #[command(flatten)]
+    auth: auth::AuthArgs,
+
+    #[command(flatten)]
+    tls: cli::TlsArgs,
 }
 
 #[tokio::main]
@@ -25,8 +31,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
+    let settings = cli::server_settings(&args.auth, &args.tls)?;
     let (pool, listener) = cli::start(&args.database, args.listen_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "deal-service listening");
-    topkart::deal::run(listener, pool, server::shutdown_signal()).await?;
+    tracing::info!(addr = %listener.local_addr()?, tls = settings.tls.is_some(), "deal-service listening");
+    topkart::deal::run(listener, pool, settings, server::shutdown_signal()).await?;
     Ok(())
 }

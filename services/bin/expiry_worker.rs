@@ -19,6 +19,9 @@ struct Args {
     /// Seconds between sweeps.
     #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     sweep_interval_secs: u64,
+
+    #[command(flatten)]
+    tls: cli::TlsArgs,
 }
 
 #[tokio::main]
@@ -32,6 +35,6 @@ async fn run(args: Args) -> Result<(), cli::MainError> {
     let (pool, listener) = cli::start(&args.database, args.listen_addr).await?;
     let interval = Duration::from_secs(args.sweep_interval_secs);
     tracing::info!(addr = %listener.local_addr()?, interval_secs = args.sweep_interval_secs, "expiry-worker started");
-    topkart::worker::run(listener, pool, interval, server::shutdown_signal()).await?;
+    topkart::worker::run(listener, pool, interval, args.tls.server_config()?, server::shutdown_signal()).await?;
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! order-service: the order API on gRPC.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
+use tonic::transport::{Certificate, ClientTlsConfig};
 use topkart::{
-    order::deals::DealsClient,
-    shared::{cli, server, telemetry},
+    order::deals::{Credentials, DealsClient},
+    shared::{auth, cli, server, telemetry},
 };
 
 /// Serves the order API, gRPC health and server reflection.
@@ -26,6 +27,21 @@ struct Args {
     /// Deadline of each call to deal-service, in milliseconds.
     #[arg(long, env = "DEAL_SERVICE_DEADLINE_MS", default_value_t = 2000)]
     deal_service_deadline_ms: u64,
+
+    /// A service-role token to present to deal-service. Unset, order-service mints its own with
+    /// `JWT_SECRET`. Never logged.
+    #[arg(long, env = "DEAL_SERVICE_TOKEN", hide_env_values = true)]
+    deal_service_token: Option<String>,
+
+    /// PEM CA certificate to verify deal-service's TLS certificate with (use an https URL).
+    #[arg(long, env = "DEAL_SERVICE_CA_FILE")]
+    deal_service_ca_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    auth: auth::AuthArgs,
+
+    #[command(flatten)]
+    tls: cli::TlsArgs,
 }
 
 #[tokio::main]
@@ -36,10 +52,24 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
+    let settings = cli::server_settings(&args.auth, &args.tls)?;
+    let credentials = match (&args.deal_service_token, &args.auth.jwt_secret) {
+        (Some(token), _) => Credentials::Token(token.clone()),
+        (None, Some(secret)) => Credentials::minted(auth::Signer::hs256(secret.as_bytes())),
+        (None, None) if args.auth.insecure_no_auth => Credentials::None,
+        (None, None) => {
+            return Err("set DEAL_SERVICE_TOKEN: with a public key, order-service cannot mint its own".into());
+        }
+    };
+    let tls = match &args.deal_service_ca_file {
+        Some(path) => Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(cli::read(path)?))),
+        None => None,
+    };
+    let deadline = Duration::from_millis(args.deal_service_deadline_ms);
     let deals =
-        DealsClient::connect_lazy(&args.deal_service_url, Duration::from_millis(args.deal_service_deadline_ms))?;
+        DealsClient::connect_lazy(&args.deal_service_url, deadline, credentials, tls).map_err(|err| err.to_string())?;
     let (pool, listener) = cli::start(&args.database, args.listen_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, deal_service = %args.deal_service_url, "order-service listening");
-    topkart::order::run(listener, pool, deals, server::shutdown_signal()).await?;
+    tracing::info!(addr = %listener.local_addr()?, deal_service = %args.deal_service_url, tls = settings.tls.is_some(), "order-service listening");
+    topkart::order::run(listener, pool, deals, settings, server::shutdown_signal()).await?;
     Ok(())
 }

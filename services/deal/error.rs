@@ -2,7 +2,11 @@
 
 use tonic::{Code, Status};
 
-use crate::shared::{money::Price, status};
+use crate::shared::{
+    auth::{self, Role},
+    money::Price,
+    status,
+};
 
 use super::DOMAIN;
 
@@ -11,6 +15,8 @@ use super::DOMAIN;
 pub enum DealError {
     /// The request is malformed; every bad field is named.
     InvalidArgument(status::Violations),
+    /// The caller has none of these roles.
+    PermissionDenied(&'static [Role]),
     /// No deal has that name.
     DealNotFound,
     /// No reservation has that id.
@@ -53,6 +59,7 @@ impl From<DealError> for Status {
         let reason = |code, reason, message: &str| status::with_reason(code, DOMAIN, reason, message, []);
         match err {
             InvalidArgument(violations) => violations.into_status(DOMAIN),
+            PermissionDenied(roles) => auth::permission_denied(DOMAIN, roles),
             DealNotFound => reason(Code::NotFound, "DEAL_NOT_FOUND", "no deal has that name"),
             ReservationNotFound => reason(Code::NotFound, "RESERVATION_NOT_FOUND", "no reservation has that id"),
             DealExpired => reason(Code::FailedPrecondition, "DEAL_EXPIRED", "the deal has expired"),

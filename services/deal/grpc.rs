@@ -8,7 +8,13 @@ use uuid::Uuid;
 
 use crate::{
     proto::deal::{self as pb, deal_service_server::DealService},
-    shared::{money::Price, names, paging, status::Violations, time},
+    shared::{
+        auth::{self, Caller, Role},
+        money::Price,
+        names, paging,
+        status::Violations,
+        time,
+    },
 };
 
 use super::{
@@ -37,16 +43,19 @@ impl DealApi {
 impl DealService for DealApi {
     #[tracing::instrument(skip_all)]
     async fn create_deal(&self, request: Request<pb::CreateDealRequest>) -> Result<Response<pb::Deal>, Status> {
+        authorize(&request, ADMINS)?;
         reply(self.create(request.into_inner()).await.map(|deal| deal_to_proto(&deal)))
     }
 
     #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal.as_ref().map_or("", |deal| deal.name.as_str())))]
     async fn update_deal(&self, request: Request<pb::UpdateDealRequest>) -> Result<Response<pb::Deal>, Status> {
+        authorize(&request, ADMINS)?;
         reply(self.update(request.into_inner()).await.map(|deal| deal_to_proto(&deal)))
     }
 
     #[tracing::instrument(skip_all, fields(deal = %request.get_ref().name))]
     async fn get_deal(&self, request: Request<pb::GetDealRequest>) -> Result<Response<pb::Deal>, Status> {
+        authorize(&request, READERS)?;
         reply(self.get(&request.get_ref().name).await.map(|deal| deal_to_proto(&deal)))
     }
 
@@ -55,7 +64,8 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::ListDealsRequest>,
     ) -> Result<Response<pb::ListDealsResponse>, Status> {
-        reply(self.list(request.get_ref()).await)
+        let caller = authorize(&request, READERS)?;
+        reply(self.list(request.get_ref(), caller).await)
     }
 
     #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal, reservation = %request.get_ref().reservation_id))]
@@ -63,6 +73,7 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::ReserveUnitsRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
+        authorize(&request, SERVICES)?;
         reply(self.reserve(request.get_ref()).await.map(|reservation| reservation_to_proto(&reservation)))
     }
 
@@ -71,6 +82,7 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::ConfirmUnitsRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
+        authorize(&request, SERVICES)?;
         reply(
             self.confirm(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)),
         )
@@ -81,6 +93,7 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::ReleaseUnitsRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
+        authorize(&request, SERVICES)?;
         reply(
             self.release(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)),
         )
@@ -89,6 +102,18 @@ impl DealService for DealApi {
 
 fn reply<T>(result: Result<T, DealError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
+}
+
+/// Who may create and update deals, and see deals in any state.
+const ADMINS: &[Role] = &[Role::Admin];
+/// Who may read deals.
+const READERS: &[Role] = &[Role::Customer, Role::Admin];
+/// Who may reserve, confirm and release units: order-service.
+const SERVICES: &[Role] = &[Role::Service];
+
+/// The request's caller, if it has one of `roles`.
+fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&'r Caller, Status> {
+    auth::authorize(request, roles, super::DOMAIN)
 }
 
 impl DealApi {
@@ -123,7 +148,7 @@ impl DealApi {
         store::get_deal(&self.pool, id).await?.ok_or(DealError::DealNotFound)
     }
 
-    async fn list(&self, request: &pb::ListDealsRequest) -> Result<pb::ListDealsResponse, DealError> {
+    async fn list(&self, request: &pb::ListDealsRequest, caller: &Caller) -> Result<pb::ListDealsResponse, DealError> {
         let mut violations = Violations::default();
         let limit = paging::page_size("page_size", request.page_size, &mut violations);
         let filter = match pb::deal::State::try_from(request.state) {
@@ -135,6 +160,7 @@ impl DealApi {
         };
         let filter_key = match filter {
             DealFilter::Live => "live",
+            DealFilter::InState(_) if !caller.is_any(ADMINS) => return Err(DealError::PermissionDenied(ADMINS)),
             DealFilter::InState(state) => state.as_str(),
         };
         let after = paging::Cursor::from_token("page_token", &request.page_token, filter_key, &mut violations);

@@ -22,14 +22,16 @@ use crate::{
 /// The `google.rpc.ErrorInfo` domain of this service's errors.
 pub const DOMAIN: &str = "deal.topkart.com";
 
-/// Serves the deal API, health and reflection on `listener` until `shutdown` completes.
+/// Serves the deal API (behind `settings.auth`), health and reflection on `listener` until
+/// `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
     pool: PgPool,
+    settings: server::ServerSettings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
-    let router =
-        server::builder().add_service(health_service).add_service(DealServiceServer::new(grpc::DealApi::new(pool)));
+    let api = DealServiceServer::with_interceptor(grpc::DealApi::new(pool), settings.auth.interceptor());
+    let router = server::builder(settings.tls)?.add_service(health_service).add_service(api);
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
 }

@@ -4,12 +4,27 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tonic::{Code, Request, Status, transport::Channel};
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tonic::{
+    Code, Request, Status,
+    metadata::MetadataValue,
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
 use uuid::Uuid;
 
 use crate::{
     proto::deal::{self as pb, deal_service_client::DealServiceClient},
-    shared::{money::Price, names, status::Violations, time},
+    shared::{
+        auth::{Role, Signer},
+        money::Price,
+        names,
+        status::Violations,
+        time,
+    },
 };
 
 use super::error::OrderError;
@@ -30,17 +45,75 @@ const ATTEMPTS: usize = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A cheap-to-clone handle on deal-service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DealsClient {
     client: DealServiceClient<Channel>,
     deadline: Duration,
+    credentials: Arc<Credentials>,
+}
+
+impl std::fmt::Debug for DealsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DealsClient").field("deadline", &self.deadline).finish_non_exhaustive()
+    }
+}
+
+/// How order-service proves to deal-service that it is a service.
+pub enum Credentials {
+    /// No token: deal-service runs without authentication.
+    None,
+    /// A token minted elsewhere (for a public-key setup, where only the issuer holds the private key).
+    Token(String),
+    /// Mints its own service tokens with this signer, renewing them before they expire.
+    Signer(Signer, Mutex<Option<(String, Instant)>>),
+}
+
+/// Who order-service's tokens name.
+const SERVICE_SUBJECT: &str = "order-service";
+/// How long a minted service token lives, and how long before its end it is renewed.
+const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(3600);
+const SERVICE_TOKEN_RENEWAL: Duration = Duration::from_secs(300);
+
+impl Credentials {
+    /// Service tokens minted with `signer`.
+    pub fn minted(signer: Signer) -> Self {
+        Self::Signer(signer, Mutex::new(None))
+    }
+
+    fn bearer(&self) -> Result<Option<String>, OrderError> {
+        match self {
+            Self::None => Ok(None),
+            Self::Token(token) => Ok(Some(token.clone())),
+            Self::Signer(signer, cache) => {
+                let mut cache = cache.lock().map_err(|_| OrderError::Internal("token cache poisoned".into()))?;
+                if let Some((token, _)) = cache.as_ref().filter(|(_, renew_at)| Instant::now() < *renew_at) {
+                    return Ok(Some(token.clone()));
+                }
+                let token = signer
+                    .token(SERVICE_SUBJECT, Role::Service, SERVICE_TOKEN_TTL)
+                    .map_err(|err| OrderError::Internal(format!("cannot mint a service token: {err}")))?;
+                *cache = Some((token.clone(), Instant::now() + SERVICE_TOKEN_TTL - SERVICE_TOKEN_RENEWAL));
+                Ok(Some(token))
+            }
+        }
+    }
 }
 
 impl DealsClient {
-    /// A client that connects to `url` on first use and gives each call `deadline`.
-    pub fn connect_lazy(url: &str, deadline: Duration) -> Result<Self, tonic::codegen::http::uri::InvalidUri> {
-        let channel = Channel::from_shared(url.to_owned())?.connect_timeout(deadline).tcp_nodelay(true).connect_lazy();
-        Ok(Self { client: DealServiceClient::new(channel), deadline })
+    /// A client that connects to `url` on first use (over TLS when `tls` is set), gives each call
+    /// `deadline`, and presents `credentials`.
+    pub fn connect_lazy(
+        url: &str,
+        deadline: Duration,
+        credentials: Credentials,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())?.connect_timeout(deadline).tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint.connect_lazy();
+        Ok(Self { client: DealServiceClient::new(channel), deadline, credentials: Arc::new(credentials) })
     }
 
     /// Reserves `quantity` units of `deal_id` under `reservation_id` (the order id).
@@ -98,6 +171,11 @@ impl DealsClient {
         for attempt in 1..=ATTEMPTS {
             let mut request = Request::new(message.clone());
             request.set_timeout(self.deadline);
+            if let Some(token) = self.credentials.bearer()? {
+                let value = MetadataValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| OrderError::Internal("the service token is not a valid header".into()))?;
+                request.metadata_mut().insert("authorization", value);
+            }
             let status = match tokio::time::timeout(self.deadline, send(self.client.clone(), request)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,

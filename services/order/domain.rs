@@ -138,8 +138,9 @@ pub struct Order {
     pub update_time: DateTime<Utc>,
 }
 
-/// Validates a `CreateOrder` request.
-pub fn new_order(request: &pb::CreateOrderRequest) -> Result<NewOrder, OrderError> {
+/// Validates a `CreateOrder` request placed by `buyer` (the token's subject), or, without
+/// authentication, by the request's `customer_id`.
+pub fn new_order(request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Result<NewOrder, OrderError> {
     let mut violations = Violations::default();
     let request_id = (!request.request_id.is_empty())
         .then(|| names::parse_uuid("request_id", &request.request_id, &mut violations))
@@ -149,7 +150,10 @@ pub fn new_order(request: &pb::CreateOrderRequest) -> Result<NewOrder, OrderErro
         return Err(violations.into());
     };
     let deal_id = names::parse("order.deal", names::DEALS, &order.deal, &mut violations);
-    let customer_id = customer_id("order.customer_id", &order.customer_id, &mut violations);
+    let customer_id = match buyer {
+        Some(buyer) => customer_id("authorization (the token's subject)", buyer, &mut violations),
+        None => customer_id("order.customer_id", &order.customer_id, &mut violations),
+    };
     let quantity = quantity("order.quantity", order.quantity, &mut violations);
     let shown_unit_price =
         order.unit_price.as_ref().and_then(|price| Price::parse("order.unit_price", Some(price), &mut violations));
@@ -189,6 +193,16 @@ mod tests {
         }
     }
 
+    fn new_order_of(request: &pb::CreateOrderRequest) -> Result<NewOrder, OrderError> {
+        new_order(request, None)
+    }
+
+    #[test]
+    fn the_buyer_is_the_token_subject_not_the_payload() {
+        let request = create(Some(pb::Order { customer_id: "mallory".into(), ..request() }));
+        assert_eq!(new_order(&request, Some("alice")).unwrap().customer_id, "alice");
+    }
+
     fn create(order: Option<pb::Order>) -> pb::CreateOrderRequest {
         pb::CreateOrderRequest { order, request_id: String::new() }
     }
@@ -203,9 +217,9 @@ mod tests {
     #[test]
     fn a_valid_order_may_carry_the_price_shown() {
         let shown = Money { currency_code: "INR".into(), units: 599, nanos: 0 };
-        let order = new_order(&create(Some(pb::Order { unit_price: Some(shown), ..request() }))).unwrap();
+        let order = new_order_of(&create(Some(pb::Order { unit_price: Some(shown), ..request() }))).unwrap();
         assert_eq!(order.shown_unit_price.unwrap().micros(), 599_000_000);
-        assert_eq!(new_order(&create(Some(request()))).unwrap().shown_unit_price, None);
+        assert_eq!(new_order_of(&create(Some(request()))).unwrap().shown_unit_price, None);
     }
 
     #[test]
@@ -218,21 +232,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            invalid_fields(new_order(&create(Some(bad)))),
+            invalid_fields(new_order_of(&create(Some(bad)))),
             ["order.deal", "order.customer_id", "order.quantity", "order.unit_price.units"]
         );
-        assert_eq!(invalid_fields(new_order(&create(None))), ["order"]);
+        assert_eq!(invalid_fields(new_order_of(&create(None))), ["order"]);
         let too_many = pb::Order { quantity: 101, ..request() };
-        assert_eq!(invalid_fields(new_order(&create(Some(too_many)))), ["order.quantity"]);
+        assert_eq!(invalid_fields(new_order_of(&create(Some(too_many)))), ["order.quantity"]);
         let bad_key = pb::CreateOrderRequest { request_id: "retry-1".into(), ..create(Some(request())) };
-        assert_eq!(invalid_fields(new_order(&bad_key)), ["request_id"]);
+        assert_eq!(invalid_fields(new_order_of(&bad_key)), ["request_id"]);
     }
 
     #[test]
     fn a_retry_is_recognised_by_its_body() {
         let key = Uuid::new_v4();
         let request = pb::CreateOrderRequest { request_id: key.to_string(), ..create(Some(request())) };
-        let new = new_order(&request).unwrap();
+        let new = new_order_of(&request).unwrap();
         assert_eq!(new.request_id, Some(key));
         let price = Price::from_stored("INR".into(), 600_000_000);
         let placed = Order {

@@ -8,7 +8,13 @@ use uuid::Uuid;
 
 use crate::{
     proto::order::{self as pb, order_service_server::OrderService},
-    shared::{db, names, paging, reservations::ORDER_WRITE_WINDOW, status::Violations, time},
+    shared::{
+        auth::{self, Caller, Role},
+        db, names, paging,
+        reservations::ORDER_WRITE_WINDOW,
+        status::Violations,
+        time,
+    },
 };
 
 use super::{
@@ -37,12 +43,14 @@ impl OrderApi {
 impl OrderService for OrderApi {
     #[tracing::instrument(skip_all)]
     async fn create_order(&self, request: Request<pb::CreateOrderRequest>) -> Result<Response<pb::Order>, Status> {
-        reply(self.create(request.get_ref()).await.map(|order| order_to_proto(&order)))
+        let caller = authorize(&request, BUYERS)?;
+        reply(self.create(request.get_ref(), caller.customer()).await.map(|order| order_to_proto(&order)))
     }
 
     #[tracing::instrument(skip_all, fields(order = %request.get_ref().name))]
     async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
-        reply(self.get(&request.get_ref().name).await.map(|order| order_to_proto(&order)))
+        let caller = authorize(&request, READERS)?;
+        reply(self.get(&request.get_ref().name, caller.customer()).await.map(|order| order_to_proto(&order)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -50,22 +58,27 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
-        reply(self.list(request.get_ref()).await)
+        let caller = authorize(&request, READERS)?;
+        reply(self.list(request.get_ref(), caller.customer()).await)
     }
 
     #[tracing::instrument(skip_all, fields(order = %request.get_ref().name))]
     async fn approve_order(&self, request: Request<pb::ApproveOrderRequest>) -> Result<Response<pb::Order>, Status> {
-        reply(self.decide(&request.get_ref().name, Decision::Approve).await.map(|order| order_to_proto(&order)))
+        authorize(&request, ADMINS)?;
+        reply(self.decide(&request.get_ref().name, Decision::Approve, None).await.map(|order| order_to_proto(&order)))
     }
 
     #[tracing::instrument(skip_all, fields(order = %request.get_ref().name))]
     async fn reject_order(&self, request: Request<pb::RejectOrderRequest>) -> Result<Response<pb::Order>, Status> {
-        reply(self.decide(&request.get_ref().name, Decision::Reject).await.map(|order| order_to_proto(&order)))
+        authorize(&request, ADMINS)?;
+        reply(self.decide(&request.get_ref().name, Decision::Reject, None).await.map(|order| order_to_proto(&order)))
     }
 
     #[tracing::instrument(skip_all, fields(order = %request.get_ref().name))]
     async fn cancel_order(&self, request: Request<pb::CancelOrderRequest>) -> Result<Response<pb::Order>, Status> {
-        reply(self.decide(&request.get_ref().name, Decision::Cancel).await.map(|order| order_to_proto(&order)))
+        let caller = authorize(&request, BUYERS)?;
+        let owner = caller.customer();
+        reply(self.decide(&request.get_ref().name, Decision::Cancel, owner).await.map(|order| order_to_proto(&order)))
     }
 }
 
@@ -73,12 +86,34 @@ fn reply<T>(result: Result<T, OrderError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
 }
 
+/// Who may approve and reject orders.
+const ADMINS: &[Role] = &[Role::Admin];
+/// Who may place and cancel orders (their own).
+const BUYERS: &[Role] = &[Role::Customer];
+/// Who may read orders: customers their own, admins all.
+const READERS: &[Role] = &[Role::Customer, Role::Admin];
+
+/// The request's caller, if it has one of `roles`.
+fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&'r Caller, Status> {
+    auth::authorize(request, roles, super::DOMAIN)
+}
+
+/// Another customer's order is NOT_FOUND, so order ids reveal nothing.
+fn visible_to(order: Order, customer: Option<&str>) -> Result<Order, OrderError> {
+    match customer {
+        Some(customer) if customer != order.customer_id => Err(OrderError::OrderNotFound),
+        _ => Ok(order),
+    }
+}
+
 impl OrderApi {
     /// Places an order by the protocol of docs/reservations.md: reserve (a hold, named by the order
     /// id), record the order within the write window, confirm the hold. A failure after the hold
     /// leaves it to the expiry worker, which releases it unless the order was recorded.
-    async fn create(&self, request: &pb::CreateOrderRequest) -> Result<Order, OrderError> {
-        let new = domain::new_order(request)?;
+    /// `buyer` is the customer the caller's token names; without authentication, the request's
+    /// `customer_id`.
+    async fn create(&self, request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Result<Order, OrderError> {
+        let new = domain::new_order(request, buyer)?;
         let id = new.request_id.unwrap_or_else(Uuid::new_v4);
         if new.request_id.is_some() {
             if let Some(existing) = store::get_order(&self.pool, id).await? {
@@ -137,17 +172,26 @@ impl OrderApi {
         }
     }
 
-    async fn get(&self, name: &str) -> Result<Order, OrderError> {
+    async fn get(&self, name: &str, customer: Option<&str>) -> Result<Order, OrderError> {
         let id = order_id(name)?;
-        store::get_order(&self.pool, id).await?.ok_or(OrderError::OrderNotFound)
+        let order = store::get_order(&self.pool, id).await?.ok_or(OrderError::OrderNotFound)?;
+        visible_to(order, customer)
     }
 
-    async fn list(&self, request: &pb::ListOrdersRequest) -> Result<pb::ListOrdersResponse, OrderError> {
+    /// A customer sees only its own orders, whatever the filter says.
+    async fn list(
+        &self,
+        request: &pb::ListOrdersRequest,
+        customer: Option<&str>,
+    ) -> Result<pb::ListOrdersResponse, OrderError> {
         let mut violations = Violations::default();
         let limit = paging::page_size("page_size", request.page_size, &mut violations);
-        let customer_id = (!request.customer_id.is_empty())
-            .then(|| domain::customer_id("customer_id", &request.customer_id, &mut violations))
-            .flatten();
+        let customer_id = match customer {
+            Some(customer) => Some(customer.to_owned()),
+            None => (!request.customer_id.is_empty())
+                .then(|| domain::customer_id("customer_id", &request.customer_id, &mut violations))
+                .flatten(),
+        };
         let state = match pb::order::State::try_from(request.state) {
             Ok(state) => OrderState::from_proto(state),
             Err(_) => {
@@ -155,7 +199,8 @@ impl OrderApi {
                 None
             }
         };
-        let filter_key = format!("{}|{}", state.map_or("any", OrderState::as_str), request.customer_id);
+        let filter_key =
+            format!("{}|{}", state.map_or("any", OrderState::as_str), customer_id.as_deref().unwrap_or(""));
         let after = paging::Cursor::from_token("page_token", &request.page_token, &filter_key, &mut violations);
         violations.into_result(())?;
 
@@ -178,14 +223,17 @@ impl OrderApi {
     /// to deal-service. Rejected and cancelled orders then give their units back; if that call
     /// fails, the decision stands and the expiry worker completes the release (a release is
     /// idempotent, so it happens exactly once).
-    async fn decide(&self, name: &str, decision: Decision) -> Result<Order, OrderError> {
+    ///
+    /// With an `owner`, only that customer's order can be decided; another's is NOT_FOUND.
+    async fn decide(&self, name: &str, decision: Decision, owner: Option<&str>) -> Result<Order, OrderError> {
         let id = order_id(name)?;
         let mut attempts = 0;
         let order = loop {
-            if let Some(order) = store::decide(&self.pool, id, decision.outcome()).await? {
+            if let Some(order) = store::decide(&self.pool, id, decision.outcome(), owner).await? {
                 break order;
             }
             let current = store::get_order(&self.pool, id).await?.ok_or(OrderError::OrderNotFound)?;
+            let current = visible_to(current, owner)?;
             decision.check(current.state)?;
             // Pending after all: the order was recorded between the two statements. Decide again.
             attempts += 1;

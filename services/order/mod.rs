@@ -25,14 +25,16 @@ use crate::{
 /// The `google.rpc.ErrorInfo` domain of this service's own errors.
 pub const DOMAIN: &str = "order.topkart.com";
 
-/// Serves the order API, health and reflection on `listener` until `shutdown` completes.
+/// Serves the order API (behind `settings.auth`), health and reflection on `listener` until
+/// `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
     pool: PgPool,
     deals: deals::DealsClient,
+    settings: server::ServerSettings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
-    run_with_faults(listener, pool, deals, faults::Faults::default(), shutdown).await
+    run_with_faults(listener, pool, deals, settings, faults::Faults::default(), shutdown).await
 }
 
 /// [`run`], with faults injected for tests.
@@ -40,12 +42,13 @@ pub async fn run_with_faults(
     listener: TcpListener,
     pool: PgPool,
     deals: deals::DealsClient,
+    settings: server::ServerSettings,
     faults: faults::Faults,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
-    let router = server::builder()
-        .add_service(health_service)
-        .add_service(OrderServiceServer::new(grpc::OrderApi::new(pool, deals, faults)));
+    let api =
+        OrderServiceServer::with_interceptor(grpc::OrderApi::new(pool, deals, faults), settings.auth.interceptor());
+    let router = server::builder(settings.tls)?.add_service(health_service).add_service(api);
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
 }

@@ -103,15 +103,22 @@ pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::E
 
 /// Moves a pending order to `state`, in one conditional statement: of concurrent decisions on one
 /// order exactly one finds it pending. `None` when it was not pending (or does not exist).
-pub async fn decide(pool: &PgPool, id: Uuid, state: OrderState) -> Result<Option<Order>, sqlx::Error> {
+/// With an `owner`, only that customer's order moves.
+pub async fn decide(
+    pool: &PgPool,
+    id: Uuid,
+    state: OrderState,
+    owner: Option<&str>,
+) -> Result<Option<Order>, sqlx::Error> {
     let row: Option<OrderRow> = sqlx::query_as(concat!(
         "update orders set state = $2, update_time = now()
-          where id = $1 and state = 'pending_approval'
+          where id = $1 and state = 'pending_approval' and ($3::text is null or customer_id = $3)
          returning ",
         order_columns!()
     ))
     .bind(id)
     .bind(state.as_str())
+    .bind(owner)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(Order::from))

@@ -2,6 +2,7 @@
 //! reflection, graceful shutdown), error details, and the conversions between protobuf and domain
 //! values (money, timestamps, resource names, pages).
 
+pub mod auth;
 pub mod cli;
 pub mod db;
 pub mod money;

@@ -6,8 +6,10 @@ use std::{future::Future, time::Duration};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::Router;
+use tonic::transport::{ServerTlsConfig, server::Router};
 use tonic_health::{ServingStatus, server::HealthReporter};
+
+use super::auth::Authenticator;
 
 /// The standard health service's name.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -88,9 +90,30 @@ pub fn with_reflection(router: Router, services: &[&str]) -> Result<Router, toni
         .add_service(describe("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?))
 }
 
-/// The server settings every service shares.
-pub fn builder() -> tonic::transport::Server {
-    tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30))).tcp_nodelay(true)
+/// The server settings every service shares, with TLS when `tls` is set.
+pub fn builder(tls: Option<ServerTlsConfig>) -> Result<tonic::transport::Server, ServeError> {
+    let builder =
+        tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30))).tcp_nodelay(true);
+    match tls {
+        Some(tls) => builder.tls_config(tls).map_err(ServeError::Transport),
+        None => Ok(builder),
+    }
+}
+
+/// How a server authenticates its callers and whether it speaks TLS.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Verifies the bearer token of every API call (health and reflection stay open).
+    pub auth: Authenticator,
+    /// The server's certificate and key, when it serves TLS.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+impl ServerSettings {
+    /// Plain text, with `auth`.
+    pub fn plaintext(auth: Authenticator) -> Self {
+        Self { auth, tls: None }
+    }
 }
 
 /// Why a server stopped serving before it was asked to.

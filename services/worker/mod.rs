@@ -11,6 +11,7 @@ use std::{future::Future, time::Duration};
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::ServerTlsConfig;
 
 use crate::shared::server;
 
@@ -27,12 +28,13 @@ pub async fn run(
     listener: TcpListener,
     pool: PgPool,
     sweep_interval: Duration,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ticks = tokio::spawn(tick_until_stopped(pool.clone(), sweep_interval, stop_rx));
     let (health, health_service) = server::Health::start(pool, &[HEALTH_SERVICE_NAME]).await;
-    let router = server::builder().add_service(health_service);
+    let router = server::builder(tls)?.add_service(health_service);
     let served = server::serve(server::with_reflection(router, &[])?, listener, health, async move {
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -6,11 +6,8 @@ use std::{net::SocketAddr, time::Duration};
 use sqlx::PgPool;
 use tonic::{Code, transport::Endpoint};
 use topkart::{
-    proto::{
-        deal::{self as dealpb, deal_service_client::DealServiceClient},
-        order::{self as orderpb, order_service_client::OrderServiceClient},
-    },
-    shared::reservations::HOLD_TIMEOUT,
+    proto::{deal as dealpb, order as orderpb},
+    shared::{auth::Role, reservations::HOLD_TIMEOUT},
     worker::settle_holds,
 };
 
@@ -34,7 +31,7 @@ pub enum Outcome {
 pub async fn retrying_buyers(addr: SocketAddr, deal: &str, buyers: usize, patience: Duration) -> Vec<Outcome> {
     let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
     let buyers = (0..buyers).map(|buyer| {
-        let mut orders = OrderServiceClient::new(channel.clone());
+        let mut orders = orders_with(&channel, Bearer::of(&token(Role::Customer, &format!("buyer-{buyer}"))));
         let request = orderpb::CreateOrderRequest {
             order: Some(orderpb::Order { customer_id: format!("buyer-{buyer}"), ..order_request(deal, 1) }),
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -101,7 +98,7 @@ pub async fn assert_settled(pool: &PgPool, outcomes: &[Outcome], total_units: i3
 }
 
 async fn create_deal(addr: SocketAddr, units: i32) -> dealpb::Deal {
-    let mut deals = DealServiceClient::new(channel(addr).await);
+    let mut deals = deals_with(&channel(addr).await, Bearer::of(&token(Role::Admin, "admin")));
     deals.create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(units)) }).await.unwrap().into_inner()
 }
 

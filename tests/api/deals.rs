@@ -250,7 +250,7 @@ async fn list_deals_refuses_bad_paging_and_unknown_states(pool: PgPool) {
 async fn reserve_and_release_are_idempotent_by_reservation_id(pool: PgPool) {
     let app = spawn_app(pool).await;
     let deal = app.create_deal(10).await;
-    let mut client = app.deals.clone();
+    let mut client = app.reservations.clone();
     let reservation_id = uuid::Uuid::new_v4().to_string();
     let reserve = |quantity| pb::ReserveUnitsRequest {
         deal: deal.name.clone(),
@@ -276,7 +276,7 @@ async fn reserve_and_release_are_idempotent_by_reservation_id(pool: PgPool) {
 async fn reserve_refuses_with_a_reason_and_takes_nothing(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(5).await;
-    let mut client = app.deals.clone();
+    let mut client = app.reservations.clone();
     let reserve = |deal: &str, quantity, price: Option<i64>| pb::ReserveUnitsRequest {
         deal: deal.into(),
         reservation_id: uuid::Uuid::new_v4().to_string(),
@@ -320,7 +320,7 @@ async fn reserve_refuses_with_a_reason_and_takes_nothing(pool: PgPool) {
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn release_of_an_unknown_reservation_is_not_found(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let mut client = app.deals.clone();
+    let mut client = app.reservations.clone();
     let unknown = pb::ReleaseUnitsRequest { reservation_id: uuid::Uuid::new_v4().to_string() };
     assert_refused(client.release_units(unknown).await, Code::NotFound, "RESERVATION_NOT_FOUND");
     assert_invalid(

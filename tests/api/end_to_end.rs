@@ -7,11 +7,8 @@ use chrono::{TimeDelta, Utc};
 use sqlx::PgPool;
 use tonic::Code;
 use topkart::{
-    proto::{
-        deal::{self as dealpb, deal_service_client::DealServiceClient},
-        order::{self as orderpb, order_service_client::OrderServiceClient},
-    },
-    shared::time,
+    proto::{deal as dealpb, order as orderpb},
+    shared::{auth::Role, time},
 };
 
 use crate::{helpers::*, processes::*};
@@ -34,8 +31,10 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     for addr in [deal_addr, order_addr, worker_addr] {
         wait_serving(addr).await;
     }
-    let mut deals = DealServiceClient::new(channel(deal_addr).await);
-    let mut orders = OrderServiceClient::new(channel(order_addr).await);
+    let mut deals = deals_with(&channel(deal_addr).await, Bearer::of(&token(Role::Admin, "admin")));
+    let alice = Bearer::of(&token(Role::Customer, "alice"));
+    let mut orders = orders_with(&channel(order_addr).await, alice);
+    let mut admin_orders = orders_with(&channel(order_addr).await, Bearer::of(&token(Role::Admin, "admin")));
 
     // An admin creates a deal; a customer lists the live deals and orders one.
     let created =
@@ -53,8 +52,11 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     // The customer tracks the order; the admin approves it.
     let tracked = orders.get_order(orderpb::GetOrderRequest { name: placed.name.clone() }).await.unwrap().into_inner();
     assert_eq!(tracked.state(), orderpb::order::State::PendingApproval);
-    let approved =
-        orders.approve_order(orderpb::ApproveOrderRequest { name: placed.name.clone() }).await.unwrap().into_inner();
+    let approved = admin_orders
+        .approve_order(orderpb::ApproveOrderRequest { name: placed.name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(approved.state(), orderpb::order::State::Approved);
 
     // A deal whose expiry has passed cannot be ordered, and the worker marks it expired.

@@ -1,29 +1,102 @@
 //! `spawn_app`: the real deal and order servers on port 0 over a fresh database, with generated
-//! clients and typed helpers for the requests most tests make.
+//! clients (each presenting a token of its role) and typed helpers for the requests most tests make.
 
 use std::{net::SocketAddr, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
 use tonic_types::StatusExt;
 use topkart::{
-    order::{deals::DealsClient, faults::Faults},
+    order::{
+        deals::{Credentials, DealsClient},
+        faults::Faults,
+    },
     proto::{
         Money,
         deal::{self as dealpb, deal_service_client::DealServiceClient},
         order::{self as orderpb, order_service_client::OrderServiceClient},
     },
-    shared::time,
+    shared::{
+        auth::{Authenticator, Role, Signer},
+        server::ServerSettings,
+        time,
+    },
 };
+
+/// The HS256 secret the test servers verify tokens with.
+pub const TEST_SECRET: &str = "test-secret";
+
+/// A token of `role` for `subject`, signed with the test secret, valid for an hour.
+pub fn token(role: Role, subject: &str) -> String {
+    Signer::hs256(TEST_SECRET.as_bytes()).token(subject, role, Duration::from_secs(3600)).unwrap()
+}
+
+/// Puts a fixed `authorization` header on every call (or none).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// `Bearer <token>`.
+    pub fn of(token: &str) -> Self {
+        Self(Some(MetadataValue::try_from(format!("Bearer {token}")).unwrap()))
+    }
+
+    /// No header at all.
+    pub fn anonymous() -> Self {
+        Self(None)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A deal-service client presenting a token.
+pub type Deals = DealServiceClient<InterceptedService<Channel, Bearer>>;
+/// An order-service client presenting a token.
+pub type Orders = OrderServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A deal-service client over `channel` as `bearer`.
+pub fn deals_with(channel: &Channel, bearer: Bearer) -> Deals {
+    DealServiceClient::with_interceptor(channel.clone(), bearer)
+}
+
+/// An order-service client over `channel` as `bearer`.
+pub fn orders_with(channel: &Channel, bearer: Bearer) -> Orders {
+    OrderServiceClient::with_interceptor(channel.clone(), bearer)
+}
+
+/// The settings test servers run with: plain text, HS256 tokens signed with the test secret.
+pub fn test_settings() -> ServerSettings {
+    ServerSettings::plaintext(Authenticator::hs256(TEST_SECRET.as_bytes()))
+}
 
 /// Both servers, their clients, and the database they share.
 pub struct TestApp {
     pub pool: PgPool,
-    pub deals: DealServiceClient<Channel>,
-    pub orders: OrderServiceClient<Channel>,
+    /// deal-service as an admin.
+    pub deals: Deals,
+    /// deal-service as order-service (the service role).
+    pub reservations: Deals,
+    /// order-service as the customer alice.
+    pub orders: Orders,
+    /// order-service as an admin.
+    pub admin_orders: Orders,
     pub deal_addr: SocketAddr,
+    pub deal_channel: Channel,
+    pub order_channel: Channel,
     stop_deal: Option<oneshot::Sender<()>>,
     _stop_order: oneshot::Sender<()>,
 }
@@ -32,9 +105,14 @@ pub struct TestApp {
 pub async fn spawn_app(pool: PgPool) -> TestApp {
     let (deal_addr, stop_deal) = spawn_deal_service(pool.clone()).await;
     let (order_addr, stop_order) = spawn_order_service(pool.clone(), deals_client(deal_addr)).await;
+    let (deal_channel, order_channel) = (channel(deal_addr).await, channel(order_addr).await);
     TestApp {
-        deals: DealServiceClient::new(channel(deal_addr).await),
-        orders: OrderServiceClient::new(channel(order_addr).await),
+        deals: deals_with(&deal_channel, Bearer::of(&token(Role::Admin, "admin"))),
+        reservations: deals_with(&deal_channel, Bearer::of(&token(Role::Service, "order-service"))),
+        orders: orders_with(&order_channel, Bearer::of(&token(Role::Customer, "alice"))),
+        admin_orders: orders_with(&order_channel, Bearer::of(&token(Role::Admin, "admin"))),
+        deal_channel,
+        order_channel,
         pool,
         deal_addr,
         stop_deal: Some(stop_deal),
@@ -47,7 +125,7 @@ pub async fn spawn_deal_service(pool: PgPool) -> (SocketAddr, oneshot::Sender<()
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(topkart::deal::run(listener, pool, async move {
+    tokio::spawn(topkart::deal::run(listener, pool, test_settings(), async move {
         let _ = stopped.await;
     }));
     (addr, stop)
@@ -67,15 +145,21 @@ pub async fn spawn_order_service_with_faults(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(topkart::order::run_with_faults(listener, pool, deals, faults, async move {
+    tokio::spawn(topkart::order::run_with_faults(listener, pool, deals, test_settings(), faults, async move {
         let _ = stopped.await;
     }));
     (addr, stop)
 }
 
-/// A client of the deal-service at `addr`, as order-service uses it.
+/// A client of the deal-service at `addr`, as order-service uses it: minting service tokens.
 pub fn deals_client(addr: SocketAddr) -> DealsClient {
-    DealsClient::connect_lazy(&format!("http://{addr}"), Duration::from_secs(5)).unwrap()
+    deals_client_with_deadline(addr, Duration::from_secs(5))
+}
+
+/// [`deals_client`] with another deadline per call.
+pub fn deals_client_with_deadline(addr: SocketAddr, deadline: Duration) -> DealsClient {
+    let credentials = Credentials::minted(Signer::hs256(TEST_SECRET.as_bytes()));
+    DealsClient::connect_lazy(&format!("http://{addr}"), deadline, credentials, None).unwrap()
 }
 
 /// Asserts the database keeps every invariant.
@@ -121,6 +205,11 @@ pub fn order_request(deal: &str, quantity: i32) -> orderpb::Order {
 }
 
 impl TestApp {
+    /// order-service as the customer `subject`.
+    pub fn orders_as(&self, subject: &str) -> Orders {
+        orders_with(&self.order_channel, Bearer::of(&token(Role::Customer, subject)))
+    }
+
     /// Shuts deal-service down, as an outage would.
     pub async fn stop_deal_service(&mut self) {
         if let Some(stop) = self.stop_deal.take() {

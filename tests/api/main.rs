@@ -1,6 +1,7 @@
 //! Integration tests: real gRPC servers on port 0 (and, in `end_to_end`, the real binaries) over a
 //! fresh Postgres database per test.
 
+mod authorization;
 mod concurrency;
 mod crashes;
 mod deals;
@@ -10,4 +11,5 @@ mod orders;
 mod postgres_restart;
 mod processes;
 mod reliability;
+mod tls;
 mod worker;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tonic::Code;
 use topkart::{
-    order::deals::DealsClient,
-    proto::order::{self as pb, order::State, order_service_client::OrderServiceClient},
+    proto::order::{self as pb, order::State},
+    shared::auth::Role,
     shared::reservations::HOLD_TIMEOUT,
 };
 
@@ -69,7 +69,7 @@ async fn create_order_refuses_bad_input_and_unknown_deals(pool: PgPool) {
     assert_refused(app.order(order_request(&unknown, 1)).await, Code::NotFound, "DEAL_NOT_FOUND");
     assert_invalid(
         app.order(pb::Order { customer_id: String::new(), ..order_request("deal/1", 0) }).await,
-        &["order.deal", "order.customer_id", "order.quantity"],
+        &["order.deal", "order.quantity"],
     );
     let mut client = app.orders.clone();
     assert_invalid(
@@ -93,16 +93,16 @@ async fn approve_moves_a_pending_order_once(pool: PgPool) {
     let app = spawn_app(pool).await;
     let deal = app.create_deal(5).await;
     let order = app.order(order_request(&deal.name, 2)).await.unwrap();
-    let mut client = app.orders.clone();
-    let approved = client.approve_order(pb::ApproveOrderRequest { name: name(&order) }).await.unwrap().into_inner();
+    let (mut client, mut admin) = (app.orders.clone(), app.admin_orders.clone());
+    let approved = admin.approve_order(pb::ApproveOrderRequest { name: name(&order) }).await.unwrap().into_inner();
     assert_eq!(approved.state(), State::Approved);
     assert_refused(
-        client.approve_order(pb::ApproveOrderRequest { name: name(&order) }).await,
+        admin.approve_order(pb::ApproveOrderRequest { name: name(&order) }).await,
         Code::FailedPrecondition,
         "ORDER_NOT_PENDING",
     );
     assert_refused(
-        client.reject_order(pb::RejectOrderRequest { name: name(&order) }).await,
+        admin.reject_order(pb::RejectOrderRequest { name: name(&order) }).await,
         Code::FailedPrecondition,
         "ORDER_NOT_PENDING",
     );
@@ -114,7 +114,7 @@ async fn approve_moves_a_pending_order_once(pool: PgPool) {
     assert_eq!(app.get_deal(&deal.name).await.available_units, 3, "approved units stay sold");
     let unknown = format!("orders/{}", uuid::Uuid::new_v4());
     assert_refused(
-        client.approve_order(pb::ApproveOrderRequest { name: unknown }).await,
+        admin.approve_order(pb::ApproveOrderRequest { name: unknown }).await,
         Code::NotFound,
         "ORDER_NOT_FOUND",
     );
@@ -128,8 +128,8 @@ async fn reject_and_cancel_give_units_back_exactly_once(pool: PgPool) {
     let cancelled = app.order(order_request(&deal.name, 4)).await.unwrap();
     assert_eq!(app.get_deal(&deal.name).await.available_units, 3);
 
-    let mut client = app.orders.clone();
-    let reply = client.reject_order(pb::RejectOrderRequest { name: name(&rejected) }).await.unwrap().into_inner();
+    let (mut client, mut admin) = (app.orders.clone(), app.admin_orders.clone());
+    let reply = admin.reject_order(pb::RejectOrderRequest { name: name(&rejected) }).await.unwrap().into_inner();
     assert_eq!(reply.state(), State::Rejected);
     let reply = client.cancel_order(pb::CancelOrderRequest { name: name(&cancelled) }).await.unwrap().into_inner();
     assert_eq!(reply.state(), State::Cancelled);
@@ -137,11 +137,11 @@ async fn reject_and_cancel_give_units_back_exactly_once(pool: PgPool) {
 
     // Concurrent repeats: exactly none succeed, and no unit comes back twice.
     let repeats = (0..5).map(|_| {
-        let mut client = app.orders.clone();
+        let (mut client, mut admin) = (app.orders.clone(), app.admin_orders.clone());
         let (rejected, cancelled) = (name(&rejected), name(&cancelled));
         async move {
             (
-                client.reject_order(pb::RejectOrderRequest { name: rejected }).await,
+                admin.reject_order(pb::RejectOrderRequest { name: rejected }).await,
                 client.cancel_order(pb::CancelOrderRequest { name: cancelled }).await,
             )
         }
@@ -176,8 +176,14 @@ async fn list_orders_filters_by_customer_and_state_newest_first(pool: PgPool) {
     for _ in 0..3 {
         alices.push(app.order(order_request(&deal.name, 1)).await.unwrap());
     }
-    let bobs = app.order(pb::Order { customer_id: "bob".into(), ..order_request(&deal.name, 1) }).await.unwrap();
-    let mut client = app.orders.clone();
+    let bobs = app
+        .orders_as("bob")
+        .create_order(pb::CreateOrderRequest { order: Some(order_request(&deal.name, 1)), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bobs.customer_id, "bob", "the buyer is the token's subject, not the payload's customer_id");
+    let mut client = app.admin_orders.clone();
     client.approve_order(pb::ApproveOrderRequest { name: name(&alices[0]) }).await.unwrap();
 
     let mut seen = Vec::new();
@@ -237,9 +243,9 @@ async fn a_cancel_while_deal_service_is_down_stands_and_the_worker_gives_the_uni
 async fn with_deal_service_down_an_order_is_unavailable_and_nothing_is_written(pool: PgPool) {
     // A port nobody listens on: bind, note the address, close.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let deals = DealsClient::connect_lazy(&format!("http://{closed}"), Duration::from_secs(1)).unwrap();
+    let deals = deals_client_with_deadline(closed, Duration::from_secs(1));
     let (order_addr, _stop) = spawn_order_service(pool.clone(), deals).await;
-    let mut client = OrderServiceClient::new(channel(order_addr).await);
+    let mut client = orders_with(&channel(order_addr).await, Bearer::of(&token(Role::Customer, "alice")));
     let deal = format!("deals/{}", uuid::Uuid::new_v4());
     let result = client
         .create_order(pb::CreateOrderRequest { order: Some(order_request(&deal, 1)), request_id: String::new() })

@@ -8,8 +8,8 @@ use std::{
 };
 
 use topkart::{
-    proto::deal::{self as dealpb, deal_service_client::DealServiceClient},
-    shared::db,
+    proto::deal as dealpb,
+    shared::{auth::Role, db},
 };
 
 use crate::{crashes::*, helpers::*, processes::*};
@@ -109,7 +109,7 @@ async fn a_postgres_restart_mid_load_is_survived_without_a_service_restart() {
     let (order_addr, _stop_order) = spawn_order_service(pool.clone(), deals_client(deal_addr)).await;
     wait_serving(deal_addr).await;
     wait_serving(order_addr).await;
-    let mut deals = DealServiceClient::new(channel(deal_addr).await);
+    let mut deals = deals_with(&channel(deal_addr).await, Bearer::of(&token(Role::Admin, "admin")));
     let deal =
         deals.create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(150)) }).await.unwrap().into_inner();
 

@@ -16,6 +16,7 @@ impl Process {
         let child = Command::new(binary)
             .args(args)
             .env("DATABASE_URL", database_url)
+            .env("JWT_SECRET", crate::helpers::TEST_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)

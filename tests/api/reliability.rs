@@ -5,12 +5,17 @@ use sqlx::PgPool;
 use tonic::Code;
 use topkart::{
     order::faults::Faults,
-    proto::order::{self as pb, order_service_client::OrderServiceClient},
-    shared::reservations::HOLD_TIMEOUT,
+    proto::order as pb,
+    shared::{auth::Role, reservations::HOLD_TIMEOUT},
     worker::{daily_reset, settle_holds},
 };
 
 use crate::helpers::*;
+
+/// An order-service client at `addr` as the customer alice.
+async fn alice_at(addr: std::net::SocketAddr) -> Orders {
+    orders_with(&channel(addr).await, Bearer::of(&token(Role::Customer, "alice")))
+}
 
 fn keyed(deal: &str, customer: &str, request_id: &str) -> pb::CreateOrderRequest {
     pb::CreateOrderRequest {
@@ -30,7 +35,7 @@ async fn a_failure_between_reserve_and_order_write_loses_no_units(pool: PgPool) 
     // A second order-service on the same deal-service, failing every third order after its reserve.
     let (faulty_addr, _stop) =
         spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(3)).await;
-    let orders = OrderServiceClient::new(channel(faulty_addr).await);
+    let orders = alice_at(faulty_addr).await;
     let buyers = (0..60).map(|buyer| {
         let mut orders = orders.clone();
         let request = keyed(&deal.name, &format!("buyer-{buyer}"), &uuid::Uuid::new_v4().to_string());
@@ -113,7 +118,7 @@ async fn a_retry_after_the_hold_was_released_is_abandoned_not_doubled(pool: PgPo
     let deal = app.create_deal(10).await;
     let (faulty_addr, _stop) =
         spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(1)).await;
-    let mut faulty = OrderServiceClient::new(channel(faulty_addr).await);
+    let mut faulty = alice_at(faulty_addr).await;
     let key = uuid::Uuid::new_v4().to_string();
     assert_eq!(faulty.create_order(keyed(&deal.name, "alice", &key)).await.unwrap_err().code(), Code::Internal);
     settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
@@ -133,7 +138,7 @@ async fn two_instances_of_every_service_keep_every_invariant(pool: PgPool) {
     let (order_b, _stop_order_b) = spawn_order_service(pool.clone(), deals_client(deal_b)).await;
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(50).await;
-    let clients = [OrderServiceClient::new(channel(order_a).await), OrderServiceClient::new(channel(order_b).await)];
+    let clients = [alice_at(order_a).await, alice_at(order_b).await];
 
     let buyers = (0..200).map(|buyer| {
         let mut orders = clients[buyer % 2].clone();
@@ -232,7 +237,7 @@ async fn a_retry_with_another_body_does_not_take_over_the_hold(pool: PgPool) {
     let deal = app.create_deal(10).await;
     let (faulty_addr, _stop) =
         spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(1)).await;
-    let mut faulty = OrderServiceClient::new(channel(faulty_addr).await);
+    let mut faulty = alice_at(faulty_addr).await;
     let key = uuid::Uuid::new_v4().to_string();
     assert_eq!(faulty.create_order(keyed(&deal.name, "alice", &key)).await.unwrap_err().code(), Code::Internal);
 
@@ -265,7 +270,7 @@ async fn the_worker_never_releases_a_hold_whose_order_is_being_committed(pool: P
     let deal = app.create_deal(10).await;
     let (faulty_addr, _stop) =
         spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(1)).await;
-    let mut faulty = OrderServiceClient::new(channel(faulty_addr).await);
+    let mut faulty = alice_at(faulty_addr).await;
     let key = uuid::Uuid::new_v4();
     faulty.create_order(keyed(&deal.name, "alice", &key.to_string())).await.unwrap_err();
 

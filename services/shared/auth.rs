@@ -1,0 +1,353 @@
+//! Who is calling: bearer JWTs verified once per request by one interceptor shared by every
+//! service, and the roles the handlers authorize against.
+//!
+//! Tokens are signed with HS256 (a shared secret) or verified against an RS256 or EdDSA public key,
+//! and carry `sub`, `role` (`admin`, `customer` or `service`) and `exp`. Health and reflection are
+//! served outside the interceptor and stay open. No token or key is ever logged.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Request, Status, metadata::MetadataMap};
+
+use super::status;
+
+/// The `google.rpc.ErrorInfo` domain of authentication errors.
+pub const DOMAIN: &str = "auth.topkart.com";
+/// Clock skew tolerated on `exp`, in seconds.
+const LEEWAY_SECS: u64 = 5;
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Creates and updates deals, approves and rejects orders, sees everything.
+    Admin,
+    /// Reads deals, places and follows its own orders.
+    Customer,
+    /// Another service of ours: order-service reserving and releasing units.
+    Service,
+}
+
+impl Role {
+    /// The name tokens use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Customer => "customer",
+            Self::Service => "service",
+        }
+    }
+}
+
+/// The claims of our tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Who: a customer id, an admin's name, or a service's name.
+    pub sub: String,
+    /// What they may do.
+    pub role: Role,
+    /// Expiry, in seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issue time, in seconds since the Unix epoch.
+    pub iat: u64,
+}
+
+/// The caller of a request, as the interceptor established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Authentication is off (`--insecure-no-auth`): every caller may do everything, and a customer
+    /// is named by the request's `customer_id`.
+    Trusted,
+    /// A verified token's subject and role.
+    Token { subject: String, role: Role },
+}
+
+impl Caller {
+    /// The caller of `request`; a request that did not pass the interceptor has none.
+    pub fn of<T>(request: &Request<T>) -> Result<&Caller, Status> {
+        request.extensions().get::<Caller>().ok_or_else(|| unauthenticated("no credentials"))
+    }
+
+    /// Whether the caller has one of `roles` (a trusted caller has them all).
+    pub fn is_any(&self, roles: &[Role]) -> bool {
+        match self {
+            Self::Trusted => true,
+            Self::Token { role, .. } => roles.contains(role),
+        }
+    }
+
+    /// The customer the caller is, if its token is a customer's.
+    pub fn customer(&self) -> Option<&str> {
+        match self {
+            Self::Token { subject, role: Role::Customer } => Some(subject),
+            _ => None,
+        }
+    }
+}
+
+/// How tokens are checked.
+#[derive(Clone)]
+pub enum Authenticator {
+    /// Every request must carry a token that this key verifies.
+    Verify(Arc<(DecodingKey, Validation)>),
+    /// No checks at all. Development only.
+    Insecure,
+}
+
+impl std::fmt::Debug for Authenticator {
+    // The key stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Verify(verifier) => write!(f, "Authenticator::Verify({:?})", verifier.1.algorithms),
+            Self::Insecure => write!(f, "Authenticator::Insecure"),
+        }
+    }
+}
+
+/// Authentication settings, shared by every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// HS256 secret that tokens are signed with. Never logged.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA for RS256, Ed25519 for EdDSA) that tokens are verified with.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", conflicts_with = "jwt_secret")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// The algorithm of `--jwt-public-key-file`.
+    #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value_t = KeyAlgorithm::Rs256)]
+    pub jwt_algorithm: KeyAlgorithm,
+
+    /// Serve without authentication: anyone who reaches the port may do anything. Development only.
+    #[arg(long, env = "INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+}
+
+/// The public-key algorithms accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyAlgorithm {
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    Rs256,
+    /// Ed25519.
+    EdDsa,
+}
+
+/// Why authentication could not be configured.
+#[derive(Debug)]
+pub struct AuthConfigError(String);
+
+impl std::fmt::Display for AuthConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AuthConfigError {}
+
+impl AuthArgs {
+    /// The authenticator these settings describe; refuses to run without a key unless authentication
+    /// is explicitly turned off.
+    pub fn authenticator(&self) -> Result<Authenticator, AuthConfigError> {
+        if let Some(secret) = &self.jwt_secret {
+            return Ok(Authenticator::hs256(secret.as_bytes()));
+        }
+        if let Some(path) = &self.jwt_public_key_file {
+            let pem =
+                std::fs::read(path).map_err(|err| AuthConfigError(format!("cannot read {}: {err}", path.display())))?;
+            let (key, algorithm) = match self.jwt_algorithm {
+                KeyAlgorithm::Rs256 => (DecodingKey::from_rsa_pem(&pem), Algorithm::RS256),
+                KeyAlgorithm::EdDsa => (DecodingKey::from_ed_pem(&pem), Algorithm::EdDSA),
+            };
+            let key =
+                key.map_err(|err| AuthConfigError(format!("{} is not a usable public key: {err}", path.display())))?;
+            return Ok(Authenticator::with_key(key, algorithm));
+        }
+        if self.insecure_no_auth {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches this port can do anything. \
+                 Never run like this outside a developer's machine."
+            );
+            return Ok(Authenticator::Insecure);
+        }
+        Err(AuthConfigError(
+            "no token key: set JWT_SECRET or JWT_PUBLIC_KEY_FILE (or --insecure-no-auth for local development)".into(),
+        ))
+    }
+}
+
+impl Authenticator {
+    /// Verifies HS256 tokens signed with `secret`.
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self::with_key(DecodingKey::from_secret(secret), Algorithm::HS256)
+    }
+
+    fn with_key(key: DecodingKey, algorithm: Algorithm) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self::Verify(Arc::new((key, validation)))
+    }
+
+    /// The caller that `metadata` proves, or UNAUTHENTICATED. Only the one configured algorithm is
+    /// accepted, so `alg: none` and algorithm-confusion tokens fail.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let Self::Verify(verifier) = self else {
+            return Ok(Caller::Trusted);
+        };
+        let header = metadata.get("authorization").ok_or_else(|| unauthenticated("missing bearer token"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(|| unauthenticated("the authorization header must be `Bearer <token>`"))?;
+        let (key, validation) = verifier.as_ref();
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|err| unauthenticated(&format!("invalid token: {}", describe(&err))))?
+            .claims;
+        Ok(Caller::Token { subject: claims.sub, role: claims.role })
+    }
+
+    /// The interceptor that puts the [`Caller`] into every request's extensions.
+    pub fn interceptor(&self) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+        let authenticator = self.clone();
+        move |mut request: Request<()>| {
+            let caller = authenticator.authenticate(request.metadata())?;
+            request.extensions_mut().insert(caller);
+            Ok(request)
+        }
+    }
+}
+
+/// What was wrong with a token, without echoing any of it.
+fn describe(err: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match err.kind() {
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm not accepted",
+        ErrorKind::MissingRequiredClaim(_) => "missing claim",
+        _ => "malformed",
+    }
+}
+
+fn unauthenticated(message: &str) -> Status {
+    status::with_reason(Code::Unauthenticated, DOMAIN, "UNAUTHENTICATED", message, [])
+}
+
+/// The caller of `request`, if it has one of `roles`; else PERMISSION_DENIED in `domain`.
+pub fn authorize<'r, T>(request: &'r Request<T>, roles: &[Role], domain: &str) -> Result<&'r Caller, Status> {
+    let caller = Caller::of(request)?;
+    if caller.is_any(roles) { Ok(caller) } else { Err(permission_denied(domain, roles)) }
+}
+
+/// PERMISSION_DENIED for a caller lacking every one of `roles`, in `domain`.
+pub fn permission_denied(domain: &str, roles: &[Role]) -> Status {
+    let roles = roles.iter().map(|role| role.as_str()).collect::<Vec<_>>().join(" or ");
+    status::with_reason(
+        Code::PermissionDenied,
+        domain,
+        "PERMISSION_DENIED",
+        format!("this call needs the {roles} role"),
+        [("required_roles", roles.clone())],
+    )
+}
+
+/// How tokens are signed.
+pub struct Signer {
+    key: EncodingKey,
+    algorithm: Algorithm,
+}
+
+impl Signer {
+    /// Signs HS256 tokens with `secret`.
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self { key: EncodingKey::from_secret(secret), algorithm: Algorithm::HS256 }
+    }
+
+    /// Signs with a PEM private key (RSA for RS256, Ed25519 for EdDSA).
+    pub fn from_private_pem(pem: &[u8], algorithm: KeyAlgorithm) -> Result<Self, AuthConfigError> {
+        let (key, algorithm) = match algorithm {
+            KeyAlgorithm::Rs256 => (EncodingKey::from_rsa_pem(pem), Algorithm::RS256),
+            KeyAlgorithm::EdDsa => (EncodingKey::from_ed_pem(pem), Algorithm::EdDSA),
+        };
+        let key = key.map_err(|err| AuthConfigError(format!("not a usable private key: {err}")))?;
+        Ok(Self { key, algorithm })
+    }
+
+    /// A token for `subject` in `role`, valid for `ttl` from now.
+    pub fn token(&self, subject: &str, role: Role, ttl: Duration) -> Result<String, AuthConfigError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        let claims = Claims { sub: subject.to_owned(), role, iat: now, exp: now.saturating_add(ttl.as_secs()) };
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
+            .map_err(|err| AuthConfigError(format!("cannot sign: {err}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::metadata::MetadataValue;
+
+    use super::*;
+
+    fn with_bearer(token: &str) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
+        metadata
+    }
+
+    #[test]
+    fn a_valid_token_names_its_caller() {
+        let token = Signer::hs256(b"secret").token("alice", Role::Customer, Duration::from_secs(60)).unwrap();
+        let caller = Authenticator::hs256(b"secret").authenticate(&with_bearer(&token)).unwrap();
+        assert_eq!(caller, Caller::Token { subject: "alice".into(), role: Role::Customer });
+        assert_eq!(caller.customer(), Some("alice"));
+    }
+
+    #[test]
+    fn bad_tokens_are_unauthenticated() {
+        let authenticator = Authenticator::hs256(b"secret");
+        let forged = Signer::hs256(b"other").token("alice", Role::Admin, Duration::from_secs(60)).unwrap();
+        let unsigned = {
+            let claims = r#"{"sub":"alice","role":"admin","exp":9999999999,"iat":0}"#;
+            let encode = |text: &str| {
+                use std::fmt::Write;
+                // base64url without padding, by hand: the test should not trust the library it checks.
+                const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+                let bytes = text.as_bytes();
+                let mut out = String::new();
+                for chunk in bytes.chunks(3) {
+                    let n = chunk.iter().enumerate().fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
+                    for i in 0..=chunk.len() {
+                        let _ = out.write_char(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+                    }
+                }
+                out
+            };
+            format!("{}.{}.", encode(r#"{"alg":"none","typ":"JWT"}"#), encode(claims))
+        };
+        let mut no_bearer = MetadataMap::new();
+        no_bearer.insert("authorization", MetadataValue::from_static("Basic YWxpY2U6cHc="));
+        for metadata in
+            [MetadataMap::new(), no_bearer, with_bearer("not-a-jwt"), with_bearer(&forged), with_bearer(&unsigned)]
+        {
+            let status = authenticator.authenticate(&metadata).unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated, "{metadata:?}");
+        }
+    }
+
+    #[test]
+    fn the_insecure_mode_trusts_everyone_and_says_so_in_the_type() {
+        assert_eq!(Authenticator::Insecure.authenticate(&MetadataMap::new()).unwrap(), Caller::Trusted);
+        assert!(Caller::Trusted.is_any(&[Role::Admin]));
+        assert_eq!(Caller::Trusted.customer(), None);
+    }
+}

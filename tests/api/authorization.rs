@@ -1,0 +1,224 @@
+//! Who may call what: every RPC against every kind of caller, each with the code it must get.
+//! Health and reflection stay open to anonymous callers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::PgPool;
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest,
+};
+use topkart::{
+    proto::{deal as dealpb, order as orderpb},
+    shared::auth::{Claims, Role, Signer},
+};
+
+use crate::helpers::*;
+
+/// The callers of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Anonymous,
+    CustomerA,
+    CustomerB,
+    Admin,
+    Service,
+    Expired,
+    ForeignKey,
+    AlgNone,
+}
+
+const EVERYONE: [Who; 8] = [
+    Who::Anonymous,
+    Who::CustomerA,
+    Who::CustomerB,
+    Who::Admin,
+    Who::Service,
+    Who::Expired,
+    Who::ForeignKey,
+    Who::AlgNone,
+];
+
+/// An admin token with `alg: none` and no signature.
+const ALG_NONE_TOKEN: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.\
+    eyJzdWIiOiJhZG1pbiIsInJvbGUiOiJhZG1pbiIsImV4cCI6NDEwMjQ0NDgwMCwiaWF0IjowfQ.";
+
+fn bearer(who: Who) -> Bearer {
+    match who {
+        Who::Anonymous => Bearer::anonymous(),
+        Who::CustomerA => Bearer::of(&token(Role::Customer, "alice")),
+        Who::CustomerB => Bearer::of(&token(Role::Customer, "bob")),
+        Who::Admin => Bearer::of(&token(Role::Admin, "admin")),
+        Who::Service => Bearer::of(&token(Role::Service, "order-service")),
+        Who::Expired => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let claims = Claims { sub: "alice".into(), role: Role::Admin, iat: now - 7200, exp: now - 3600 };
+            let key = jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes());
+            Bearer::of(&jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap())
+        }
+        Who::ForeignKey => Bearer::of(
+            &Signer::hs256(b"somebody-elses-secret").token("admin", Role::Admin, Duration::from_secs(3600)).unwrap(),
+        ),
+        Who::AlgNone => Bearer::of(ALG_NONE_TOKEN),
+    }
+}
+
+/// The code `who` must get from `rpc` (on customer A's order, where the RPC takes one).
+fn expected(rpc: &str, who: Who) -> Code {
+    use Who::*;
+    if matches!(who, Anonymous | Expired | ForeignKey | AlgNone) {
+        return Code::Unauthenticated;
+    }
+    let allowed: &[Who] = match rpc {
+        "CreateDeal" | "UpdateDeal" | "ListDeals(state)" | "ApproveOrder" | "RejectOrder" => &[Admin],
+        "GetDeal" | "ListDeals" | "ListOrders" => &[CustomerA, CustomerB, Admin],
+        "ReserveUnits" | "ConfirmUnits" | "ReleaseUnits" => &[Service],
+        "CreateOrder" => &[CustomerA, CustomerB],
+        "GetOrder" => &[CustomerA, Admin],
+        "CancelOrder" => &[CustomerA],
+        _ => panic!("unknown rpc {rpc}"),
+    };
+    if allowed.contains(&who) {
+        Code::Ok
+    } else if who == CustomerB && matches!(rpc, "GetOrder" | "CancelOrder") {
+        // Another customer's order does not exist, as far as B can tell.
+        Code::NotFound
+    } else {
+        Code::PermissionDenied
+    }
+}
+
+fn code<T>(result: Result<T, tonic::Status>) -> Code {
+    result.map_or_else(|status| status.code(), |_| Code::Ok)
+}
+
+/// Calls `rpc` as `who`, on fresh fixtures where the call changes them.
+async fn call(app: &TestApp, deal: &dealpb::Deal, rpc: &str, who: Who) -> Code {
+    let mut deals = deals_with(&app.deal_channel, bearer(who));
+    let mut orders = orders_with(&app.order_channel, bearer(who));
+    let alices_order = || async { app.order(order_request(&deal.name, 1)).await.unwrap().name };
+    let reservation = || async {
+        let id = uuid::Uuid::new_v4().to_string();
+        let request = dealpb::ReserveUnitsRequest {
+            deal: deal.name.clone(),
+            reservation_id: id.clone(),
+            quantity: 1,
+            ..Default::default()
+        };
+        app.reservations.clone().reserve_units(request).await.unwrap();
+        id
+    };
+    match rpc {
+        "CreateDeal" => code(deals.create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(5)) }).await),
+        "UpdateDeal" => {
+            let patch = dealpb::Deal { name: deal.name.clone(), product_name: "Renamed".into(), ..Default::default() };
+            let mask = prost_types::FieldMask { paths: vec!["product_name".into()] };
+            code(deals.update_deal(dealpb::UpdateDealRequest { deal: Some(patch), update_mask: Some(mask) }).await)
+        }
+        "GetDeal" => code(deals.get_deal(dealpb::GetDealRequest { name: deal.name.clone() }).await),
+        "ListDeals" => code(deals.list_deals(dealpb::ListDealsRequest::default()).await),
+        "ListDeals(state)" => {
+            let request = dealpb::ListDealsRequest { state: dealpb::deal::State::Expired.into(), ..Default::default() };
+            code(deals.list_deals(request).await)
+        }
+        "ReserveUnits" => {
+            let request = dealpb::ReserveUnitsRequest {
+                deal: deal.name.clone(),
+                reservation_id: uuid::Uuid::new_v4().to_string(),
+                quantity: 1,
+                ..Default::default()
+            };
+            code(deals.reserve_units(request).await)
+        }
+        "ConfirmUnits" => {
+            code(deals.confirm_units(dealpb::ConfirmUnitsRequest { reservation_id: reservation().await }).await)
+        }
+        "ReleaseUnits" => {
+            code(deals.release_units(dealpb::ReleaseUnitsRequest { reservation_id: reservation().await }).await)
+        }
+        "CreateOrder" => code(
+            orders
+                .create_order(orderpb::CreateOrderRequest {
+                    order: Some(order_request(&deal.name, 1)),
+                    request_id: String::new(),
+                })
+                .await,
+        ),
+        "GetOrder" => code(orders.get_order(orderpb::GetOrderRequest { name: alices_order().await }).await),
+        "ListOrders" => code(orders.list_orders(orderpb::ListOrdersRequest::default()).await),
+        "ApproveOrder" => code(orders.approve_order(orderpb::ApproveOrderRequest { name: alices_order().await }).await),
+        "RejectOrder" => code(orders.reject_order(orderpb::RejectOrderRequest { name: alices_order().await }).await),
+        "CancelOrder" => code(orders.cancel_order(orderpb::CancelOrderRequest { name: alices_order().await }).await),
+        _ => panic!("unknown rpc {rpc}"),
+    }
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn every_rpc_answers_every_caller_with_the_code_it_must(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let deal = app.create_deal(1000).await;
+    let rpcs = [
+        "CreateDeal",
+        "UpdateDeal",
+        "GetDeal",
+        "ListDeals",
+        "ListDeals(state)",
+        "ReserveUnits",
+        "ConfirmUnits",
+        "ReleaseUnits",
+        "CreateOrder",
+        "GetOrder",
+        "ListOrders",
+        "ApproveOrder",
+        "RejectOrder",
+        "CancelOrder",
+    ];
+    let mut wrong = Vec::new();
+    for rpc in rpcs {
+        for who in EVERYONE {
+            let got = call(&app, &deal, rpc, who).await;
+            if got != expected(rpc, who) {
+                wrong.push(format!("{rpc} as {who:?}: got {got:?}, expected {:?}", expected(rpc, who)));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn customers_see_only_their_own_orders_and_buy_as_themselves(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let deal = app.create_deal(10).await;
+    let mallory_in_payload = orderpb::Order { customer_id: "mallory".into(), ..order_request(&deal.name, 1) };
+    let alices = app.order(mallory_in_payload).await.unwrap();
+    assert_eq!(alices.customer_id, "alice");
+
+    let list = |mut orders: Orders, customer_id: &str| {
+        let request = orderpb::ListOrdersRequest { customer_id: customer_id.into(), ..Default::default() };
+        async move { orders.list_orders(request).await.unwrap().into_inner().orders }
+    };
+    assert_eq!(list(app.orders.clone(), "").await, [alices.clone()]);
+    assert!(list(app.orders_as("bob"), "").await.is_empty());
+    assert!(list(app.orders_as("bob"), "alice").await.is_empty(), "a customer's filter cannot reach another's orders");
+    assert_eq!(list(app.admin_orders.clone(), "alice").await, [alices]);
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn health_and_reflection_answer_anonymous_callers(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    // Health answers without a token (and turns SERVING once the database answers).
+    crate::processes::wait_serving(app.deal_addr).await;
+    let health = HealthClient::new(app.deal_channel.clone()).check(HealthCheckRequest { service: String::new() }).await;
+    assert_eq!(health.unwrap().into_inner().status(), ServingStatus::Serving);
+
+    let mut reflection = ServerReflectionClient::new(app.order_channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let reply = replies.message().await.unwrap().expect("a reply");
+    assert!(format!("{reply:?}").contains("topkart.order.v1.OrderService"), "{reply:?}");
+}
