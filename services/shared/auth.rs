@@ -344,6 +344,48 @@ mod tests {
         }
     }
 
+    fn args() -> AuthArgs {
+        AuthArgs {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_algorithm: KeyAlgorithm::Rs256,
+            insecure_no_auth: false,
+        }
+    }
+
+    #[test]
+    fn services_refuse_to_start_without_a_key_unless_told_to_be_insecure() {
+        assert!(args().authenticator().is_err());
+        let insecure = AuthArgs { insecure_no_auth: true, ..args() };
+        assert!(matches!(insecure.authenticator(), Ok(Authenticator::Insecure)));
+        let keyed = AuthArgs { jwt_secret: Some("s".into()), insecure_no_auth: true, ..args() };
+        assert!(matches!(keyed.authenticator(), Ok(Authenticator::Verify(_))), "a key wins over the insecure flag");
+    }
+
+    #[test]
+    fn eddsa_tokens_verify_against_the_public_key_only() {
+        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let public_key_file = std::env::temp_dir().join(format!("topkart-ed25519-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&public_key_file, key_pair.public_key_pem()).unwrap();
+        let args = AuthArgs {
+            jwt_public_key_file: Some(public_key_file.clone()),
+            jwt_algorithm: KeyAlgorithm::EdDsa,
+            ..args()
+        };
+        let authenticator = args.authenticator().unwrap();
+        std::fs::remove_file(public_key_file).unwrap();
+
+        let signer = Signer::from_private_pem(key_pair.serialize_pem().as_bytes(), KeyAlgorithm::EdDsa).unwrap();
+        let token = signer.token("admin", Role::Admin, Duration::from_secs(60)).unwrap();
+        let caller = authenticator.authenticate(&with_bearer(&token)).unwrap();
+        assert_eq!(caller, Caller::Token { subject: "admin".into(), role: Role::Admin });
+        // An HS256 token signed with the public key's text (algorithm confusion) is refused.
+        let public_pem = key_pair.public_key_pem();
+        let confused =
+            Signer::hs256(public_pem.as_bytes()).token("admin", Role::Admin, Duration::from_secs(60)).unwrap();
+        assert_eq!(authenticator.authenticate(&with_bearer(&confused)).unwrap_err().code(), Code::Unauthenticated);
+    }
+
     #[test]
     fn the_insecure_mode_trusts_everyone_and_says_so_in_the_type() {
         assert_eq!(Authenticator::Insecure.authenticate(&MetadataMap::new()).unwrap(), Caller::Trusted);

@@ -17,11 +17,20 @@ use crate::{helpers::*, processes::*};
 async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     let url = database_url(&pool);
     let (deal_addr, order_addr, worker_addr) = (free_addr().await, free_addr().await, free_addr().await);
-    let deal = Process::start(env!("CARGO_BIN_EXE_deal-service"), &url, &["--listen-addr", &deal_addr.to_string()]);
-    let order = Process::start(
+    // Both APIs log at debug level into files, which must never show a token or the secret.
+    let logs = std::env::temp_dir().join(format!("topkart-e2e-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&logs).unwrap();
+    let deal = Process::start_logging_to(
+        env!("CARGO_BIN_EXE_deal-service"),
+        &url,
+        &["--listen-addr", &deal_addr.to_string()],
+        &logs.join("deal-service.log"),
+    );
+    let order = Process::start_logging_to(
         env!("CARGO_BIN_EXE_order-service"),
         &url,
         &["--listen-addr", &order_addr.to_string(), "--deal-service-url", &format!("http://{deal_addr}")],
+        &logs.join("order-service.log"),
     );
     let worker = Process::start(
         env!("CARGO_BIN_EXE_expiry-worker"),
@@ -31,10 +40,10 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     for addr in [deal_addr, order_addr, worker_addr] {
         wait_serving(addr).await;
     }
-    let mut deals = deals_with(&channel(deal_addr).await, Bearer::of(&token(Role::Admin, "admin")));
-    let alice = Bearer::of(&token(Role::Customer, "alice"));
-    let mut orders = orders_with(&channel(order_addr).await, alice);
-    let mut admin_orders = orders_with(&channel(order_addr).await, Bearer::of(&token(Role::Admin, "admin")));
+    let (admin_token, alice_token) = (token(Role::Admin, "admin"), token(Role::Customer, "alice"));
+    let mut deals = deals_with(&channel(deal_addr).await, Bearer::of(&admin_token));
+    let mut orders = orders_with(&channel(order_addr).await, Bearer::of(&alice_token));
+    let mut admin_orders = orders_with(&channel(order_addr).await, Bearer::of(&admin_token));
 
     // An admin creates a deal; a customer lists the live deals and orders one.
     let created =
@@ -87,4 +96,12 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     for process in [deal, order, worker] {
         assert!(process.terminate().await.success(), "a binary did not shut down cleanly on SIGTERM");
     }
+    for log in ["deal-service.log", "order-service.log"] {
+        let text = std::fs::read_to_string(logs.join(log)).unwrap();
+        assert!(text.contains("DEBUG") || text.contains("INFO"), "{log} is empty: the check below would prove nothing");
+        for secret in [admin_token.as_str(), alice_token.as_str(), TEST_SECRET, "eyJ"] {
+            assert!(!text.contains(secret), "{log} shows a token or the secret");
+        }
+    }
+    std::fs::remove_dir_all(logs).unwrap();
 }

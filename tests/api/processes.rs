@@ -12,13 +12,25 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 pub struct Process(Child);
 
 impl Process {
+    /// Starts `binary` over `database_url`, logging warnings to the test's stderr.
     pub fn start(binary: &str, database_url: &str, args: &[&str]) -> Self {
+        Self::spawn(binary, database_url, args, "warn", Stdio::inherit())
+    }
+
+    /// Starts `binary` logging everything down to `debug` into `log`.
+    pub fn start_logging_to(binary: &str, database_url: &str, args: &[&str], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::spawn(binary, database_url, args, "debug", Stdio::from(file))
+    }
+
+    fn spawn(binary: &str, database_url: &str, args: &[&str], log_level: &str, stderr: Stdio) -> Self {
         let child = Command::new(binary)
             .args(args)
             .env("DATABASE_URL", database_url)
             .env("JWT_SECRET", crate::helpers::TEST_SECRET)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("start binary");
