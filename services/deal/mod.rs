@@ -13,6 +13,7 @@ use std::future::Future;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     proto::deal::deal_service_server::{DealServiceServer, SERVICE_NAME},
@@ -31,7 +32,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
-    let api = DealServiceServer::with_interceptor(grpc::DealApi::new(pool), settings.auth.interceptor());
+    let api = DealServiceServer::new(grpc::DealApi::new(pool)).max_decoding_message_size(server::MAX_REQUEST_BYTES);
+    let api = InterceptedService::new(api, settings.auth.interceptor());
     let router = server::builder(settings.tls)?.add_service(health_service).add_service(api);
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
 }

@@ -81,7 +81,7 @@ impl From<OrderError> for Status {
             ),
             OrderError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
-                Status::internal("internal error")
+                status::internal(DOMAIN)
             }
             OrderError::Database(err) => status::from_database_error(DOMAIN, &err),
         }

@@ -16,6 +16,7 @@ use std::future::Future;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     proto::order::order_service_server::{OrderServiceServer, SERVICE_NAME},
@@ -47,8 +48,9 @@ pub async fn run_with_faults(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
-    let api =
-        OrderServiceServer::with_interceptor(grpc::OrderApi::new(pool, deals, faults), settings.auth.interceptor());
+    let api = OrderServiceServer::new(grpc::OrderApi::new(pool, deals, faults))
+        .max_decoding_message_size(server::MAX_REQUEST_BYTES);
+    let api = InterceptedService::new(api, settings.auth.interceptor());
     let router = server::builder(settings.tls)?.add_service(health_service).add_service(api);
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
 }

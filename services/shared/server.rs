@@ -11,6 +11,12 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::auth::Authenticator;
 
+/// The largest request a service accepts (`RESOURCE_EXHAUSTED` beyond); every request of ours is a
+/// few hundred bytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The deadline of a call whose client sets none (a shorter `grpc-timeout` wins).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
 /// The standard health service's name.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// How often health re-checks the database.
@@ -92,8 +98,10 @@ pub fn with_reflection(router: Router, services: &[&str]) -> Result<Router, toni
 
 /// The server settings every service shares, with TLS when `tls` is set.
 pub fn builder(tls: Option<ServerTlsConfig>) -> Result<tonic::transport::Server, ServeError> {
-    let builder =
-        tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30))).tcp_nodelay(true);
+    let builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .timeout(DEFAULT_DEADLINE);
     match tls {
         Some(tls) => builder.tls_config(tls).map_err(ServeError::Transport),
         None => Ok(builder),

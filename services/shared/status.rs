@@ -72,7 +72,12 @@ pub fn from_database_error(domain: &str, err: &sqlx::Error) -> Status {
         );
     }
     tracing::error!(error = %err, "database error");
-    Status::internal("internal error")
+    internal(domain)
+}
+
+/// INTERNAL, with reason `INTERNAL` and nothing of the cause (which the caller logs).
+pub fn internal(domain: &str) -> Status {
+    with_reason(Code::Internal, domain, "INTERNAL", "internal error", [])
 }
 
 #[cfg(test)]
