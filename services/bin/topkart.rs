@@ -1,4 +1,5 @@
-//! topkart: operator commands. `topkart token` mints a token for local use and grpcurl.
+//! topkart: operator commands. `topkart token` mints a token for local use and grpcurl;
+//! `topkart descriptors` writes the contracts' descriptor set for gateways.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -39,6 +40,13 @@ enum Command {
         #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value_t = KeyAlgorithm::Rs256)]
         jwt_algorithm: KeyAlgorithm,
     },
+    /// Writes the FileDescriptorSet of proto/ (with imports and comments), as `buf build -o` would,
+    /// for a gateway such as Envoy's gRPC-JSON transcoder.
+    Descriptors {
+        /// Where to write it.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -55,21 +63,35 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let Args { command: Command::Token { role, sub, ttl, jwt_secret, jwt_private_key_file, jwt_algorithm } } =
-        Args::parse();
-    let signer = match (jwt_secret, jwt_private_key_file) {
-        (Some(secret), _) => Ok(Signer::hs256(secret.as_bytes())),
-        (None, Some(path)) => cli::read(&path).and_then(|pem| Ok(Signer::from_private_pem(&pem, jwt_algorithm)?)),
-        (None, None) => Err("set JWT_SECRET or --jwt-private-key-file".into()),
-    };
-    match signer.and_then(|signer| Ok(signer.token(&sub, role, ttl)?)) {
-        Ok(token) => {
-            println!("{token}");
-            ExitCode::SUCCESS
+    let result = match Args::parse().command {
+        Command::Token { role, sub, ttl, jwt_secret, jwt_private_key_file, jwt_algorithm } => {
+            token(role, &sub, ttl, jwt_secret, jwt_private_key_file, jwt_algorithm).map(|token| println!("{token}"))
         }
+        Command::Descriptors { out } => std::fs::write(&out, topkart::proto::FILE_DESCRIPTOR_SET)
+            .map_err(|err| format!("cannot write {}: {err}", out.display()).into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("topkart token: {err}");
+            eprintln!("topkart: {err}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A token for `sub` in `role`, signed with the HS256 secret or the private key.
+fn token(
+    role: Role,
+    sub: &str,
+    ttl: Duration,
+    jwt_secret: Option<String>,
+    jwt_private_key_file: Option<PathBuf>,
+    jwt_algorithm: KeyAlgorithm,
+) -> Result<String, cli::MainError> {
+    let signer = match (jwt_secret, jwt_private_key_file) {
+        (Some(secret), _) => Signer::hs256(secret.as_bytes()),
+        (None, Some(path)) => Signer::from_private_pem(&cli::read(&path)?, jwt_algorithm)?,
+        (None, None) => return Err("set JWT_SECRET or --jwt-private-key-file".into()),
+    };
+    Ok(signer.token(sub, role, ttl)?)
 }
