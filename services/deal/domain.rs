@@ -188,7 +188,9 @@ pub fn update_deal(
     mask: &[String],
     now: DateTime<Utc>,
 ) -> Result<DealTerms, DealError> {
-    check_update_mask(mask)?;
+    let mut mask_violations = Violations::default();
+    check_update_mask(mask, &mut mask_violations);
+    mask_violations.into_result(())?;
     if current.state == DealState::Expired {
         return Err(DealError::DealExpired);
     }
@@ -231,8 +233,9 @@ pub fn update_deal(
     Ok(terms)
 }
 
-fn check_update_mask(mask: &[String]) -> Result<(), DealError> {
-    let mut violations = Violations::default();
+/// Checks an `UpdateDeal` mask, recording what is wrong; the handler runs it before it looks the deal
+/// up, so a malformed request is INVALID_ARGUMENT whether or not the deal exists.
+pub fn check_update_mask(mask: &[String], violations: &mut Violations) {
     if mask.is_empty() {
         violations.add("update_mask", "is required: name the fields to change");
     }
@@ -246,7 +249,6 @@ fn check_update_mask(mask: &[String]) -> Result<(), DealError> {
             violations.add(format!("update_mask.paths[{index}]"), format!("{field:?} is named twice"));
         }
     }
-    Ok(violations.into_result(())?)
 }
 
 /// Why `deal`, read at the same instant as a refused reservation, could not give `quantity` units at
@@ -358,3 +360,7 @@ fn not_in_the_past(field: &str, start: DateTime<Utc>, now: DateTime<Utc>, violat
 #[cfg(test)]
 #[path = "domain_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "domain_props.rs"]
+mod domain_props;

@@ -130,6 +130,7 @@ impl DealApi {
         let patch = request.deal.unwrap_or_default();
         let id = names::parse("deal.name", names::DEALS, &patch.name, &mut violations);
         let mask = request.update_mask.map(|mask| mask.paths).unwrap_or_default();
+        domain::check_update_mask(&mask, &mut violations);
         let id = violations.into_result(id)?.ok_or(DealError::DealNotFound)?;
 
         let mut tx = self.pool.begin().await?;

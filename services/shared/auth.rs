@@ -19,6 +19,8 @@ use super::status;
 
 /// The `google.rpc.ErrorInfo` domain of authentication errors.
 pub const DOMAIN: &str = "auth.topkart.com";
+/// The longest subject a token may carry, in characters (a customer id's limit).
+pub const MAX_SUBJECT_CHARS: usize = 128;
 /// Clock skew tolerated on `exp`, in seconds.
 const LEEWAY_SECS: u64 = 5;
 
@@ -213,6 +215,12 @@ impl Authenticator {
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|err| unauthenticated(&format!("invalid token: {}", describe(&err))))?
             .claims;
+        // Subjects name customers, admins and services: 1 to 128 printable characters.
+        let subject_ok =
+            (1..=MAX_SUBJECT_CHARS).contains(&claims.sub.chars().count()) && !claims.sub.chars().any(char::is_control);
+        if !subject_ok {
+            return Err(unauthenticated("invalid token: malformed subject"));
+        }
         Ok(Caller::Token { subject: claims.sub, role: claims.role })
     }
 

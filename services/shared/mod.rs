@@ -13,3 +13,6 @@ pub mod server;
 pub mod status;
 pub mod telemetry;
 pub mod time;
+
+#[cfg(test)]
+mod decode_fuzz;

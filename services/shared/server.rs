@@ -11,7 +11,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::auth::Authenticator;
 
-/// The largest request a service accepts (`RESOURCE_EXHAUSTED` beyond); every request of ours is a
+/// The largest request a service accepts (tonic answers OUT_OF_RANGE beyond, before our code, so
+/// without an `ErrorInfo`); every request of ours is a
 /// few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// The deadline of a call whose client sets none (a shorter `grpc-timeout` wins).

@@ -7,6 +7,7 @@ mod crashes;
 mod deals;
 mod end_to_end;
 mod helpers;
+mod hostile;
 mod orders;
 mod postgres_restart;
 mod processes;
