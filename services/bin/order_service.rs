@@ -61,9 +61,14 @@ async fn run(args: Args) -> Result<(), cli::MainError> {
             return Err("set DEAL_SERVICE_TOKEN: with a public key, order-service cannot mint its own".into());
         }
     };
-    let tls = match &args.deal_service_ca_file {
-        Some(path) => Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(cli::read(path)?))),
-        None => None,
+    // tonic speaks TLS only to https URLs: a CA file with an http URL would send the service token in
+    // the clear, and an https URL without one could verify nothing.
+    let https = args.deal_service_url.starts_with("https://");
+    let tls = match (&args.deal_service_ca_file, https) {
+        (Some(path), true) => Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(cli::read(path)?))),
+        (None, false) => None,
+        (Some(_), false) => return Err("--deal-service-ca-file needs an https:// --deal-service-url".into()),
+        (None, true) => return Err("an https:// --deal-service-url needs --deal-service-ca-file".into()),
     };
     let deadline = Duration::from_millis(args.deal_service_deadline_ms);
     let deals =

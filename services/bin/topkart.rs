@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use topkart::shared::{
-    auth::{KeyAlgorithm, Role, Signer},
+    auth::{self, KeyAlgorithm, Role, Signer},
     cli,
 };
 
@@ -89,7 +89,10 @@ fn token(
     jwt_algorithm: KeyAlgorithm,
 ) -> Result<String, cli::MainError> {
     let signer = match (jwt_secret, jwt_private_key_file) {
-        (Some(secret), _) => Signer::hs256(secret.as_bytes()),
+        (Some(secret), _) => {
+            auth::check_secret(&secret)?;
+            Signer::hs256(secret.as_bytes())
+        }
         (None, Some(path)) => Signer::from_private_pem(&cli::read(&path)?, jwt_algorithm)?,
         (None, None) => return Err("set JWT_SECRET or --jwt-private-key-file".into()),
     };

@@ -207,6 +207,10 @@ fn from_deal_status(status: Status) -> OrderError {
                 code: if status.code() == Code::DeadlineExceeded { Code::DeadlineExceeded } else { Code::Unavailable },
             }
         }
+        Code::Unauthenticated | Code::PermissionDenied => OrderError::Internal(format!(
+            "deal-service refused order-service's credentials ({:?}): check JWT_SECRET or renew DEAL_SERVICE_TOKEN",
+            status.code()
+        )),
         code => OrderError::Internal(format!("deal-service answered {code:?}: {}", status.message())),
     }
 }

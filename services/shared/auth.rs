@@ -19,6 +19,8 @@ use super::status;
 
 /// The `google.rpc.ErrorInfo` domain of authentication errors.
 pub const DOMAIN: &str = "auth.topkart.com";
+/// The shortest HS256 secret accepted: a guessable key makes every token forgeable.
+pub const MIN_SECRET_BYTES: usize = 32;
 /// The longest subject a token may carry, in characters (a customer id's limit).
 pub const MAX_SUBJECT_CHARS: usize = 128;
 /// Clock skew tolerated on `exp`, in seconds.
@@ -56,7 +58,8 @@ pub struct Claims {
     pub role: Role,
     /// Expiry, in seconds since the Unix epoch.
     pub exp: u64,
-    /// Issue time, in seconds since the Unix epoch.
+    /// Issue time, in seconds since the Unix epoch (0 when the issuer left it out).
+    #[serde(default)]
     pub iat: u64,
 }
 
@@ -158,6 +161,7 @@ impl AuthArgs {
     /// is explicitly turned off.
     pub fn authenticator(&self) -> Result<Authenticator, AuthConfigError> {
         if let Some(secret) = &self.jwt_secret {
+            check_secret(secret)?;
             return Ok(Authenticator::hs256(secret.as_bytes()));
         }
         if let Some(path) = &self.jwt_public_key_file {
@@ -182,6 +186,16 @@ impl AuthArgs {
             "no token key: set JWT_SECRET or JWT_PUBLIC_KEY_FILE (or --insecure-no-auth for local development)".into(),
         ))
     }
+}
+
+/// Refuses an HS256 secret too short to resist guessing (an empty one included).
+pub fn check_secret(secret: &str) -> Result<(), AuthConfigError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(AuthConfigError(format!(
+            "JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (for example `openssl rand -hex 32`)"
+        )));
+    }
+    Ok(())
 }
 
 impl Authenticator {

@@ -31,7 +31,7 @@ use topkart::{
 };
 
 /// The HS256 secret the test servers verify tokens with.
-pub const TEST_SECRET: &str = "test-secret";
+pub const TEST_SECRET: &str = "test-secret-of-at-least-32-bytes!";
 
 /// A token of `role` for `subject`, signed with the test secret, valid for an hour.
 pub fn token(role: Role, subject: &str) -> String {
