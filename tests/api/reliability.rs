@@ -17,6 +17,15 @@ async fn alice_at(addr: std::net::SocketAddr) -> Orders {
     orders_with(&channel(addr).await, Bearer::of(&token(Role::Customer, "alice")))
 }
 
+/// Has alice order one unit of `deal` under `request_id` through an order-service that fails right
+/// after the reservation, as a crash there would: the hold stays, no order is written.
+async fn leave_a_hold_behind(app: &TestApp, deal: &str, request_id: &str) {
+    let faults = Faults::fail_after_reserve_every(1);
+    let (faulty_addr, _stop) = spawn_order_service_with_faults(app.pool.clone(), deals_client_of(app), faults).await;
+    let failed = alice_at(faulty_addr).await.create_order(keyed(deal, "alice", request_id)).await;
+    assert_eq!(failed.unwrap_err().code(), Code::Internal);
+}
+
 fn keyed(deal: &str, customer: &str, request_id: &str) -> pb::CreateOrderRequest {
     pb::CreateOrderRequest {
         order: Some(pb::Order { customer_id: customer.into(), ..order_request(deal, 1) }),
@@ -116,11 +125,8 @@ async fn a_request_id_reused_for_another_order_is_refused(pool: PgPool) {
 async fn a_retry_after_the_hold_was_released_is_abandoned_not_doubled(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
-    let (faulty_addr, _stop) =
-        spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(1)).await;
-    let mut faulty = alice_at(faulty_addr).await;
     let key = uuid::Uuid::new_v4().to_string();
-    assert_eq!(faulty.create_order(keyed(&deal.name, "alice", &key)).await.unwrap_err().code(), Code::Internal);
+    leave_a_hold_behind(&app, &deal.name, &key).await;
     settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
 
     let mut orders = app.orders.clone();
@@ -235,11 +241,8 @@ async fn concurrent_attempts_of_one_request_for_the_last_unit_both_get_the_order
 async fn a_retry_with_another_body_does_not_take_over_the_hold(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
-    let (faulty_addr, _stop) =
-        spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(1)).await;
-    let mut faulty = alice_at(faulty_addr).await;
     let key = uuid::Uuid::new_v4().to_string();
-    assert_eq!(faulty.create_order(keyed(&deal.name, "alice", &key)).await.unwrap_err().code(), Code::Internal);
+    leave_a_hold_behind(&app, &deal.name, &key).await;
 
     let mut orders = app.orders.clone();
     let more_units = pb::CreateOrderRequest {
@@ -268,11 +271,8 @@ async fn a_retry_with_another_body_does_not_take_over_the_hold(pool: PgPool) {
 async fn the_worker_never_releases_a_hold_whose_order_is_being_committed(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
-    let (faulty_addr, _stop) =
-        spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(1)).await;
-    let mut faulty = alice_at(faulty_addr).await;
     let key = uuid::Uuid::new_v4();
-    faulty.create_order(keyed(&deal.name, "alice", &key.to_string())).await.unwrap_err();
+    leave_a_hold_behind(&app, &deal.name, &key.to_string()).await;
 
     // An order insert in flight for that hold: it holds the hold's lock and has not committed.
     let mut inserting = pool.begin().await.unwrap();
