@@ -5,8 +5,10 @@ use std::{future::Future, time::Duration};
 
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{ServerTlsConfig, server::Router};
+use tonic::transport::{
+    ServerTlsConfig,
+    server::{Router, TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::auth::Authenticator;
@@ -101,7 +103,6 @@ pub fn with_reflection(router: Router, services: &[&str]) -> Result<Router, toni
 pub fn builder(tls: Option<ServerTlsConfig>) -> Result<tonic::transport::Server, ServeError> {
     let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .tcp_nodelay(true)
         .timeout(DEFAULT_DEADLINE);
     match tls {
         Some(tls) => builder.tls_config(tls).map_err(ServeError::Transport),
@@ -159,7 +160,9 @@ pub async fn serve(
     health: Health,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let incoming = TcpListenerStream::new(listener);
+    // Without TCP_NODELAY a small reply can wait for the client's delayed ACK: 40 ms on Linux. (The
+    // builder's `tcp_nodelay` applies only to listeners tonic binds itself.)
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     router
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
