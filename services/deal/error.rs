@@ -1,5 +1,7 @@
 //! The one error type of deal-service and its one mapping onto gRPC status codes.
 
+use std::sync::Arc;
+
 use tonic::{Code, Status};
 
 use crate::shared::{
@@ -10,8 +12,9 @@ use crate::shared::{
 
 use super::DOMAIN;
 
-/// Everything a deal-service request can fail with.
-#[derive(Debug)]
+/// Everything a deal-service request can fail with. Cloneable, so that one failed batch of
+/// reservations answers every request in it.
+#[derive(Debug, Clone)]
 pub enum DealError {
     /// The request is malformed; every bad field is named.
     InvalidArgument(status::Violations),
@@ -38,12 +41,12 @@ pub enum DealError {
     /// The reservation was released; it can be neither taken again nor confirmed.
     ReservationReleased,
     /// The database failed; the cause is logged, not sent.
-    Database(sqlx::Error),
+    Database(Arc<sqlx::Error>),
 }
 
 impl From<sqlx::Error> for DealError {
     fn from(err: sqlx::Error) -> Self {
-        Self::Database(err)
+        Self::Database(Arc::new(err))
     }
 }
 

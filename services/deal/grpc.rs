@@ -18,24 +18,27 @@ use crate::{
 };
 
 use super::{
-    domain::{self, Deal, DealState, ReservationState},
+    allocation::UnitRequest,
+    batching::Batches,
+    domain::{self, Deal, DealState},
     error::DealError,
+    live_deals::LiveDeals,
     store::{self, DealFilter, Reservation},
 };
-
-/// How many times a reservation is retried when the deal changed between the refusal and the read
-/// that explains it.
-const RESERVE_ATTEMPTS: usize = 3;
 
 /// The deal API over one database pool.
 pub struct DealApi {
     pool: PgPool,
+    /// Reservations and confirmations, coalesced.
+    batches: Batches,
+    /// The first page of live deals.
+    live_deals: LiveDeals,
 }
 
 impl DealApi {
     /// The API over `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { batches: Batches::new(pool.clone()), live_deals: LiveDeals::new(pool.clone()), pool }
     }
 }
 
@@ -121,6 +124,7 @@ impl DealApi {
         let now = Utc::now();
         let terms = domain::new_deal(request.deal.as_ref(), now)?;
         let deal = store::insert_deal(&self.pool, Uuid::new_v4(), &terms, domain::initial_state(&terms, now)).await?;
+        self.live_deals.invalidate();
         tracing::info!(deal = %deal.id, "deal created");
         Ok(deal)
     }
@@ -138,6 +142,7 @@ impl DealApi {
         let terms = domain::update_deal(&current, &patch, &mask, Utc::now())?;
         let deal = store::update_deal(&mut tx, id, &terms).await?;
         tx.commit().await?;
+        self.live_deals.invalidate();
         tracing::info!(deal = %deal.id, fields = ?mask, "deal updated");
         Ok(deal)
     }
@@ -168,7 +173,14 @@ impl DealApi {
         violations.into_result(())?;
 
         // One row more than the page tells whether another page follows.
-        let mut deals = store::list_deals(&self.pool, filter, after, limit + 1).await?;
+        let cached = match (filter, after) {
+            (DealFilter::Live, None) => self.live_deals.first(limit as usize + 1).await?,
+            _ => None,
+        };
+        let mut deals = match cached {
+            Some(deals) => deals,
+            None => store::list_deals(&self.pool, filter, after, limit + 1).await?,
+        };
         let next_page_token = if deals.len() as i64 > limit {
             deals.truncate(limit as usize);
             deals
@@ -195,46 +207,11 @@ impl DealApi {
         };
         violations.into_result(())?;
         let expected_price = expected_price.flatten();
-
-        if let Some(existing) = store::get_reservation(&self.pool, id).await? {
-            return same_reservation(existing, deal_id, quantity, expected_price.as_ref());
-        }
-        for _ in 0..RESERVE_ATTEMPTS {
-            match store::reserve(&self.pool, id, deal_id, quantity, expected_price.as_ref()).await {
-                Ok(Some(reservation)) => return Ok(reservation),
-                Ok(None) => {
-                    // A concurrent call with the same id may have taken the units first.
-                    if let Some(existing) = store::get_reservation(&self.pool, id).await? {
-                        return same_reservation(existing, deal_id, quantity, expected_price.as_ref());
-                    }
-                    let deal = store::get_deal(&self.pool, deal_id).await?.ok_or(DealError::DealNotFound)?;
-                    if let Some(refusal) = domain::refusal(&deal, quantity, expected_price.as_ref()) {
-                        return Err(refusal);
-                    }
-                    // The deal changed between the two statements (units came back): try again.
-                }
-                // A concurrent call with the same id won the insert.
-                Err(err) if crate::shared::db::is_unique_violation(&err) => {
-                    let existing = store::get_reservation(&self.pool, id).await?.ok_or(DealError::Database(err))?;
-                    return same_reservation(existing, deal_id, quantity, expected_price.as_ref());
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(DealError::InsufficientUnits { requested: quantity, available: 0 })
+        self.batches.reserve(deal_id, UnitRequest { id, quantity, expected_price }).await
     }
 
     async fn confirm(&self, reservation_id: &str) -> Result<Reservation, DealError> {
-        let id = reservation_uuid(reservation_id)?;
-        if let Some(confirmed) = store::confirm(&self.pool, id).await? {
-            return Ok(confirmed);
-        }
-        // Not held: confirmed before (a retry, answered the same), released, or unknown.
-        let existing = store::get_reservation(&self.pool, id).await?.ok_or(DealError::ReservationNotFound)?;
-        match existing.state {
-            ReservationState::Released => Err(DealError::ReservationReleased),
-            ReservationState::Held | ReservationState::Confirmed => Ok(existing),
-        }
+        self.batches.confirm(reservation_uuid(reservation_id)?).await
     }
 
     async fn release(&self, reservation_id: &str) -> Result<Reservation, DealError> {
@@ -245,27 +222,6 @@ impl DealApi {
         }
         // Nothing held: either released before (a retry, answered the same) or unknown.
         store::get_reservation(&self.pool, id).await?.ok_or(DealError::ReservationNotFound)
-    }
-}
-
-/// A retried reservation gets the first answer; a reused id with another request is refused; so is
-/// a retry that expects another price than the one the units were taken at, and a retry after the
-/// reservation was released (its units went back; taking them again under the same id could revive
-/// a cancelled order's hold).
-fn same_reservation(
-    existing: Reservation,
-    deal_id: Uuid,
-    quantity: i32,
-    expected_price: Option<&Price>,
-) -> Result<Reservation, DealError> {
-    if existing.deal_id != deal_id || existing.quantity != quantity {
-        Err(DealError::ReservationIdReused)
-    } else if existing.state == ReservationState::Released {
-        Err(DealError::ReservationReleased)
-    } else if expected_price.is_some_and(|expected| *expected != existing.unit_price) {
-        Err(DealError::PriceChanged { current: existing.unit_price })
-    } else {
-        Ok(existing)
     }
 }
 

@@ -1,12 +1,17 @@
 //! deal-service: admins create and update deals, customers read them, and order-service reserves
 //! and releases their units.
 //!
-//! Layers: [`grpc`] decodes, validates, calls and maps errors; [`domain`] holds the rules;
-//! [`store`] holds the SQL; [`error`] is the one error type and its mapping to gRPC status.
+//! Layers: [`grpc`] decodes, validates, calls and maps errors; [`domain`] and [`allocation`] hold
+//! the rules; [`store`] holds the SQL; [`error`] is the one error type and its mapping to gRPC
+//! status. Two parts make the hot paths fast: [`batching`] coalesces the reservations of one deal,
+//! [`live_deals`] serves the first page of live deals from a snapshot.
 
+pub mod allocation;
+pub mod batching;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod live_deals;
 pub mod store;
 
 use std::future::Future;

@@ -8,11 +8,19 @@ use crate::shared::{money::Price, paging::Cursor};
 
 use super::domain::{Deal, DealState, DealTerms, ReservationState};
 
-/// The columns every deal query returns; `state` is the deal's state at the statement's instant.
+/// The columns every deal query returns; `state` is the deal's state at the transaction's start, or
+/// at the instant given.
 macro_rules! deal_columns {
     () => {
-        "id, product_name, currency_code, actual_price_micros, final_price_micros, total_units, \
-         available_units, start_time, expire_time, deal_state_at(deals, now()) as state, create_time, update_time"
+        deal_columns!("now()")
+    };
+    ($at:literal) => {
+        concat!(
+            "id, product_name, currency_code, actual_price_micros, final_price_micros, total_units, \
+             available_units, start_time, expire_time, deal_state_at(deals, ",
+            $at,
+            ") as state, create_time, update_time"
+        )
     };
 }
 
@@ -225,54 +233,83 @@ pub async fn list_deals(
     Ok(rows.into_iter().map(Deal::from).collect())
 }
 
-/// Takes `quantity` units of a deal for reservation `id`. One conditional update checks the deal's
-/// state and expiry, the units left and the expected price under the deal's row lock, and the same
-/// statement inserts the reservation, so no interleaving of concurrent calls sells a unit twice.
-/// Returns `None` when the deal refused (or does not exist); nothing is written then.
+/// Locks a deal for a sale, until the transaction ends, and reads it with its state at the instant
+/// of the sale, which is also returned. `None` when there is no such deal.
 ///
-/// The row lock is taken by a statement of its own first, so that the conditional statement starts
-/// only once the lock is ours: its `statement_timestamp()` is then the instant of the sale, used both
-/// for the expiry check and as the reservation's time. (With `now()`, fixed when the transaction
-/// starts, a buyer queued on the lock across the expiry would still pass.)
-pub async fn reserve(
-    pool: &PgPool,
+/// The lock is taken by a statement of its own first, so that the read starts only once the lock is
+/// ours: its `statement_timestamp()` is then the instant of the sale. (With `now()`, fixed when the
+/// transaction starts, a batch queued on the lock across the expiry would still pass.)
+pub async fn lock_deal_for_sale(
+    conn: &mut PgConnection,
     id: Uuid,
-    deal_id: Uuid,
-    quantity: i32,
-    expected_price: Option<&Price>,
-) -> Result<Option<Reservation>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let locked: Option<i32> = sqlx::query_scalar("select 1 from deals where id = $1 for update")
-        .bind(deal_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+) -> Result<Option<(Deal, DateTime<Utc>)>, sqlx::Error> {
+    let locked: Option<i32> =
+        sqlx::query_scalar("select 1 from deals where id = $1 for update").bind(id).fetch_optional(&mut *conn).await?;
     if locked.is_none() {
         return Ok(None);
     }
-    let row: Option<ReservationRow> = sqlx::query_as(concat!(
-        "with taken as (
-             update deals
-                set available_units = available_units - $3, update_time = statement_timestamp()
-              where id = $2
-                and deal_state_at(deals, statement_timestamp()) = 'active'
-                and available_units >= $3
-                and ($4::bigint is null or (final_price_micros = $4 and currency_code = $5))
-             returning id, currency_code, final_price_micros
-         )
-         insert into reservations (id, deal_id, quantity, currency_code, unit_price_micros, create_time, update_time)
-         select $1, id, $3, currency_code, final_price_micros, statement_timestamp(), statement_timestamp() from taken
-         returning ",
-        reservation_columns!()
+    let row: SaleRow = sqlx::query_as(concat!(
+        "select statement_timestamp() as at, ",
+        deal_columns!("statement_timestamp()"),
+        " from deals where id = $1"
     ))
     .bind(id)
-    .bind(deal_id)
-    .bind(quantity)
-    .bind(expected_price.map(Price::micros))
-    .bind(expected_price.map(Price::currency_code))
-    .fetch_optional(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
-    tx.commit().await?;
-    Ok(row.map(Reservation::from))
+    Ok(Some((row.deal.into(), row.at)))
+}
+
+#[derive(sqlx::FromRow)]
+struct SaleRow {
+    at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    deal: DealRow,
+}
+
+/// The reservations among `ids` that exist.
+pub async fn reservations_by_id(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Reservation>, sqlx::Error> {
+    let rows: Vec<ReservationRow> =
+        sqlx::query_as(concat!("select ", reservation_columns!(), " from reservations where id = any($1)"))
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(Reservation::from).collect())
+}
+
+/// Inserts the reservations `takes` (id, quantity) of a deal locked by [`lock_deal_for_sale`], at its
+/// price, stamped `at`, and takes their units, in one statement. Returns the reservations inserted:
+/// an id some other transaction inserted first (another instance serving a retry) is skipped, and
+/// only the units of the inserted ones are taken.
+pub async fn take_units(
+    conn: &mut PgConnection,
+    deal_id: Uuid,
+    at: DateTime<Utc>,
+    takes: &[(Uuid, i32)],
+) -> Result<Vec<Reservation>, sqlx::Error> {
+    let (ids, quantities): (Vec<Uuid>, Vec<i32>) = takes.iter().copied().unzip();
+    let rows: Vec<ReservationRow> = sqlx::query_as(concat!(
+        "with taken as (
+             insert into reservations (id, deal_id, quantity, currency_code, unit_price_micros, create_time, update_time)
+             select take.id, deals.id, take.quantity, deals.currency_code, deals.final_price_micros, $2, $2
+               from unnest($3::uuid[], $4::integer[]) as take (id, quantity), deals
+              where deals.id = $1
+             on conflict (id) do nothing
+             returning ",
+        reservation_columns!(),
+        "
+         ), subtracted as (
+             update deals set available_units = available_units - (select sum(quantity) from taken), update_time = $2
+              where id = $1 and exists (select from taken)
+         )
+         select * from taken"
+    ))
+    .bind(deal_id)
+    .bind(at)
+    .bind(&ids)
+    .bind(&quantities)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(Reservation::from).collect())
 }
 
 /// One reservation, if it exists.
@@ -309,17 +346,17 @@ pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sql
     Ok(row.map(Reservation::from))
 }
 
-/// Confirms a held reservation. Returns `None` when it was not held (confirmed before, released, or
-/// unknown).
-pub async fn confirm(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
-    let row: Option<ReservationRow> = sqlx::query_as(concat!(
+/// Confirms the held reservations among `ids`, in one statement. Returns those it confirmed; the
+/// others were not held (confirmed before, released, or unknown).
+pub async fn confirm(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Reservation>, sqlx::Error> {
+    let rows: Vec<ReservationRow> = sqlx::query_as(concat!(
         "update reservations set state = 'confirmed', update_time = now()
-          where id = $1 and state = 'reserved'
+          where id = any($1) and state = 'reserved'
          returning ",
         reservation_columns!()
     ))
-    .bind(id)
-    .fetch_optional(pool)
+    .bind(ids)
+    .fetch_all(pool)
     .await?;
-    Ok(row.map(Reservation::from))
+    Ok(rows.into_iter().map(Reservation::from).collect())
 }

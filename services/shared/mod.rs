@@ -1,9 +1,10 @@
 //! Pieces every binary shares: the database pool and migrations, the gRPC server plumbing (health,
 //! reflection, graceful shutdown), error details, and the conversions between protobuf and domain
-//! values (money, timestamps, resource names, pages).
+//! values (money, timestamps, resource names, pages), and request coalescing.
 
 pub mod auth;
 pub mod cli;
+pub mod coalesce;
 pub mod db;
 pub mod money;
 pub mod names;

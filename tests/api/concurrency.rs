@@ -1,8 +1,9 @@
-//! A thousand buyers, one deal: no interleaving of concurrent orders sells a unit twice.
+//! Many buyers, one deal: no interleaving of concurrent orders sells a unit twice, and the batches
+//! deal-service makes of concurrent reservations answer each one exactly.
 
 use sqlx::PgPool;
 use tonic::Code;
-use topkart::proto::order as pb;
+use topkart::proto::{deal as dealpb, order as pb};
 
 use crate::helpers::*;
 
@@ -34,4 +35,57 @@ async fn two_hundred_concurrent_orders_on_fifty_units_sell_exactly_fifty(pool: P
     .await
     .unwrap();
     assert_eq!(reserved, 50);
+}
+
+/// Reservations arriving together for one deal are decided in one batch; each must still get the
+/// answer it would have got alone: its own units, an exact refusal, or, for a retry, the first
+/// answer again.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn concurrent_reservations_of_mixed_sizes_and_retries_each_get_an_exact_answer(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(100).await;
+    let ids: Vec<String> = (0..80).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    // 80 reservations of 1 to 3 units (160 units asked of 100), and every tenth sent twice at once.
+    let requests: Vec<dealpb::ReserveUnitsRequest> = ids
+        .iter()
+        .enumerate()
+        .flat_map(|(n, id)| {
+            let request = dealpb::ReserveUnitsRequest {
+                deal: deal.name.clone(),
+                reservation_id: id.clone(),
+                quantity: (n % 3) as i32 + 1,
+                expected_unit_price: None,
+            };
+            let copies = if n % 10 == 0 { 2 } else { 1 };
+            std::iter::repeat_n(request, copies)
+        })
+        .collect();
+    let calls = requests.iter().cloned().map(|request| {
+        let mut client = app.reservations.clone();
+        async move { client.reserve_units(request).await.map(tonic::Response::into_inner) }
+    });
+    let answers = join_all(calls).await;
+
+    let mut granted = std::collections::HashMap::new();
+    for (request, answer) in requests.iter().zip(answers) {
+        match answer {
+            Ok(reservation) => {
+                assert_eq!(reservation.quantity, request.quantity);
+                assert_eq!(reservation.reservation_id, request.reservation_id);
+                // Both copies of a request get the same reservation.
+                if let Some(first) = granted.insert(request.reservation_id.clone(), reservation.clone()) {
+                    assert_eq!(first, reservation);
+                }
+            }
+            Err(status) => {
+                let refusal = assert_refused(Err::<(), _>(status), Code::FailedPrecondition, "INSUFFICIENT_UNITS");
+                assert!(refusal.message().starts_with(&format!("{} units requested", request.quantity)));
+            }
+        }
+    }
+    let granted_units: i32 = granted.values().map(|reservation| reservation.quantity).sum();
+    let available = app.get_deal(&deal.name).await.available_units;
+    assert_eq!(granted_units + available, 100, "every unit is either granted or available");
+    assert!(available < 3, "a refusal means too few units were left: {available} left");
+    assert_invariants(&pool).await;
 }

@@ -1,5 +1,7 @@
 //! DealService: each RPC's success and each of its failures.
 
+use std::time::Duration;
+
 use chrono::{TimeDelta, Utc};
 use prost_types::FieldMask;
 use sqlx::PgPool;
@@ -192,6 +194,33 @@ async fn list_deals_shows_customers_only_live_deals_with_units_left(pool: PgPool
         .unwrap()
         .into_inner();
     assert_eq!(active.deals.len(), 2, "the admin's view of ACTIVE includes the sold-out deal");
+}
+
+/// The first page comes from a snapshot; a change made elsewhere (another instance, the worker)
+/// shows within `MAX_STALENESS`, and one made through this instance at once.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn list_deals_shows_changes_within_its_documented_staleness(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let first = app.create_deal(10).await;
+    let mut client = app.deals.clone();
+    let names = |page: pb::ListDealsResponse| page.deals.into_iter().map(|deal| deal.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(client.list_deals(pb::ListDealsRequest::default()).await.unwrap().into_inner()),
+        [first.name.clone()]
+    );
+
+    let second = app.create_deal(10).await;
+    let listed = names(client.list_deals(pb::ListDealsRequest::default()).await.unwrap().into_inner());
+    assert_eq!(listed.len(), 2, "a deal created through this instance shows at once");
+
+    // Sold out behind the service's back, as another instance would.
+    sqlx::query("update deals set available_units = 0 where id = $1")
+        .bind(uuid(&second.name))
+        .execute(&pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(topkart::deal::live_deals::MAX_STALENESS + Duration::from_millis(20)).await;
+    assert_eq!(names(client.list_deals(pb::ListDealsRequest::default()).await.unwrap().into_inner()), [first.name]);
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]

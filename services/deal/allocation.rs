@@ -1,0 +1,165 @@
+//! The rules of reserving: which of the reservations that arrived together for one deal get units,
+//! and what a retried reservation is answered. No I/O here.
+//!
+//! A batch is decided as if its requests had come one by one in arrival order: each is checked
+//! against the deal as the requests before it left it, so a batch gives exactly the answers the
+//! same requests would have got one transaction each.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use crate::shared::money::Price;
+
+use super::{
+    domain::{self, Deal, ReservationState},
+    error::DealError,
+    store::Reservation,
+};
+
+/// One `ReserveUnits` request, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitRequest {
+    /// The reservation's id, chosen by the caller (order-service uses the order id).
+    pub id: Uuid,
+    pub quantity: i32,
+    /// The unit price the buyer was shown, if the caller said.
+    pub expected_price: Option<Price>,
+}
+
+/// What becomes of one request of a batch.
+#[derive(Debug, Clone)]
+pub enum Allocation {
+    /// A reservation with this id existed before the batch: the request is a retry.
+    Existing,
+    /// The request takes its units.
+    Take,
+    /// An earlier request of the same batch has the same id: answered like a retry of it.
+    SameAsEarlier,
+    /// The deal cannot give the units.
+    Refused(DealError),
+}
+
+/// Decides every request of a batch against `deal`, read under its row lock at the instant of the
+/// sale. `existing` holds the ids among the requests that were reserved before.
+pub fn allocate(deal: &Deal, requests: &[UnitRequest], existing: &HashSet<Uuid>) -> Vec<Allocation> {
+    let mut left = deal.clone();
+    let mut taken = HashSet::new();
+    requests
+        .iter()
+        .map(|request| {
+            if existing.contains(&request.id) {
+                Allocation::Existing
+            } else if taken.contains(&request.id) {
+                Allocation::SameAsEarlier
+            } else if let Some(refusal) = domain::refusal(&left, request.quantity, request.expected_price.as_ref()) {
+                Allocation::Refused(refusal)
+            } else {
+                left.available_units -= request.quantity;
+                taken.insert(request.id);
+                Allocation::Take
+            }
+        })
+        .collect()
+}
+
+/// The answer to `request` when a reservation with its id already exists: the reservation itself
+/// for a retry; a refusal for an id used for another deal or quantity, for a retry that expects
+/// another price than the one the units were taken at, and for a retry after the reservation was
+/// released (its units went back; taking them again under the same id could revive a cancelled
+/// order's hold).
+pub fn same_reservation(existing: Reservation, deal_id: Uuid, request: &UnitRequest) -> Result<Reservation, DealError> {
+    if existing.deal_id != deal_id || existing.quantity != request.quantity {
+        Err(DealError::ReservationIdReused)
+    } else if existing.state == ReservationState::Released {
+        Err(DealError::ReservationReleased)
+    } else if request.expected_price.as_ref().is_some_and(|expected| *expected != existing.unit_price) {
+        Err(DealError::PriceChanged { current: existing.unit_price })
+    } else {
+        Ok(existing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone, Utc};
+
+    use super::*;
+    use crate::deal::domain::{DealState, DealTerms};
+
+    fn deal(available_units: i32, state: DealState) -> Deal {
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
+        let price = Price::from_stored("INR".into(), 600_000_000);
+        Deal {
+            id: Uuid::new_v4(),
+            terms: DealTerms {
+                product_name: "Phone".into(),
+                actual_price: Price::from_stored("INR".into(), 1_000_000_000),
+                final_price: price,
+                total_units: 50,
+                start_time: now,
+                expire_time: now + TimeDelta::hours(2),
+            },
+            available_units,
+            state,
+            create_time: now,
+            update_time: now,
+        }
+    }
+
+    fn request(quantity: i32) -> UnitRequest {
+        UnitRequest { id: Uuid::new_v4(), quantity, expected_price: None }
+    }
+
+    fn kinds(allocations: &[Allocation]) -> Vec<&'static str> {
+        allocations
+            .iter()
+            .map(|allocation| match allocation {
+                Allocation::Existing => "existing",
+                Allocation::Take => "take",
+                Allocation::SameAsEarlier => "same",
+                Allocation::Refused(DealError::InsufficientUnits { .. }) => "sold out",
+                Allocation::Refused(DealError::PriceChanged { .. }) => "price",
+                Allocation::Refused(DealError::DealExpired) => "expired",
+                Allocation::Refused(other) => panic!("unexpected refusal {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_take_units_in_arrival_order_until_too_few_are_left() {
+        let requests = [request(2), request(2), request(3), request(1)];
+        let allocations = allocate(&deal(5, DealState::Active), &requests, &HashSet::new());
+        // The third asks for more than the one unit left; the fourth still gets that unit.
+        assert_eq!(kinds(&allocations), ["take", "take", "sold out", "take"]);
+        match &allocations[2] {
+            Allocation::Refused(DealError::InsufficientUnits { requested, available }) => {
+                assert_eq!((*requested, *available), (3, 1));
+            }
+            other => panic!("expected sold out, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retries_and_repeated_ids_take_nothing() {
+        let retried = request(1);
+        let first = request(1);
+        let repeated = UnitRequest { id: first.id, ..request(1) };
+        let requests = [retried.clone(), first, repeated, request(1)];
+        let allocations = allocate(&deal(2, DealState::Active), &requests, &HashSet::from([retried.id]));
+        assert_eq!(kinds(&allocations), ["existing", "take", "same", "take"]);
+    }
+
+    #[test]
+    fn an_expired_deal_refuses_the_whole_batch() {
+        let allocations = allocate(&deal(10, DealState::Expired), &[request(1), request(1)], &HashSet::new());
+        assert_eq!(kinds(&allocations), ["expired", "expired"]);
+    }
+
+    #[test]
+    fn a_request_expecting_another_price_is_refused_alone() {
+        let shown = UnitRequest { expected_price: Some(Price::from_stored("INR".into(), 500_000_000)), ..request(1) };
+        let allocations = allocate(&deal(10, DealState::Active), &[shown, request(1)], &HashSet::new());
+        assert_eq!(kinds(&allocations), ["price", "take"]);
+    }
+}

@@ -1,0 +1,148 @@
+//! The hot paths of reserving, coalesced ([`crate::shared::coalesce`]): the reservations of one deal
+//! that arrive while its previous batch is in the database go together as the next batch, in one
+//! transaction and one commit, each with its own exact answer; confirmations of holds likewise, in
+//! one statement.
+//!
+//! A deal's row takes one transaction at a time, and each holds the row's lock through its commit (a
+//! disk flush). One transaction per reservation caps a deal at about one flush per sale; a batch
+//! shares the lock and the flush among everyone who came while the last one ran. Several
+//! deal-service instances may batch the same deal: their batches take the row lock in turn.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::shared::coalesce::Coalescer;
+
+use super::{
+    allocation::{self, Allocation, UnitRequest},
+    domain::ReservationState,
+    error::DealError,
+    store::{self, Reservation},
+};
+
+/// The most requests one batch takes; the rest go in the next one.
+const MAX_BATCH: usize = 500;
+
+type Answer = Result<Reservation, DealError>;
+
+/// Reservations per deal, and confirmations, coalesced.
+pub struct Batches {
+    reservations: Arc<Coalescer<Uuid, UnitRequest, Answer>>,
+    confirmations: Arc<Coalescer<(), Uuid, Answer>>,
+}
+
+impl Batches {
+    pub fn new(pool: PgPool) -> Self {
+        let reserving = pool.clone();
+        let reservations = Coalescer::new(MAX_BATCH, move |deal_id, requests: Vec<UnitRequest>| {
+            let pool = reserving.clone();
+            Box::pin(async move { reserve_batch(&pool, deal_id, &requests).await })
+        });
+        let confirmations = Coalescer::new(MAX_BATCH, move |(), ids: Vec<Uuid>| {
+            let pool = pool.clone();
+            Box::pin(async move { confirm_batch(&pool, &ids).await })
+        });
+        Self { reservations, confirmations }
+    }
+
+    /// Reserves for `request` from deal `deal_id`, with the deal's next batch.
+    pub async fn reserve(&self, deal_id: Uuid, request: UnitRequest) -> Answer {
+        self.reservations.submit(deal_id, request).await.unwrap_or_else(|| Err(batch_crashed()))
+    }
+
+    /// Confirms hold `id`, with the next batch of confirmations.
+    pub async fn confirm(&self, id: Uuid) -> Answer {
+        self.confirmations.submit((), id).await.unwrap_or_else(|| Err(batch_crashed()))
+    }
+}
+
+fn batch_crashed() -> DealError {
+    DealError::from(sqlx::Error::WorkerCrashed)
+}
+
+/// Answers every request of a batch with the same failure.
+fn failed<T>(requests: &[T], err: sqlx::Error) -> Vec<Answer> {
+    let err = DealError::from(err);
+    requests.iter().map(|_| Err(err.clone())).collect()
+}
+
+/// One batch: every request's answer, in order. A database failure fails the whole batch (nothing
+/// of it was committed).
+async fn reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest]) -> Vec<Answer> {
+    try_reserve_batch(pool, deal_id, requests).await.unwrap_or_else(|err| failed(requests, err))
+}
+
+async fn try_reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest]) -> Result<Vec<Answer>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some((deal, at)) = store::lock_deal_for_sale(&mut tx, deal_id).await? else {
+        return Ok(requests.iter().map(|_| Err(DealError::DealNotFound)).collect());
+    };
+    let ids: Vec<Uuid> = requests.iter().map(|request| request.id).collect();
+    let existing: HashMap<Uuid, Reservation> = store::reservations_by_id(&mut tx, &ids)
+        .await?
+        .into_iter()
+        .map(|reservation| (reservation.id, reservation))
+        .collect();
+    let existing_ids: HashSet<Uuid> = existing.keys().copied().collect();
+    let allocations = allocation::allocate(&deal, requests, &existing_ids);
+    let takes: Vec<(Uuid, i32)> = requests
+        .iter()
+        .zip(&allocations)
+        .filter(|(_, allocation)| matches!(allocation, Allocation::Take))
+        .map(|(request, _)| (request.id, request.quantity))
+        .collect();
+    let made: HashMap<Uuid, Reservation> = if takes.is_empty() {
+        HashMap::new()
+    } else {
+        store::take_units(&mut tx, deal_id, at, &takes).await?.into_iter().map(|made| (made.id, made)).collect()
+    };
+    tx.commit().await?;
+
+    let mut answers = Vec::with_capacity(requests.len());
+    for (request, allocation) in requests.iter().zip(allocations) {
+        let answer = match allocation {
+            Allocation::Refused(refusal) => Err(refusal),
+            Allocation::Existing => allocation::same_reservation(existing[&request.id].clone(), deal_id, request),
+            Allocation::Take | Allocation::SameAsEarlier => match made.get(&request.id) {
+                Some(reservation) => allocation::same_reservation(reservation.clone(), deal_id, request),
+                // Another transaction inserted this id first: answer from what it made.
+                None => match store::get_reservation(pool, request.id).await? {
+                    Some(theirs) => allocation::same_reservation(theirs, deal_id, request),
+                    // Reservations are never deleted: this cannot happen.
+                    None => Err(DealError::from(sqlx::Error::RowNotFound)),
+                },
+            },
+        };
+        answers.push(answer);
+    }
+    Ok(answers)
+}
+
+/// Confirms a batch of holds in one statement; a hold that was not held is answered from what it
+/// is: confirmed before (a retry, answered the same), released, or unknown.
+async fn confirm_batch(pool: &PgPool, ids: &[Uuid]) -> Vec<Answer> {
+    try_confirm_batch(pool, ids).await.unwrap_or_else(|err| failed(ids, err))
+}
+
+async fn try_confirm_batch(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Answer>, sqlx::Error> {
+    let mut found: HashMap<Uuid, Reservation> =
+        store::confirm(pool, ids).await?.into_iter().map(|confirmed| (confirmed.id, confirmed)).collect();
+    let unconfirmed: Vec<Uuid> = ids.iter().filter(|id| !found.contains_key(id)).copied().collect();
+    if !unconfirmed.is_empty() {
+        let mut conn = pool.acquire().await?;
+        found.extend(store::reservations_by_id(&mut conn, &unconfirmed).await?.into_iter().map(|r| (r.id, r)));
+    }
+    Ok(ids
+        .iter()
+        .map(|id| match found.get(id) {
+            None => Err(DealError::ReservationNotFound),
+            Some(reservation) if reservation.state == ReservationState::Released => Err(DealError::ReservationReleased),
+            Some(reservation) => Ok(reservation.clone()),
+        })
+        .collect())
+}

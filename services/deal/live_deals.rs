@@ -1,0 +1,134 @@
+//! The first page of live deals, from memory. Every customer opening the app asks for the same page,
+//! so it is read from the database at most once per [`MAX_STALENESS`] and served from a snapshot in
+//! between.
+//!
+//! What a customer can see: data at most [`MAX_STALENESS`] old (units left, prices), and never a deal
+//! past its `expire_time` or the daily reset by this server's clock: the snapshot is filtered at every
+//! request. A deal that became live within the window may be missing until the next read. UpdateDeal
+//! and CreateDeal on this instance drop the snapshot at once; on other instances it ages out.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::shared::paging::MAX_PAGE_SIZE;
+
+use super::{
+    domain::{self, Deal},
+    store::{self, DealFilter},
+};
+
+/// The oldest data a first page may show: a snapshot is used only while younger than this, counted
+/// from before its query started.
+pub const MAX_STALENESS: Duration = Duration::from_millis(100);
+
+/// The soonest-expiring live deals, enough for the largest first page and the row after it.
+const SNAPSHOT_ROWS: usize = MAX_PAGE_SIZE as usize + 1;
+
+struct Snapshot {
+    /// When its query started.
+    taken: Instant,
+    deals: Vec<Deal>,
+    /// Whether it holds every live deal (fewer rows came back than were asked for).
+    complete: bool,
+}
+
+/// The shared snapshot and the lock that lets one request at a time refresh it.
+pub struct LiveDeals {
+    pool: PgPool,
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl LiveDeals {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, snapshot: RwLock::new(None), refresh: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The first `rows` live deals, soonest expiry first, as `store::list_deals` would give them
+    /// (`rows` is a page size plus one), or `None` when the snapshot cannot tell (too many of its
+    /// deals expired since it was read): the caller then asks the database.
+    pub async fn first(&self, rows: usize) -> Result<Option<Vec<Deal>>, sqlx::Error> {
+        let snapshot = self.fresh_snapshot().await?;
+        let now = Utc::now();
+        let visible: Vec<Deal> =
+            snapshot.deals.iter().filter(|deal| still_live(deal, now)).take(rows).cloned().collect();
+        Ok((visible.len() == rows || snapshot.complete).then_some(visible))
+    }
+
+    /// Drops the snapshot, after a change made through this instance.
+    pub fn invalidate(&self) {
+        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    fn current(&self) -> Option<Arc<Snapshot>> {
+        let snapshot = self.snapshot.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        snapshot.filter(|snapshot| snapshot.taken.elapsed() < MAX_STALENESS)
+    }
+
+    /// The snapshot, read again if it is too old; concurrent requests wait for one read.
+    async fn fresh_snapshot(&self) -> Result<Arc<Snapshot>, sqlx::Error> {
+        if let Some(snapshot) = self.current() {
+            return Ok(snapshot);
+        }
+        let _refreshing = self.refresh.lock().await;
+        if let Some(snapshot) = self.current() {
+            return Ok(snapshot);
+        }
+        let taken = Instant::now();
+        let deals = store::list_deals(&self.pool, DealFilter::Live, None, SNAPSHOT_ROWS as i64).await?;
+        let snapshot = Arc::new(Snapshot { taken, complete: deals.len() < SNAPSHOT_ROWS, deals });
+        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&snapshot));
+        Ok(snapshot)
+    }
+}
+
+/// Whether a deal read as live is still live at `now`: neither past its expiry nor its daily reset.
+fn still_live(deal: &Deal, now: DateTime<Utc>) -> bool {
+    deal.terms.expire_time > now && domain::daily_reset_after(deal.terms.start_time) > now
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{
+        deal::domain::{DealState, DealTerms},
+        shared::money::Price,
+    };
+
+    fn deal(start: DateTime<Utc>, expire: DateTime<Utc>) -> Deal {
+        Deal {
+            id: Uuid::new_v4(),
+            terms: DealTerms {
+                product_name: "Phone".into(),
+                actual_price: Price::from_stored("INR".into(), 2_000_000),
+                final_price: Price::from_stored("INR".into(), 1_000_000),
+                total_units: 5,
+                start_time: start,
+                expire_time: expire,
+            },
+            available_units: 5,
+            state: DealState::Active,
+            create_time: start,
+            update_time: start,
+        }
+    }
+
+    #[test]
+    fn a_deal_stops_showing_at_its_expiry_and_at_midnight() {
+        let start = Utc.with_ymd_and_hms(2026, 11, 25, 20, 0, 0).unwrap();
+        let expiring = deal(start, start + TimeDelta::hours(1));
+        assert!(still_live(&expiring, start + TimeDelta::minutes(59)));
+        assert!(!still_live(&expiring, start + TimeDelta::hours(1)));
+        let past_midnight = deal(start, start + TimeDelta::hours(6));
+        assert!(still_live(&past_midnight, start + TimeDelta::minutes(239)));
+        assert!(!still_live(&past_midnight, Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap()));
+    }
+}

@@ -1,0 +1,194 @@
+//! Coalescing: requests for one key that arrive while that key's previous batch is being served wait
+//! in the key's queue and are served together as the next batch, each with its own answer.
+//!
+//! No request waits for a timer: an idle key's first request goes at once, alone; batches grow only
+//! as long as the work they wait for takes. deal-service uses it to take one deal's reservations in
+//! one transaction and one commit, and to confirm holds in one statement.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    future::Future,
+    hash::Hash,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use tokio::sync::oneshot;
+
+/// The future that serves one batch: one answer per request, in order.
+pub type BatchFuture<A> = Pin<Box<dyn Future<Output = Vec<A>> + Send>>;
+
+type ServeBatch<K, R, A> = Box<dyn Fn(K, Vec<R>) -> BatchFuture<A> + Send + Sync>;
+
+struct Pending<R, A> {
+    request: R,
+    reply: oneshot::Sender<A>,
+}
+
+/// Per-key queues and the function that serves a batch.
+pub struct Coalescer<K, R, A> {
+    /// A key has an entry while a task is serving its queue; requests join the entry's queue.
+    queues: Mutex<HashMap<K, Vec<Pending<R, A>>>>,
+    max_batch: usize,
+    serve: ServeBatch<K, R, A>,
+}
+
+impl<K, R, A> Coalescer<K, R, A>
+where
+    K: Hash + Eq + Copy + Send + Sync + 'static,
+    R: Send + 'static,
+    A: Send + 'static,
+{
+    /// Batches of at most `max_batch` requests, each served by `serve`, which must return exactly
+    /// one answer per request, in order.
+    pub fn new(max_batch: usize, serve: impl Fn(K, Vec<R>) -> BatchFuture<A> + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self { queues: Mutex::new(HashMap::new()), max_batch: max_batch.max(1), serve: Box::new(serve) })
+    }
+
+    /// Serves `request` with the next batch of `key`. `None` only if serving its batch panicked.
+    pub async fn submit(self: &Arc<Self>, key: K, request: R) -> Option<A> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { request, reply };
+        let first = match self.queues().entry(key) {
+            Entry::Occupied(mut queue) => {
+                queue.get_mut().push(pending);
+                false
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(vec![pending]);
+                true
+            }
+        };
+        if first {
+            // A task of its own, so that a caller giving up (a deadline) never strands the others.
+            tokio::spawn(Arc::clone(self).drain(key));
+        }
+        answer.await.ok()
+    }
+
+    fn queues(&self) -> MutexGuard<'_, HashMap<K, Vec<Pending<R, A>>>> {
+        // Every change under the lock is a single call, so a panic cannot leave the map half-changed.
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Serves the key's queue batch after batch until it is empty, then removes the entry under the
+    /// same lock as the check, so no request joins a queue nobody serves.
+    async fn drain(self: Arc<Self>, key: K) {
+        let mut on_panic = RemoveOnPanic { coalescer: &self, key, armed: true };
+        loop {
+            let batch: Vec<Pending<R, A>> = {
+                let mut queues = self.queues();
+                let Some(queue) = queues.get_mut(&key) else { return };
+                if queue.is_empty() {
+                    queues.remove(&key);
+                    on_panic.armed = false;
+                    return;
+                }
+                let size = queue.len().min(self.max_batch);
+                queue.drain(..size).collect()
+            };
+            let (requests, replies): (Vec<R>, Vec<oneshot::Sender<A>>) =
+                batch.into_iter().map(|pending| (pending.request, pending.reply)).unzip();
+            let answers = (self.serve)(key, requests).await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The caller may have given up waiting; the batch was served all the same.
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Removes a key's entry if serving it panics: the requests waiting in it get `None` (their senders
+/// are dropped) and the next request starts a new task.
+struct RemoveOnPanic<'a, K: Hash + Eq, R, A> {
+    coalescer: &'a Coalescer<K, R, A>,
+    key: K,
+    armed: bool,
+}
+
+impl<K: Hash + Eq, R, A> Drop for RemoveOnPanic<'_, K, R, A> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.coalescer.queues.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A coalescer that doubles numbers, and records the size of every batch; each batch first waits
+    /// for a permit of `gate`, so the test decides when batches finish.
+    fn doubler(gate: Arc<Semaphore>, sizes: Arc<Mutex<Vec<usize>>>) -> Arc<Coalescer<u8, u32, u32>> {
+        Coalescer::new(3, move |_key, requests: Vec<u32>| {
+            let gate = Arc::clone(&gate);
+            let sizes = Arc::clone(&sizes);
+            Box::pin(async move {
+                gate.acquire().await.unwrap().forget();
+                sizes.lock().unwrap().push(requests.len());
+                requests.into_iter().map(|n| n * 2).collect()
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn requests_arriving_during_a_batch_go_together_in_the_next_each_with_its_own_answer() {
+        let gate = Arc::new(Semaphore::new(0));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let coalescer = doubler(Arc::clone(&gate), Arc::clone(&sizes));
+        let first = tokio::spawn({
+            let coalescer = Arc::clone(&coalescer);
+            async move { coalescer.submit(1, 10).await }
+        });
+        tokio::task::yield_now().await;
+        // While the first batch waits at the gate, five more arrive: the next batches take 3, then 2.
+        let later: Vec<_> = (1..=5)
+            .map(|n| {
+                let coalescer = Arc::clone(&coalescer);
+                tokio::spawn(async move { coalescer.submit(1, n).await })
+            })
+            .collect();
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(3);
+        assert_eq!(first.await.unwrap(), Some(20));
+        for (n, answer) in (1..=5).zip(later) {
+            assert_eq!(answer.await.unwrap(), Some(n * 2));
+        }
+        assert_eq!(*sizes.lock().unwrap(), [1, 3, 2]);
+    }
+
+    #[tokio::test]
+    async fn keys_are_served_independently_and_an_idle_key_starts_again() {
+        let gate = Arc::new(Semaphore::new(100));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let coalescer = doubler(gate, Arc::clone(&sizes));
+        assert_eq!(coalescer.submit(1, 1).await, Some(2));
+        assert_eq!(coalescer.submit(2, 2).await, Some(4));
+        assert_eq!(coalescer.submit(1, 3).await, Some(6));
+        assert!(coalescer.queues().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_requests_and_the_key_recovers() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let coalescer: Arc<Coalescer<u8, u32, u32>> = Coalescer::new(10, {
+            let calls = Arc::clone(&calls);
+            move |_key, requests: Vec<u32>| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async move {
+                    assert!(call > 0, "the first batch fails");
+                    requests
+                })
+            }
+        });
+        assert_eq!(coalescer.submit(7, 1).await, None);
+        assert_eq!(coalescer.submit(7, 2).await, Some(2));
+    }
+}
