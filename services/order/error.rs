@@ -1,5 +1,7 @@
 //! The one error type of order-service and its one mapping onto gRPC status codes.
 
+use std::sync::Arc;
+
 use tonic::{Code, Status};
 
 use crate::shared::status;
@@ -28,11 +30,18 @@ pub enum OrderError {
     /// Something that should not happen; the cause is logged, not sent.
     Internal(String),
     /// The database failed; the cause is logged, not sent.
-    Database(sqlx::Error),
+    Database(Arc<sqlx::Error>),
 }
 
 impl From<sqlx::Error> for OrderError {
     fn from(err: sqlx::Error) -> Self {
+        Self::Database(Arc::new(err))
+    }
+}
+
+/// A failure shared by every order of a batch.
+impl From<Arc<sqlx::Error>> for OrderError {
+    fn from(err: Arc<sqlx::Error>) -> Self {
         Self::Database(err)
     }
 }

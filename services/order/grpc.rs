@@ -10,7 +10,7 @@ use crate::{
     proto::order::{self as pb, order_service_server::OrderService},
     shared::{
         auth::{self, Caller, Role},
-        db, names, paging,
+        names, paging,
         reservations::ORDER_WRITE_WINDOW,
         status::Violations,
         time,
@@ -22,6 +22,7 @@ use super::{
     domain::{self, Decision, Order, OrderState},
     error::OrderError,
     faults::Faults,
+    recording::{Recorded, Recorder},
     store::{self, OrderInsert},
 };
 
@@ -29,13 +30,15 @@ use super::{
 pub struct OrderApi {
     pool: PgPool,
     deals: DealsClient,
+    /// Order inserts, coalesced.
+    recorder: Recorder,
     faults: Faults,
 }
 
 impl OrderApi {
     /// The API over `pool`, reserving through `deals`, with `faults` injected (tests only).
     pub fn new(pool: PgPool, deals: DealsClient, faults: Faults) -> Self {
-        Self { pool, deals, faults }
+        Self { recorder: Recorder::new(pool.clone()), pool, deals, faults }
     }
 }
 
@@ -115,20 +118,27 @@ impl OrderApi {
     async fn create(&self, request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Result<Order, OrderError> {
         let new = domain::new_order(request, buyer)?;
         let id = new.request_id.unwrap_or_else(Uuid::new_v4);
-        if new.request_id.is_some() {
-            if let Some(existing) = store::get_order(&self.pool, id).await? {
-                return placed_by(&new, existing);
-            }
-        }
         let reserved = match self.deals.reserve(id, new.deal_id, new.quantity, new.shown_unit_price.as_ref()).await {
-            Err(OrderError::DealRefused(status)) => match refusal_reason(&status).as_deref() {
-                // A retry after the first attempt was given up and its hold released.
-                Some("RESERVATION_RELEASED") => return Err(OrderError::OrderAbandoned),
-                // The request id's hold was made for another deal or quantity.
-                Some("RESERVATION_ID_REUSED") => return Err(OrderError::RequestIdReused),
-                _ => return Err(OrderError::DealRefused(status)),
-            },
-            other => other?,
+            Ok(reserved) => reserved,
+            Err(err) => {
+                // A retry of an order placed before gets that order, whatever deal-service says now
+                // (its hold released by a cancel, the deal expired, deal-service down).
+                if new.request_id.is_some() {
+                    if let Some(existing) = store::get_order(&self.pool, id).await? {
+                        return placed_by(&new, existing);
+                    }
+                }
+                return Err(match err {
+                    OrderError::DealRefused(status) => match refusal_reason(&status).as_deref() {
+                        // A retry after the first attempt was given up and its hold released.
+                        Some("RESERVATION_RELEASED") => OrderError::OrderAbandoned,
+                        // The request id's hold was made for another deal or quantity.
+                        Some("RESERVATION_ID_REUSED") => OrderError::RequestIdReused,
+                        _ => OrderError::DealRefused(status),
+                    },
+                    other => other,
+                });
+            }
         };
         self.faults.after_reserve()?;
         let total_price = reserved
@@ -138,37 +148,32 @@ impl OrderApi {
         let insert = OrderInsert {
             id,
             deal_id: new.deal_id,
-            customer_id: &new.customer_id,
+            customer_id: new.customer_id.clone(),
             quantity: new.quantity,
-            unit_price: &reserved.unit_price,
-            total_price: &total_price,
+            unit_price: reserved.unit_price,
+            total_price,
+            write_by: reserved.hold_time + ORDER_WRITE_WINDOW,
         };
-        let write_by = reserved.hold_time + ORDER_WRITE_WINDOW;
-        match store::insert_order(&self.pool, insert, write_by).await {
-            Ok(Some(order)) => {
-                // Best effort: the expiry worker confirms holds whose order exists.
-                if let Err(err) = self.deals.confirm(id).await {
-                    tracing::warn!(order = %id, error = ?err, "hold not confirmed; the expiry worker will confirm it");
-                }
+        // If this fails, whether the order was written is unknown: the expiry worker settles the hold
+        // either way.
+        match self.recorder.record(insert).await? {
+            Recorded::New(order) => {
+                // Best effort, off the customer's path: the expiry worker confirms holds whose order
+                // exists, so the reply need not wait for this.
+                let deals = self.deals.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = deals.confirm(id).await {
+                        tracing::warn!(order = %id, error = ?err, "hold not confirmed; the expiry worker will confirm it");
+                    }
+                });
                 tracing::info!(order = %order.id, deal = %order.deal_id, quantity = order.quantity, "order placed");
                 Ok(order)
             }
-            Ok(None) => {
-                // Too late to record it. A concurrent retry may have recorded it in time; if not, the
-                // hold is the worker's to release: releasing here could race a retry whose insert is
-                // still committing.
-                match store::get_order(&self.pool, id).await? {
-                    Some(existing) => placed_by(&new, existing),
-                    None => Err(OrderError::OrderAbandoned),
-                }
-            }
-            // A concurrent retry with the same request id recorded it first.
-            Err(err) if db::is_unique_violation(&err) => {
-                let existing = store::get_order(&self.pool, id).await?.ok_or(OrderError::Database(err))?;
-                placed_by(&new, existing)
-            }
-            // Whether the order was written is unknown: the expiry worker settles the hold either way.
-            Err(err) => Err(err.into()),
+            // A retry, or a concurrent attempt with the same request id, recorded it first.
+            Recorded::Existing(existing) => placed_by(&new, existing),
+            // Too late to record it. The hold is the worker's to release: releasing here could race a
+            // retry whose insert is still committing.
+            Recorded::TooLate => Err(OrderError::OrderAbandoned),
         }
     }
 

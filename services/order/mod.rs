@@ -2,14 +2,15 @@
 //! come from deal-service over gRPC, never from its tables.
 //!
 //! Layers: [`grpc`] decodes, validates, calls and maps errors; [`domain`] holds the rules;
-//! [`store`] holds the SQL; [`deals`] is the client of deal-service; [`error`] is the one error
-//! type and its mapping to gRPC status.
+//! [`store`] holds the SQL, and [`recording`] coalesces the order inserts; [`deals`] is the client
+//! of deal-service; [`error`] is the one error type and its mapping to gRPC status.
 
 pub mod deals;
 pub mod domain;
 pub mod error;
 pub mod faults;
 pub mod grpc;
+pub mod recording;
 pub mod store;
 
 use std::future::Future;

@@ -46,50 +46,73 @@ impl From<OrderRow> for Order {
     }
 }
 
-/// What a new order row holds.
-pub struct OrderInsert<'a> {
+/// A placed order to record, and the instant by which it must be recorded.
+#[derive(Debug, Clone)]
+pub struct OrderInsert {
     pub id: Uuid,
     pub deal_id: Uuid,
-    pub customer_id: &'a str,
+    pub customer_id: String,
     pub quantity: i32,
-    pub unit_price: &'a Price,
-    pub total_price: &'a Price,
+    pub unit_price: Price,
+    pub total_price: Price,
+    /// The hold's time plus the write window, by the database clock.
+    pub write_by: DateTime<Utc>,
 }
 
-/// Records a placed order, pending approval, unless the database clock has passed `write_by`.
-/// `None` when it was too late; nothing is written then.
+/// Records placed orders, pending approval, in one statement, each unless the database clock has
+/// passed its `write_by`. Returns the orders it recorded; the others were too late, or their id was
+/// recorded before (a retry).
 ///
-/// The insert holds the hold's advisory lock (`hold_lock_key`) until it commits, and the expiry
-/// worker settles a hold only under that lock and only long after `write_by`: so the worker either
-/// sees this order, or this insert comes after the worker and finds `write_by` long past. An order
-/// recorded here always keeps its units.
-pub async fn insert_order(
-    pool: &PgPool,
-    order: OrderInsert<'_>,
-    write_by: DateTime<Utc>,
-) -> Result<Option<Order>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(order.id).execute(&mut *tx).await?;
-    let row: Option<OrderRow> = sqlx::query_as(concat!(
-        "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, \
+/// Each insert holds its hold's advisory lock (`hold_lock_key`) until the statement commits, and the
+/// expiry worker settles a hold only under that lock and only long after `write_by`: so the worker
+/// either sees the order, or the insert comes after the worker and finds `write_by` long past. An
+/// order recorded here always keeps its units.
+///
+/// The materialized CTE takes each lock before that row's clock check (the filter runs on the CTE's
+/// rows); the ids are locked in sorted order, so two batches sharing ids cannot deadlock.
+pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<Order>, sqlx::Error> {
+    let mut sorted: Vec<&OrderInsert> = orders.iter().collect();
+    sorted.sort_by_key(|order| order.id);
+    let rows: Vec<OrderRow> = sqlx::query_as(concat!(
+        "with attempt as materialized (
+             select attempt.*, pg_advisory_xact_lock(hold_lock_key(attempt.id))
+               from unnest($1::uuid[], $2::uuid[], $3::text[], $4::integer[], $5::text[], $6::bigint[],
+                           $7::bigint[], $8::timestamptz[])
+                    with ordinality
+                    as attempt (id, deal_id, customer_id, quantity, currency_code, unit_price_micros,
+                                total_price_micros, write_by, position)
+              order by attempt.position
+         )
+         insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, \
                              total_price_micros, state)
-         select $1, $2, $3, $4, $5, $6, $7, 'pending_approval'
-          where clock_timestamp() < $8
+         select id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros,
+                'pending_approval'
+           from attempt
+          where clock_timestamp() < write_by
+         on conflict (id) do nothing
          returning ",
         order_columns!()
     ))
-    .bind(order.id)
-    .bind(order.deal_id)
-    .bind(order.customer_id)
-    .bind(order.quantity)
-    .bind(order.unit_price.currency_code())
-    .bind(order.unit_price.micros())
-    .bind(order.total_price.micros())
-    .bind(write_by)
-    .fetch_optional(&mut *tx)
+    .bind(sorted.iter().map(|order| order.id).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|order| order.deal_id).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|order| order.customer_id.as_str()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|order| order.quantity).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|order| order.unit_price.currency_code()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|order| order.unit_price.micros()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|order| order.total_price.micros()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|order| order.write_by).collect::<Vec<_>>())
+    .fetch_all(pool)
     .await?;
-    tx.commit().await?;
-    Ok(row.map(Order::from))
+    Ok(rows.into_iter().map(Order::from).collect())
+}
+
+/// The orders among `ids` that exist.
+pub async fn get_orders(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Order>, sqlx::Error> {
+    let rows: Vec<OrderRow> = sqlx::query_as(concat!("select ", order_columns!(), " from orders where id = any($1)"))
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(Order::from).collect())
 }
 
 /// One order, if it exists.

@@ -169,26 +169,29 @@ async fn two_instances_of_every_service_keep_every_invariant(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
-async fn an_order_is_not_recorded_after_its_write_window(pool: PgPool) {
+async fn an_order_is_not_recorded_after_its_write_window_even_in_a_batch_with_others(pool: PgPool) {
     use topkart::{
-        order::store::{OrderInsert, insert_order},
+        order::store::{OrderInsert, get_orders, insert_orders},
         shared::money::Price,
     };
-    let price = Price::from_stored("INR".into(), 600_000_000);
-    let insert = || OrderInsert {
+    let now = db_now(&pool).await;
+    let insert = |write_by| OrderInsert {
         id: uuid::Uuid::new_v4(),
         deal_id: uuid::Uuid::new_v4(),
-        customer_id: "alice",
+        customer_id: "alice".into(),
         quantity: 1,
-        unit_price: &price,
-        total_price: &price,
+        unit_price: Price::from_stored("INR".into(), 600_000_000),
+        total_price: Price::from_stored("INR".into(), 600_000_000),
+        write_by,
     };
-    let now = db_now(&pool).await;
-    let late = insert_order(&pool, insert(), now - chrono::TimeDelta::milliseconds(1)).await.unwrap();
-    assert!(late.is_none());
-    assert_eq!(sqlx::query_scalar::<_, i64>("select count(*) from orders").fetch_one(&pool).await.unwrap(), 0);
-    let in_time = insert_order(&pool, insert(), now + chrono::TimeDelta::seconds(10)).await.unwrap();
-    assert!(in_time.is_some());
+    let late = insert(now - chrono::TimeDelta::milliseconds(1));
+    let in_time = insert(now + chrono::TimeDelta::seconds(10));
+    // A second attempt of the same order in the same batch is not recorded twice.
+    let again = OrderInsert { customer_id: "mallory".into(), ..in_time.clone() };
+    let recorded = insert_orders(&pool, &[late.clone(), in_time.clone(), again]).await.unwrap();
+    assert_eq!(recorded.iter().map(|order| order.id).collect::<Vec<_>>(), [in_time.id]);
+    assert_eq!(recorded[0].customer_id, "alice", "the first attempt is the one recorded");
+    assert!(get_orders(&pool, &[late.id]).await.unwrap().is_empty());
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
