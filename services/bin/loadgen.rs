@@ -1,0 +1,129 @@
+//! loadgen: drives the running services with one scenario and reports throughput, latency and
+//! statuses; exits 1 when a check after the run fails (errors, oversold units, broken invariants).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use topkart::{
+    loadgen::{self, Options, Scenario},
+    shared::{auth::Signer, cli, telemetry},
+};
+
+/// Load generator for the Topkart services.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version)]
+struct Args {
+    /// What to run.
+    #[arg(value_enum)]
+    scenario: ScenarioArg,
+
+    /// deal-service's URL.
+    #[arg(long, env = "DEAL_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
+    deal_service: String,
+
+    /// order-service's URL.
+    #[arg(long, env = "ORDER_SERVICE_URL", default_value = "http://127.0.0.1:50052")]
+    order_service: String,
+
+    /// Concurrent clients, each with one call in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+
+    /// HTTP/2 connections per service.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+
+    /// Units of each deal created (default: 1,000,000, the most a deal may have; 20,000 for hot-deal-sell-out).
+    #[arg(long)]
+    units: Option<i32>,
+
+    /// The deadline of every call, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    deadline_ms: u64,
+
+    /// The services' HS256 secret, to mint the admin's and the buyers' tokens; unset when the
+    /// services run with --insecure-no-auth.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+
+    /// The services' database, for the invariant checker after the run. Never logged.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ScenarioArg {
+    HotDeal,
+    HotDealSellOut,
+    Browse,
+    ListDeals,
+    HealthCheck,
+    Mixed,
+}
+
+impl From<ScenarioArg> for Scenario {
+    fn from(arg: ScenarioArg) -> Self {
+        match arg {
+            ScenarioArg::HotDeal => Scenario::HotDeal,
+            ScenarioArg::HotDealSellOut => Scenario::HotDealSellOut,
+            ScenarioArg::Browse => Scenario::Browse,
+            ScenarioArg::ListDeals => Scenario::ListDeals,
+            ScenarioArg::HealthCheck => Scenario::HealthCheck,
+            ScenarioArg::Mixed => Scenario::Mixed,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            tracing::error!(error = %err, "loadgen failed");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Whether every check passed.
+async fn run(args: Args) -> Result<bool, cli::MainError> {
+    let scenario = Scenario::from(args.scenario);
+    let database = match &args.database_url {
+        Some(url) => Some(sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await?),
+        None => None,
+    };
+    let default_units = if scenario == Scenario::HotDealSellOut { 20_000 } else { 1_000_000 };
+    let options = Options {
+        deal_service: args.deal_service,
+        order_service: args.order_service,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        units: args.units.unwrap_or(default_units),
+        deadline: Duration::from_millis(args.deadline_ms),
+        signer: args.jwt_secret.map(|secret| Signer::hs256(secret.as_bytes())),
+        database,
+    };
+    let report = loadgen::run(scenario, options).await.map_err(|err| err.to_string())?;
+    print!("{}", report.to_text());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(report.passed())
+}

@@ -1,0 +1,311 @@
+//! The load generator: many concurrent gRPC clients driving the real services in one scenario for a
+//! fixed time after a warm-up, then a report (throughput, latency percentiles, counts by status) and
+//! checks of what the load left behind (units accounted for, the invariant checker).
+//!
+//! Scenarios:
+//! - `hot-deal`: every client orders one unit at a time of one deal with plenty of units;
+//! - `hot-deal-sell-out`: the same on a deal with few units, so most calls are sold-out refusals;
+//! - `browse`: `ListDeals` (first page of 20) and `GetDeal` over 50 live deals;
+//! - `list-deals`: `ListDeals` alone, to compare with `health-check`;
+//! - `health-check`: `grpc.health.v1.Health/Check` on deal-service, the framework's own ceiling;
+//! - `mixed`: browsing plus orders (one call in five) across 20 deals.
+
+pub mod report;
+mod setup;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sqlx::PgPool;
+use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use uuid::Uuid;
+
+use crate::{
+    proto::{
+        deal::{self as dealpb, deal_service_client::DealServiceClient},
+        order::{self as orderpb, order_service_client::OrderServiceClient},
+    },
+    shared::auth::{Role, Signer},
+};
+
+use report::{Check, Recorder, Report};
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    HotDeal,
+    HotDealSellOut,
+    Browse,
+    ListDeals,
+    HealthCheck,
+    Mixed,
+}
+
+impl Scenario {
+    /// The scenario's name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HotDeal => "hot-deal",
+            Self::HotDealSellOut => "hot-deal-sell-out",
+            Self::Browse => "browse",
+            Self::ListDeals => "list-deals",
+            Self::HealthCheck => "health-check",
+            Self::Mixed => "mixed",
+        }
+    }
+
+    fn places_orders(self) -> bool {
+        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed)
+    }
+}
+
+/// How to run it.
+pub struct Options {
+    pub deal_service: String,
+    pub order_service: String,
+    /// Concurrent clients, each with one call in flight at a time.
+    pub concurrency: usize,
+    /// HTTP/2 connections per service, shared round-robin by the clients.
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Units of each deal the scenario creates.
+    pub units: i32,
+    /// The deadline of every call.
+    pub deadline: Duration,
+    /// Mints the admin's and the buyers' tokens; `None` when the services run without authentication.
+    pub signer: Option<Signer>,
+    /// The database, for the invariant checker after the run.
+    pub database: Option<PgPool>,
+}
+
+/// The load generator's own failures (setting up), as opposed to what it measures.
+pub type LoadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs `scenario` and reports on it.
+pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadError> {
+    let deal_channels = channels(&options.deal_service, options.connections).await?;
+    let order_channels = if scenario.places_orders() {
+        channels(&options.order_service, options.connections).await?
+    } else {
+        Vec::new()
+    };
+    let admin = setup::Admin::new(deal_channels[0].clone(), options.signer.as_ref(), options.deadline)?;
+    let deals = match scenario {
+        Scenario::HotDeal | Scenario::HotDealSellOut => vec![admin.create_deal("hot deal", options.units).await?],
+        Scenario::Browse | Scenario::ListDeals => admin.create_deals(50, options.units).await?,
+        Scenario::Mixed => admin.create_deals(20, options.units).await?,
+        Scenario::HealthCheck => Vec::new(),
+    };
+    let deal_names: Arc<[String]> = deals.iter().map(|deal| deal.name.clone()).collect();
+
+    let start = Instant::now();
+    let record_from = start + options.warmup;
+    let end = record_from + options.duration;
+    let mut clients = Vec::with_capacity(options.concurrency);
+    for index in 0..options.concurrency {
+        let client = Client {
+            scenario,
+            index,
+            deals: deal_channels[index % deal_channels.len()].clone(),
+            orders: order_channels.get(index % order_channels.len().max(1)).cloned(),
+            authorization: buyer_authorization(options.signer.as_ref(), index)?,
+            deal_names: deal_names.clone(),
+            deadline: options.deadline,
+            random: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+        };
+        clients.push(tokio::spawn(client.run(record_from, end)));
+    }
+    let mut recorder = Recorder::default();
+    let mut ordered_units = 0_i64;
+    for client in clients {
+        let outcome = client.await?;
+        recorder.merge(outcome.recorder);
+        ordered_units += outcome.ordered_units;
+    }
+    let window = Instant::now().saturating_duration_since(record_from);
+
+    let mut checks = vec![unexpected_statuses(scenario, &recorder)];
+    if scenario.places_orders() {
+        let after = admin.reread(&deals).await?;
+        checks.extend(setup::unit_checks(scenario, &deals, &after, ordered_units));
+    }
+    if let Some(pool) = &options.database {
+        checks.push(invariants(pool).await?);
+    }
+    Ok(Report {
+        scenario: scenario.name().to_owned(),
+        concurrency: options.concurrency,
+        connections: deal_channels.len(),
+        warmup_s: options.warmup.as_secs_f64(),
+        summary: recorder.summary(window),
+        checks,
+    })
+}
+
+async fn channels(url: &str, connections: usize) -> Result<Vec<Channel>, LoadError> {
+    let mut channels = Vec::with_capacity(connections.max(1));
+    for _ in 0..connections.max(1) {
+        // Each `connect` opens a connection of its own, so calls spread over all of them.
+        channels.push(Channel::from_shared(url.to_owned())?.connect().await?);
+    }
+    Ok(channels)
+}
+
+fn buyer_authorization(signer: Option<&Signer>, index: usize) -> Result<Option<Authorization>, LoadError> {
+    signer.map(|signer| authorization(signer, Role::Customer, &format!("loadgen-buyer-{index}"))).transpose()
+}
+
+type Authorization = MetadataValue<tonic::metadata::Ascii>;
+
+fn authorization(signer: &Signer, role: Role, subject: &str) -> Result<Authorization, LoadError> {
+    let token = signer.token(subject, role, Duration::from_secs(3600))?;
+    Ok(MetadataValue::try_from(format!("Bearer {token}"))?)
+}
+
+/// One simulated client: one call at a time, as fast as the answers come.
+struct Client {
+    scenario: Scenario,
+    index: usize,
+    deals: Channel,
+    orders: Option<Channel>,
+    authorization: Option<Authorization>,
+    deal_names: Arc<[String]>,
+    deadline: Duration,
+    random: u64,
+}
+
+/// What one client did.
+struct ClientOutcome {
+    recorder: Recorder,
+    /// Units of every order placed, warm-up included.
+    ordered_units: i64,
+}
+
+/// The calls a client makes.
+enum Call {
+    Order(usize),
+    List,
+    Get(usize),
+    Health,
+}
+
+impl Client {
+    async fn run(mut self, record_from: Instant, end: Instant) -> ClientOutcome {
+        let mut outcome = ClientOutcome { recorder: Recorder::default(), ordered_units: 0 };
+        loop {
+            let started = Instant::now();
+            if started >= end {
+                return outcome;
+            }
+            let call = self.next_call();
+            let is_order = matches!(call, Call::Order(_));
+            let code = self.call(call).await;
+            if is_order && code == Code::Ok {
+                outcome.ordered_units += 1;
+            }
+            if started >= record_from {
+                outcome.recorder.record(started.elapsed(), code);
+            }
+        }
+    }
+
+    fn next_call(&mut self) -> Call {
+        let roll = self.next_random();
+        let deal = (roll >> 8) as usize % self.deal_names.len().max(1);
+        match self.scenario {
+            Scenario::HotDeal | Scenario::HotDealSellOut => Call::Order(0),
+            Scenario::ListDeals => Call::List,
+            Scenario::HealthCheck => Call::Health,
+            Scenario::Browse if roll % 2 == 0 => Call::List,
+            Scenario::Browse => Call::Get(deal),
+            Scenario::Mixed => match roll % 10 {
+                0 | 1 => Call::Order(deal),
+                2..=5 => Call::List,
+                _ => Call::Get(deal),
+            },
+        }
+    }
+
+    /// xorshift64*: enough to spread calls over deals, and no dependency.
+    fn next_random(&mut self) -> u64 {
+        self.random ^= self.random >> 12;
+        self.random ^= self.random << 25;
+        self.random ^= self.random >> 27;
+        self.random.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.deadline);
+        if let Some(authorization) = &self.authorization {
+            request.metadata_mut().insert("authorization", authorization.clone());
+        }
+        request
+    }
+
+    async fn call(&self, call: Call) -> Code {
+        let result = match call {
+            Call::Order(deal) => {
+                let Some(orders) = &self.orders else { return Code::FailedPrecondition };
+                let order = orderpb::Order {
+                    deal: self.deal_names[deal].clone(),
+                    quantity: 1,
+                    // Without authentication the buyer is named in the payload.
+                    customer_id: if self.authorization.is_none() {
+                        format!("loadgen-buyer-{}", self.index)
+                    } else {
+                        String::new()
+                    },
+                    ..Default::default()
+                };
+                let request = self.request(orderpb::CreateOrderRequest {
+                    order: Some(order),
+                    request_id: Uuid::new_v4().to_string(),
+                });
+                OrderServiceClient::new(orders.clone()).create_order(request).await.map(drop)
+            }
+            Call::List => {
+                let request = self.request(dealpb::ListDealsRequest { page_size: 20, ..Default::default() });
+                DealServiceClient::new(self.deals.clone()).list_deals(request).await.map(drop)
+            }
+            Call::Get(deal) => {
+                let request = self.request(dealpb::GetDealRequest { name: self.deal_names[deal].clone() });
+                DealServiceClient::new(self.deals.clone()).get_deal(request).await.map(drop)
+            }
+            Call::Health => {
+                let request = self.request(HealthCheckRequest { service: String::new() });
+                HealthClient::new(self.deals.clone()).check(request).await.map(drop)
+            }
+        };
+        result.map_or_else(|status| status.code(), |()| Code::Ok)
+    }
+}
+
+/// Every call should succeed, except sold-out refusals where the scenario sells out.
+fn unexpected_statuses(scenario: Scenario, recorder: &Recorder) -> Check {
+    let expected = recorder.count(Code::Ok)
+        + if scenario == Scenario::HotDealSellOut { recorder.count(Code::FailedPrecondition) } else { 0 };
+    let unexpected = recorder.calls() - expected;
+    Check {
+        name: "no errors".into(),
+        passed: unexpected == 0,
+        detail: if scenario == Scenario::HotDealSellOut {
+            format!("{unexpected} calls ended other than OK or FAILED_PRECONDITION (sold out)")
+        } else {
+            format!("{unexpected} calls ended other than OK")
+        },
+    }
+}
+
+async fn invariants(pool: &PgPool) -> Result<Check, LoadError> {
+    let violations = crate::invariants::check(pool).await?;
+    let detail = match violations.first() {
+        None => "every invariant holds".to_owned(),
+        Some(first) => format!("{} violations, first: {first}", violations.len()),
+    };
+    Ok(Check { name: "invariant-check".into(), passed: violations.is_empty(), detail })
+}

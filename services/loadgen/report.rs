@@ -1,0 +1,203 @@
+//! What a load-generator run measured: every call's latency and gRPC status, summarised as
+//! throughput, percentiles and counts by status, printed for people and written as JSON for scripts.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Serialize;
+use tonic::Code;
+
+/// The calls one client made in the measured window.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    latencies_us: Vec<u32>,
+    statuses: BTreeMap<String, u64>,
+}
+
+impl Recorder {
+    /// Notes one call that took `elapsed` and ended with `code`.
+    pub fn record(&mut self, elapsed: Duration, code: Code) {
+        self.latencies_us.push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+        *self.statuses.entry(status_name(code)).or_default() += 1;
+    }
+
+    /// Adds another client's calls to these.
+    pub fn merge(&mut self, other: Recorder) {
+        self.latencies_us.extend(other.latencies_us);
+        for (status, count) in other.statuses {
+            *self.statuses.entry(status).or_default() += count;
+        }
+    }
+
+    /// How many calls were recorded.
+    pub fn calls(&self) -> u64 {
+        self.latencies_us.len() as u64
+    }
+
+    /// How many calls ended with `code`.
+    pub fn count(&self, code: Code) -> u64 {
+        self.statuses.get(&status_name(code)).copied().unwrap_or(0)
+    }
+
+    /// The summary of these calls over a measured window of `window`.
+    pub fn summary(mut self, window: Duration) -> Summary {
+        self.latencies_us.sort_unstable();
+        let requests = self.latencies_us.len() as u64;
+        let seconds = window.as_secs_f64().max(f64::MIN_POSITIVE);
+        let ok = self.count(Code::Ok);
+        Summary {
+            requests,
+            ok,
+            window_s: seconds,
+            throughput_per_s: requests as f64 / seconds,
+            ok_per_s: ok as f64 / seconds,
+            latency_ms: Latency::of(&self.latencies_us),
+            statuses: self.statuses,
+        }
+    }
+}
+
+/// The gRPC status's canonical name, as grpcurl and the other languages print it.
+fn status_name(code: Code) -> String {
+    let name = format!("{code:?}");
+    // Code's Debug is CamelCase ("FailedPrecondition"); the canonical name is upper snake case.
+    let mut canonical = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            canonical.push('_');
+        }
+        canonical.push(c.to_ascii_uppercase());
+    }
+    canonical
+}
+
+/// Throughput, latency and statuses of the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub requests: u64,
+    pub ok: u64,
+    pub window_s: f64,
+    pub throughput_per_s: f64,
+    pub ok_per_s: f64,
+    pub latency_ms: Latency,
+    pub statuses: BTreeMap<String, u64>,
+}
+
+/// Latency percentiles in milliseconds (nearest rank).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    fn of(sorted_us: &[u32]) -> Self {
+        if sorted_us.is_empty() {
+            return Self::default();
+        }
+        let at = |fraction: f64| {
+            let rank = ((fraction * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+            f64::from(sorted_us[rank - 1]) / 1000.0
+        };
+        let total: u64 = sorted_us.iter().map(|&us| u64::from(us)).sum();
+        Self {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+            mean: total as f64 / sorted_us.len() as f64 / 1000.0,
+        }
+    }
+}
+
+/// A whole run: what was asked, what was measured, and what was checked afterwards.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub warmup_s: f64,
+    pub summary: Summary,
+    /// The checks run after the load, each with whether it passed.
+    pub checks: Vec<Check>,
+}
+
+/// One check after the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|check| check.passed)
+    }
+
+    /// The report as people read it.
+    pub fn to_text(&self) -> String {
+        let s = &self.summary;
+        let l = &s.latency_ms;
+        let mut text = format!(
+            "scenario {}: {} clients over {} connections, {:.1} s measured after {:.1} s warm-up\n\
+             throughput  {:.0} calls/s ({:.0} OK/s), {} calls\n\
+             latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  mean {:.2}\n\
+             statuses   ",
+            self.scenario,
+            self.concurrency,
+            self.connections,
+            s.window_s,
+            self.warmup_s,
+            s.throughput_per_s,
+            s.ok_per_s,
+            s.requests,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.max,
+            l.mean,
+        );
+        for (status, count) in &s.statuses {
+            text.push_str(&format!(" {status} {count}"));
+        }
+        text.push('\n');
+        for check in &self.checks {
+            let verdict = if check.passed { "ok  " } else { "FAIL" };
+            text.push_str(&format!("check {verdict} {}: {}\n", check.name, check.detail));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank_over_every_call() {
+        let mut recorder = Recorder::default();
+        for ms in 1..=100 {
+            recorder.record(Duration::from_millis(ms), Code::Ok);
+        }
+        recorder.record(Duration::from_millis(500), Code::FailedPrecondition);
+        let summary = recorder.summary(Duration::from_secs(2));
+        assert_eq!(summary.requests, 101);
+        assert_eq!(summary.ok, 100);
+        assert_eq!(summary.statuses.get("FAILED_PRECONDITION"), Some(&1));
+        assert_eq!(summary.latency_ms.p50, 51.0);
+        assert_eq!(summary.latency_ms.p99, 100.0);
+        assert_eq!(summary.latency_ms.max, 500.0);
+        assert_eq!(summary.throughput_per_s, 50.5);
+    }
+
+    #[test]
+    fn status_names_are_the_canonical_ones() {
+        assert_eq!(status_name(Code::Ok), "OK");
+        assert_eq!(status_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(status_name(Code::Unavailable), "UNAVAILABLE");
+    }
+}
