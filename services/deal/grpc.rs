@@ -172,15 +172,14 @@ impl DealApi {
         let after = paging::Cursor::from_token("page_token", &request.page_token, filter_key, &mut violations);
         violations.into_result(())?;
 
+        if let (DealFilter::Live, None) = (filter, after) {
+            if let Some((deals, next)) = self.live_deals.first_page(limit as usize).await? {
+                let next_page_token = next.map(|cursor| cursor.to_token(filter_key)).unwrap_or_default();
+                return Ok(pb::ListDealsResponse { deals, next_page_token });
+            }
+        }
         // One row more than the page tells whether another page follows.
-        let cached = match (filter, after) {
-            (DealFilter::Live, None) => self.live_deals.first(limit as usize + 1).await?,
-            _ => None,
-        };
-        let mut deals = match cached {
-            Some(deals) => deals,
-            None => store::list_deals(&self.pool, filter, after, limit + 1).await?,
-        };
+        let mut deals = store::list_deals(&self.pool, filter, after, limit + 1).await?;
         let next_page_token = if deals.len() as i64 > limit {
             deals.truncate(limit as usize);
             deals

@@ -15,10 +15,14 @@ use std::{
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::shared::paging::MAX_PAGE_SIZE;
+use crate::{
+    proto::deal as pb,
+    shared::paging::{Cursor, MAX_PAGE_SIZE},
+};
 
 use super::{
     domain::{self, Deal},
+    grpc::deal_to_proto,
     store::{self, DealFilter},
 };
 
@@ -33,6 +37,8 @@ struct Snapshot {
     /// When its query started.
     taken: Instant,
     deals: Vec<Deal>,
+    /// The same deals as the API shows them, converted once per snapshot rather than per request.
+    protos: Vec<pb::Deal>,
     /// Whether it holds every live deal (fewer rows came back than were asked for).
     complete: bool,
 }
@@ -49,15 +55,24 @@ impl LiveDeals {
         Self { pool, snapshot: RwLock::new(None), refresh: tokio::sync::Mutex::new(()) }
     }
 
-    /// The first `rows` live deals, soonest expiry first, as `store::list_deals` would give them
-    /// (`rows` is a page size plus one), or `None` when the snapshot cannot tell (too many of its
-    /// deals expired since it was read): the caller then asks the database.
-    pub async fn first(&self, rows: usize) -> Result<Option<Vec<Deal>>, sqlx::Error> {
+    /// The first page of `page_size` live deals, soonest expiry first, and, when more follow, the
+    /// cursor after its last deal; `None` when the snapshot cannot tell (too many of its deals
+    /// expired since it was read): the caller then asks the database.
+    pub async fn first_page(&self, page_size: usize) -> Result<Option<(Vec<pb::Deal>, Option<Cursor>)>, sqlx::Error> {
         let snapshot = self.fresh_snapshot().await?;
         let now = Utc::now();
-        let visible: Vec<Deal> =
-            snapshot.deals.iter().filter(|deal| still_live(deal, now)).take(rows).cloned().collect();
-        Ok((visible.len() == rows || snapshot.complete).then_some(visible))
+        // One more than the page tells whether another page follows.
+        let visible: Vec<usize> =
+            (0..snapshot.deals.len()).filter(|&i| still_live(&snapshot.deals[i], now)).take(page_size + 1).collect();
+        if visible.len() <= page_size && !snapshot.complete {
+            return Ok(None);
+        }
+        let page = &visible[..visible.len().min(page_size)];
+        let next = (visible.len() > page_size).then(|| {
+            let last = &snapshot.deals[page[page.len() - 1]];
+            Cursor { at: last.terms.expire_time, id: last.id }
+        });
+        Ok(Some((page.iter().map(|&i| snapshot.protos[i].clone()).collect(), next)))
     }
 
     /// Drops the snapshot, after a change made through this instance.
@@ -81,7 +96,8 @@ impl LiveDeals {
         }
         let taken = Instant::now();
         let deals = store::list_deals(&self.pool, DealFilter::Live, None, SNAPSHOT_ROWS as i64).await?;
-        let snapshot = Arc::new(Snapshot { taken, complete: deals.len() < SNAPSHOT_ROWS, deals });
+        let protos = deals.iter().map(deal_to_proto).collect();
+        let snapshot = Arc::new(Snapshot { taken, complete: deals.len() < SNAPSHOT_ROWS, deals, protos });
         *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&snapshot));
         Ok(snapshot)
     }
