@@ -11,6 +11,23 @@ use sqlx::PgPool;
 
 use super::sweep::activate_scheduled;
 
+/// Claims the reset of a day for this transaction; no row is inserted when it is taken. `$1`: the
+/// day, `$2`: now.
+pub const CLAIM_DAY: &str = "insert into daily_resets (day, performed_time, deals_ended, deals_started)
+         values ($1, $2, 0, 0)
+         on conflict (day) do nothing";
+
+/// Ends every live deal that started before the day. `$1`: now, `$2`: the instant the day began.
+///
+/// `daily_reset_time <= $2` selects exactly the deals with `start_time < $2`: `daily_reset_time` is
+/// the first 00:00 UTC after `start_time`, and `$2` is a 00:00 UTC. Written on `daily_reset_time`
+/// so that the partial index of unexpired deals on that column finds them (benchmarks/worker.md).
+pub const END_EARLIER_DAYS: &str = "update deals set state = 'expired', update_time = $1
+          where state <> 'expired' and daily_reset_time <= $2";
+
+/// Records what the reset changed. `$1`: the day, `$2`: deals ended, `$3`: deals started.
+pub const RECORD_COUNTS: &str = "update daily_resets set deals_ended = $2, deals_started = $3 where day = $1";
+
 /// What a performed reset changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResetReport {
@@ -32,30 +49,20 @@ pub fn day_start(now: DateTime<Utc>) -> DateTime<Utc> {
 pub async fn daily_reset(pool: &PgPool, now: DateTime<Utc>) -> Result<Option<ResetReport>, sqlx::Error> {
     let day = now.date_naive();
     let mut tx = pool.begin().await?;
-    let claimed = sqlx::query(
-        "insert into daily_resets (day, performed_time, deals_ended, deals_started)
-         values ($1, $2, 0, 0)
-         on conflict (day) do nothing",
-    )
-    .bind(day)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let claimed = sqlx::query(CLAIM_DAY).bind(day).bind(now).execute(&mut *tx).await?.rows_affected();
     if claimed == 0 {
         return Ok(None);
     }
-    let ended = sqlx::query(
-        "update deals set state = 'expired', update_time = $1
-          where state <> 'expired' and start_time < $2",
-    )
-    .bind(now)
-    .bind(day_start(now))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    // Unprepared, for a plan made for this day, as `sweep_once` explains.
+    let ended = sqlx::query(END_EARLIER_DAYS)
+        .persistent(false)
+        .bind(now)
+        .bind(day_start(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     let started = activate_scheduled(&mut *tx, now).await?;
-    sqlx::query("update daily_resets set deals_ended = $2, deals_started = $3 where day = $1")
+    sqlx::query(RECORD_COUNTS)
         .bind(day)
         .bind(i64::try_from(ended).unwrap_or(i64::MAX))
         .bind(i64::try_from(started).unwrap_or(i64::MAX))

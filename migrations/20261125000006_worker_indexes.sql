@@ -1,0 +1,11 @@
+-- The expiry worker on a large table (benchmarks/worker.md). Without this index the sweep's
+-- `state <> 'expired' and (expire_time <= $1 or daily_reset_time <= $1)` reads every row of
+-- `deals`, since only the first arm had an index, and the daily reset's search for the deals of
+-- earlier days reads every live deal. With it the sweep combines two index scans (this one and
+-- deals_unexpired_by_expire_time) and the reset reads only the deals whose 00:00 UTC has come.
+--
+-- Partial like its neighbour, so expired deals, most of the table, are left out; and since
+-- `daily_reset_time` takes one value per UTC day, b-tree deduplication keeps it small. A reservation
+-- changes neither `daily_reset_time` nor `state`, so its update of `available_units` can still be
+-- HOT.
+create index deals_unexpired_by_daily_reset_time on deals (daily_reset_time) where state <> 'expired';
