@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use topkart::{
     loadgen::{self, Options, Scenario},
     shared::{auth::Signer, cli, telemetry},
@@ -15,7 +15,7 @@ use topkart::{
 struct Args {
     /// What to run.
     #[arg(value_enum)]
-    scenario: ScenarioArg,
+    scenario: Scenario,
 
     /// deal-service's URL.
     #[arg(long, env = "DEAL_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
@@ -63,29 +63,6 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ScenarioArg {
-    HotDeal,
-    HotDealSellOut,
-    Browse,
-    ListDeals,
-    HealthCheck,
-    Mixed,
-}
-
-impl From<ScenarioArg> for Scenario {
-    fn from(arg: ScenarioArg) -> Self {
-        match arg {
-            ScenarioArg::HotDeal => Scenario::HotDeal,
-            ScenarioArg::HotDealSellOut => Scenario::HotDealSellOut,
-            ScenarioArg::Browse => Scenario::Browse,
-            ScenarioArg::ListDeals => Scenario::ListDeals,
-            ScenarioArg::HealthCheck => Scenario::HealthCheck,
-            ScenarioArg::Mixed => Scenario::Mixed,
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::init();
@@ -102,7 +79,7 @@ async fn main() -> ExitCode {
 
 /// Whether every check passed.
 async fn run(args: Args) -> Result<bool, cli::MainError> {
-    let scenario = Scenario::from(args.scenario);
+    let scenario = args.scenario;
     let database = match &args.database_url {
         Some(url) => Some(sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await?),
         None => None,

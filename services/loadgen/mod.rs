@@ -36,8 +36,8 @@ use crate::{
 
 use report::{Check, Recorder, Report};
 
-/// What to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to run; on the command line in kebab case (`hot-deal-sell-out`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     HotDeal,
     HotDealSellOut,
@@ -49,15 +49,9 @@ pub enum Scenario {
 
 impl Scenario {
     /// The scenario's name on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::HotDeal => "hot-deal",
-            Self::HotDealSellOut => "hot-deal-sell-out",
-            Self::Browse => "browse",
-            Self::ListDeals => "list-deals",
-            Self::HealthCheck => "health-check",
-            Self::Mixed => "mixed",
-        }
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value().map(|value| value.get_name().to_owned()).unwrap_or_default()
     }
 
     fn places_orders(self) -> bool {
@@ -140,7 +134,7 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
         checks.push(invariants(pool).await?);
     }
     Ok(Report {
-        scenario: scenario.name().to_owned(),
+        scenario: scenario.name(),
         concurrency: options.concurrency,
         connections: deal_channels.len(),
         warmup_s: options.warmup.as_secs_f64(),
@@ -167,6 +161,16 @@ type Authorization = MetadataValue<tonic::metadata::Ascii>;
 fn authorization(signer: &Signer, role: Role, subject: &str) -> Result<Authorization, LoadError> {
     let token = signer.token(subject, role, Duration::from_secs(3600))?;
     Ok(MetadataValue::try_from(format!("Bearer {token}"))?)
+}
+
+/// A request with a deadline and, when the services check tokens, an `authorization` header.
+fn request<T>(message: T, deadline: Duration, authorization: Option<&Authorization>) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(deadline);
+    if let Some(authorization) = authorization {
+        request.metadata_mut().insert("authorization", authorization.clone());
+    }
+    request
 }
 
 /// One simulated client: one call at a time, as fast as the answers come.
@@ -242,12 +246,7 @@ impl Client {
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request.set_timeout(self.deadline);
-        if let Some(authorization) = &self.authorization {
-            request.metadata_mut().insert("authorization", authorization.clone());
-        }
-        request
+        request(message, self.deadline, self.authorization.as_ref())
     }
 
     async fn call(&self, call: Call) -> Code {

@@ -32,12 +32,7 @@ impl Admin {
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request.set_timeout(self.deadline);
-        if let Some(authorization) = &self.authorization {
-            request.metadata_mut().insert("authorization", authorization.clone());
-        }
-        request
+        super::request(message, self.deadline, self.authorization.as_ref())
     }
 
     /// A live deal with `units` units, running for two hours or until the daily reset, if sooner.
