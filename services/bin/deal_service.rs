@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use topkart::shared::{auth, cli, server, telemetry};
+use topkart::shared::{auth, cli, server};
 
 /// Serves the deal API, gRPC health and server reflection.
 #[derive(Debug, Parser)]
@@ -11,6 +11,9 @@ use topkart::shared::{auth, cli, server, telemetry};
 struct Args {
     #[command(flatten)]
     database: cli::DatabaseArgs,
+
+    #[command(flatten)]
+    observability: cli::ObservabilityArgs,
 
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
@@ -20,19 +23,22 @@ struct Args {
     auth: auth::AuthArgs,
 
     #[command(flatten)]
+    limits: cli::LimitArgs,
+
+    #[command(flatten)]
     tls: cli::TlsArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
     let args = Args::parse();
+    args.observability.init_logs();
     cli::exit_code("deal-service", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
-    let settings = cli::server_settings(&args.auth, &args.tls)?;
-    let (pool, listener) = cli::start(&args.database, args.listen_addr).await?;
+    let settings = cli::server_settings(&args.auth, &args.limits, &args.tls)?;
+    let (pool, listener) = cli::start(&args.database, &args.observability, args.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, tls = settings.tls.is_some(), "deal-service listening");
     topkart::deal::run(listener, pool, settings, server::shutdown_signal()).await?;
     Ok(())

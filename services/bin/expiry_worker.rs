@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use topkart::shared::{cli, server, telemetry};
+use topkart::shared::{cli, server};
 
 /// Expires deals every few seconds, performs the daily reset, and serves gRPC health.
 #[derive(Debug, Parser)]
@@ -11,6 +11,9 @@ use topkart::shared::{cli, server, telemetry};
 struct Args {
     #[command(flatten)]
     database: cli::DatabaseArgs,
+
+    #[command(flatten)]
+    observability: cli::ObservabilityArgs,
 
     /// Address to serve gRPC health on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50053")]
@@ -26,13 +29,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
     let args = Args::parse();
+    args.observability.init_logs();
     cli::exit_code("expiry-worker", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
-    let (pool, listener) = cli::start(&args.database, args.listen_addr).await?;
+    let (pool, listener) = cli::start(&args.database, &args.observability, args.listen_addr).await?;
     let interval = Duration::from_secs(args.sweep_interval_secs);
     tracing::info!(addr = %listener.local_addr()?, interval_secs = args.sweep_interval_secs, "expiry-worker started");
     topkart::worker::run(listener, pool, interval, args.tls.server_config()?, server::shutdown_signal()).await?;

@@ -65,7 +65,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
+    telemetry::init(telemetry::LogFormat::Text);
     let args = Args::parse();
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,

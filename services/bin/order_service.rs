@@ -6,7 +6,7 @@ use clap::Parser;
 use tonic::transport::{Certificate, ClientTlsConfig};
 use topkart::{
     order::deals::{Credentials, DealsClient},
-    shared::{auth, cli, server, telemetry},
+    shared::{auth, cli, server},
 };
 
 /// Serves the order API, gRPC health and server reflection.
@@ -15,6 +15,9 @@ use topkart::{
 struct Args {
     #[command(flatten)]
     database: cli::DatabaseArgs,
+
+    #[command(flatten)]
+    observability: cli::ObservabilityArgs,
 
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50052")]
@@ -41,18 +44,21 @@ struct Args {
     auth: auth::AuthArgs,
 
     #[command(flatten)]
+    limits: cli::LimitArgs,
+
+    #[command(flatten)]
     tls: cli::TlsArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
     let args = Args::parse();
+    args.observability.init_logs();
     cli::exit_code("order-service", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
-    let settings = cli::server_settings(&args.auth, &args.tls)?;
+    let settings = cli::server_settings(&args.auth, &args.limits, &args.tls)?;
     let credentials = match (&args.deal_service_token, &args.auth.jwt_secret) {
         (Some(token), _) => Credentials::Token(token.clone()),
         (None, Some(secret)) => Credentials::minted(auth::Signer::hs256(secret.as_bytes())),
@@ -73,7 +79,7 @@ async fn run(args: Args) -> Result<(), cli::MainError> {
     let deadline = Duration::from_millis(args.deal_service_deadline_ms);
     let deals =
         DealsClient::connect_lazy(&args.deal_service_url, deadline, credentials, tls).map_err(|err| err.to_string())?;
-    let (pool, listener) = cli::start(&args.database, args.listen_addr).await?;
+    let (pool, listener) = cli::start(&args.database, &args.observability, args.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, deal_service = %args.deal_service_url, tls = settings.tls.is_some(), "order-service listening");
     topkart::order::run(listener, pool, deals, settings, server::shutdown_signal()).await?;
     Ok(())

@@ -56,10 +56,34 @@ impl From<status::Violations> for DealError {
     }
 }
 
+impl DealError {
+    /// The `ErrorInfo` reason clients get, also the outcome label of the reservation metrics.
+    pub fn reason(&self) -> &'static str {
+        use DealError::*;
+        match self {
+            InvalidArgument(_) => "INVALID_ARGUMENT",
+            PermissionDenied(_) => "PERMISSION_DENIED",
+            DealNotFound => "DEAL_NOT_FOUND",
+            ReservationNotFound => "RESERVATION_NOT_FOUND",
+            DealExpired => "DEAL_EXPIRED",
+            DealNotStarted => "DEAL_NOT_STARTED",
+            InsufficientUnits { .. } => "INSUFFICIENT_UNITS",
+            PriceChanged { .. } => "PRICE_CHANGED",
+            TotalUnitsBelowSold { .. } => "TOTAL_UNITS_BELOW_SOLD",
+            StartTimeLocked => "START_TIME_LOCKED",
+            ReservationIdReused => "RESERVATION_ID_REUSED",
+            ReservationReleased => "RESERVATION_RELEASED",
+            Database(err) if crate::shared::db::is_unavailable(err) => "DATABASE_UNAVAILABLE",
+            Database(_) => "INTERNAL",
+        }
+    }
+}
+
 impl From<DealError> for Status {
     fn from(err: DealError) -> Self {
         use DealError::*;
-        let reason = |code, reason, message: &str| status::with_reason(code, DOMAIN, reason, message, []);
+        let name = err.reason();
+        let reason = |code, _reason: &str, message: &str| status::with_reason(code, DOMAIN, name, message, []);
         match err {
             InvalidArgument(violations) => violations.into_status(DOMAIN),
             PermissionDenied(roles) => auth::permission_denied(DOMAIN, roles),
@@ -70,21 +94,21 @@ impl From<DealError> for Status {
             InsufficientUnits { requested, available } => status::with_reason(
                 Code::FailedPrecondition,
                 DOMAIN,
-                "INSUFFICIENT_UNITS",
+                name,
                 format!("{requested} units requested but only {available} left"),
                 [("requested_units", requested.to_string()), ("available_units", available.to_string())],
             ),
             PriceChanged { current } => status::with_reason(
                 Code::FailedPrecondition,
                 DOMAIN,
-                "PRICE_CHANGED",
+                name,
                 format!("the deal's price is now {current}"),
                 [("current_price", current.to_string())],
             ),
             TotalUnitsBelowSold { sold } => status::with_reason(
                 Code::FailedPrecondition,
                 DOMAIN,
-                "TOTAL_UNITS_BELOW_SOLD",
+                name,
                 format!("total_units cannot go below the {sold} units already reserved"),
                 [("reserved_units", sold.to_string())],
             ),

@@ -18,7 +18,6 @@ use std::future::Future;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     proto::deal::deal_service_server::{DealServiceServer, SERVICE_NAME},
@@ -38,7 +37,6 @@ pub async fn run(
 ) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
     let api = DealServiceServer::new(grpc::DealApi::new(pool)).max_decoding_message_size(server::MAX_REQUEST_BYTES);
-    let api = InterceptedService::new(api, settings.auth.interceptor());
-    let router = server::builder(settings.tls)?.add_service(health_service).add_service(api);
+    let router = server::builder(&settings)?.add_service(health_service).add_service(api);
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
 }

@@ -1,13 +1,16 @@
 //! order-service's client of deal-service: reserve and release units over gRPC, with a deadline on
 //! every call, and deal-service's answers mapped onto order-service's errors.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
-use std::{
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use tonic_types::StatusExt;
 
 use tonic::{
     Code, Request, Status,
@@ -20,6 +23,7 @@ use crate::{
     proto::deal::{self as pb, deal_service_client::DealServiceClient},
     shared::{
         auth::{Role, Signer},
+        call::CallContext,
         money::Price,
         names,
         status::Violations,
@@ -38,23 +42,38 @@ pub struct ReservedUnits {
     pub hold_time: DateTime<Utc>,
 }
 
-/// How many times a call that failed as UNAVAILABLE is sent in all. Every call here is idempotent
-/// (by reservation id), so resending cannot take or give units twice.
+/// How many times a call that failed as UNAVAILABLE (deal-service down, a connection reset, a
+/// refused stream) is sent in all, time allowing. Every call here is idempotent (by reservation
+/// id), so resending cannot take or give units twice.
 const ATTEMPTS: usize = 3;
 /// The pause before resending, doubled each time.
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// Time kept back from the caller's deadline for what follows the call (recording the order and
+/// replying), so a reservation is never made for a caller that cannot be answered in time.
+pub const MARGIN: Duration = Duration::from_millis(50);
+/// HTTP/2 connections to deal-service, calls spread over them in turn: one connection's streams
+/// and its single socket become the bottleneck under a surge.
+pub const DEFAULT_CONNECTIONS: usize = 4;
+/// Keepalive pings on the connections to deal-service, so a dead peer is noticed within seconds.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A cheap-to-clone handle on deal-service.
 #[derive(Clone)]
 pub struct DealsClient {
-    client: DealServiceClient<Channel>,
+    clients: Arc<[DealServiceClient<Channel>]>,
+    next: Arc<AtomicUsize>,
+    /// The longest a call may take, whatever the caller's deadline.
     deadline: Duration,
     credentials: Arc<Credentials>,
 }
 
 impl std::fmt::Debug for DealsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DealsClient").field("deadline", &self.deadline).finish_non_exhaustive()
+        f.debug_struct("DealsClient")
+            .field("connections", &self.clients.len())
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,25 +119,45 @@ impl Credentials {
 }
 
 impl DealsClient {
-    /// A client that connects to `url` on first use (over TLS when `tls` is set), gives each call
-    /// `deadline`, and presents `credentials`.
+    /// A client of `url` over [`DEFAULT_CONNECTIONS`] connections, opened on first use (over TLS
+    /// when `tls` is set); each call takes at most `deadline`, and presents `credentials`.
     pub fn connect_lazy(
         url: &str,
         deadline: Duration,
         credentials: Credentials,
         tls: Option<ClientTlsConfig>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let mut endpoint = Endpoint::from_shared(url.to_owned())?.connect_timeout(deadline).tcp_nodelay(true);
+        Self::connect_lazy_over(url, DEFAULT_CONNECTIONS, deadline, credentials, tls)
+    }
+
+    /// [`Self::connect_lazy`] over `connections` connections.
+    pub fn connect_lazy_over(
+        url: &str,
+        connections: usize,
+        deadline: Duration,
+        credentials: Credentials,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(deadline)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         if let Some(tls) = tls {
             endpoint = endpoint.tls_config(tls)?;
         }
-        let channel = endpoint.connect_lazy();
-        Ok(Self { client: DealServiceClient::new(channel), deadline, credentials: Arc::new(credentials) })
+        // Each lazy channel opens a connection of its own.
+        let clients: Arc<[_]> =
+            (0..connections.max(1)).map(|_| DealServiceClient::new(endpoint.connect_lazy())).collect();
+        Ok(Self { clients, next: Arc::new(AtomicUsize::new(0)), deadline, credentials: Arc::new(credentials) })
     }
 
-    /// Reserves `quantity` units of `deal_id` under `reservation_id` (the order id).
+    /// Reserves `quantity` units of `deal_id` under `reservation_id` (the order id), within the
+    /// caller's deadline less [`MARGIN`].
     pub async fn reserve(
         &self,
+        context: &CallContext,
         reservation_id: Uuid,
         deal_id: Uuid,
         quantity: i32,
@@ -130,8 +169,10 @@ impl DealsClient {
             quantity,
             expected_unit_price: shown_unit_price.map(Price::to_proto),
         };
-        let reservation =
-            self.call(&request, |mut client, request| async move { client.reserve_units(request).await }).await?;
+        let budget = context.remaining().saturating_sub(MARGIN);
+        let reservation = self
+            .call(context, budget, &request, |mut client, request| async move { client.reserve_units(request).await })
+            .await?;
         let mut violations = Violations::default();
         let unit_price = Price::parse("unit_price", reservation.unit_price.as_ref(), &mut violations);
         let hold_time = reservation.create_time.as_ref().and_then(|at| time::parse("create_time", at, &mut violations));
@@ -142,24 +183,39 @@ impl DealsClient {
     }
 
     /// Gives the units of `reservation_id` back; a retry gives nothing back twice.
-    pub async fn release(&self, reservation_id: Uuid) -> Result<(), OrderError> {
+    pub async fn release(&self, context: &CallContext, reservation_id: Uuid) -> Result<(), OrderError> {
         let request = pb::ReleaseUnitsRequest { reservation_id: reservation_id.to_string() };
-        self.call(&request, |mut client, request| async move { client.release_units(request).await }).await?;
+        self.call(context, context.remaining(), &request, |mut client, request| async move {
+            client.release_units(request).await
+        })
+        .await?;
         Ok(())
     }
 
     /// Confirms the hold of `reservation_id`, whose order is recorded.
-    pub async fn confirm(&self, reservation_id: Uuid) -> Result<(), OrderError> {
+    pub async fn confirm(&self, context: &CallContext, reservation_id: Uuid) -> Result<(), OrderError> {
         let request = pb::ConfirmUnitsRequest { reservation_id: reservation_id.to_string() };
-        self.call(&request, |mut client, request| async move { client.confirm_units(request).await }).await?;
+        self.call(context, context.remaining(), &request, |mut client, request| async move {
+            client.confirm_units(request).await
+        })
+        .await?;
         Ok(())
     }
 
-    /// Sends an idempotent call, each attempt with the deadline (both as `grpc-timeout` for the
-    /// server and as a local timer for a server that never answers), resending it while deal-service
-    /// is UNAVAILABLE. A timed-out attempt is not resent: the deadline is the customer's patience.
+    /// The next connection's client, in turn.
+    fn client(&self) -> DealServiceClient<Channel> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[index].clone()
+    }
+
+    /// Sends an idempotent call within `budget` (and never longer than the client's deadline): as
+    /// `grpc-timeout` for deal-service, and as a local timer for a server that never answers. It
+    /// carries the caller's request id and trace context, and is resent on another connection
+    /// while deal-service is UNAVAILABLE and time is left.
     async fn call<Req, Resp, Fut>(
         &self,
+        context: &CallContext,
+        budget: Duration,
         message: &Req,
         send: impl Fn(DealServiceClient<Channel>, Request<Req>) -> Fut,
     ) -> Result<Resp, OrderError>
@@ -167,22 +223,30 @@ impl DealsClient {
         Req: Clone,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        let give_up_at = Instant::now() + budget.min(self.deadline);
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
+            let left = give_up_at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(OrderError::DealServiceUnavailable { code: Code::DeadlineExceeded });
+            }
             let mut request = Request::new(message.clone());
-            request.set_timeout(self.deadline);
+            request.set_timeout(left);
+            context.propagate(request.metadata_mut());
             if let Some(token) = self.credentials.bearer()? {
                 let value = MetadataValue::try_from(format!("Bearer {token}"))
                     .map_err(|_| OrderError::Internal("the service token is not a valid header".into()))?;
                 request.metadata_mut().insert("authorization", value);
             }
-            let status = match tokio::time::timeout(self.deadline, send(self.client.clone(), request)).await {
+            let status = match tokio::time::timeout(left, send(self.client(), request)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
                 Err(_elapsed) => return Err(OrderError::DealServiceUnavailable { code: Code::DeadlineExceeded }),
             };
-            if status.code() != Code::Unavailable || attempt == ATTEMPTS {
-                return Err(from_deal_status(status));
+            let err = from_deal_status(status);
+            let retryable = matches!(err, OrderError::DealServiceUnavailable { code: Code::Unavailable });
+            if !retryable || attempt == ATTEMPTS || give_up_at <= Instant::now() + backoff {
+                return Err(err);
             }
             tokio::time::sleep(backoff).await;
             backoff *= 2;
@@ -196,21 +260,29 @@ fn unreachable_attempts<T>() -> Result<T, OrderError> {
     Err(OrderError::DealServiceUnavailable { code: Code::Unavailable })
 }
 
-/// A refusal passes through with its details; a transport failure is UNAVAILABLE or
-/// DEADLINE_EXCEEDED; anything else is ours to log.
+/// A refusal passes through with its details, and so does deal-service's own OVERLOADED (with its
+/// RetryInfo: nothing was reserved). A status deal-service's code did not make (no `ErrorInfo`: a
+/// reset or refused stream, a broken connection, a timeout in transit) is UNAVAILABLE, and
+/// retried; anything else of deal-service's is ours to log.
 fn from_deal_status(status: Status) -> OrderError {
-    match status.code() {
-        Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists => OrderError::DealRefused(status),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "deal-service unavailable");
-            OrderError::DealServiceUnavailable {
-                code: if status.code() == Code::DeadlineExceeded { Code::DeadlineExceeded } else { Code::Unavailable },
-            }
+    let reason = status.get_error_details().error_info().map(|info| info.reason.clone());
+    match (status.code(), reason.as_deref()) {
+        (Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists, Some(_)) => OrderError::DealRefused(status),
+        (Code::ResourceExhausted, Some("OVERLOADED" | "RATE_LIMITED")) => OrderError::DealRefused(status),
+        (Code::DeadlineExceeded, _) | (Code::Cancelled, None) => {
+            tracing::debug!(code = ?status.code(), "deal-service did not answer in time");
+            OrderError::DealServiceUnavailable { code: Code::DeadlineExceeded }
         }
-        Code::Unauthenticated | Code::PermissionDenied => OrderError::Internal(format!(
+        (Code::Unauthenticated | Code::PermissionDenied, Some(_)) => OrderError::Internal(format!(
             "deal-service refused order-service's credentials ({:?}): check JWT_SECRET or renew DEAL_SERVICE_TOKEN",
             status.code()
         )),
-        code => OrderError::Internal(format!("deal-service answered {code:?}: {}", status.message())),
+        (Code::Unavailable, _) | (_, None) => {
+            tracing::debug!(code = ?status.code(), message = status.message(), "deal-service unavailable");
+            OrderError::DealServiceUnavailable { code: Code::Unavailable }
+        }
+        (code, Some(reason)) => {
+            OrderError::Internal(format!("deal-service answered {code:?} ({reason}): {}", status.message()))
+        }
     }
 }

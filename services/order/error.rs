@@ -8,6 +8,9 @@ use crate::shared::status;
 
 use super::{DOMAIN, domain::OrderState};
 
+/// The retry delay suggested when deal-service could not be reached.
+const DEAL_SERVICE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Everything an order-service request can fail with.
 #[derive(Debug)]
 pub enum OrderError {
@@ -27,6 +30,9 @@ pub enum OrderError {
     OrderAbandoned,
     /// The deal service did not answer in time or could not be reached.
     DealServiceUnavailable { code: Code },
+    /// The call's deadline passed before its order was recorded; whatever was held for it is given
+    /// back.
+    DeadlineExceeded,
     /// Something that should not happen; the cause is logged, not sent.
     Internal(String),
     /// The database failed; the cause is logged, not sent.
@@ -81,11 +87,18 @@ impl From<OrderError> for Status {
                 "the order could not be recorded in time and was abandoned; nothing was ordered, retry with a new request_id",
                 [],
             ),
-            OrderError::DealServiceUnavailable { code } => status::with_reason(
+            OrderError::DealServiceUnavailable { code } => status::retryable(
                 code,
                 DOMAIN,
                 "DEAL_SERVICE_UNAVAILABLE",
                 "the deal service did not answer; nothing was ordered, retry later",
+                DEAL_SERVICE_RETRY_AFTER,
+            ),
+            OrderError::DeadlineExceeded => status::with_reason(
+                Code::DeadlineExceeded,
+                DOMAIN,
+                "DEADLINE_EXCEEDED",
+                "the call's deadline passed before the order was recorded; nothing was ordered",
                 [],
             ),
             OrderError::Internal(cause) => {

@@ -3,15 +3,14 @@
 
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
-use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::{
     proto::order::{self as pb, order_service_server::OrderService},
     shared::{
         auth::{self, Caller, Role},
+        call::CallContext,
         names, paging,
-        reservations::ORDER_WRITE_WINDOW,
         status::Violations,
         time,
     },
@@ -22,23 +21,28 @@ use super::{
     domain::{self, Decision, Order, OrderState},
     error::OrderError,
     faults::Faults,
-    recording::{Recorded, Recorder},
-    store::{self, OrderInsert},
+    placing::Placing,
+    recording::Recorder,
+    store,
 };
+
+/// How long the release of a rejected or cancelled order's units may take before it is left to
+/// the expiry worker.
+const RELEASE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The order API over one database pool and a client of deal-service.
 pub struct OrderApi {
     pool: PgPool,
     deals: DealsClient,
-    /// Order inserts, coalesced.
-    recorder: Recorder,
-    faults: Faults,
+    placing: Placing,
 }
 
 impl OrderApi {
     /// The API over `pool`, reserving through `deals`, with `faults` injected (tests only).
     pub fn new(pool: PgPool, deals: DealsClient, faults: Faults) -> Self {
-        Self { recorder: Recorder::new(pool.clone()), pool, deals, faults }
+        let placing =
+            Placing { pool: pool.clone(), deals: deals.clone(), recorder: Recorder::new(pool.clone()), faults };
+        Self { pool, deals, placing }
     }
 }
 
@@ -47,7 +51,8 @@ impl OrderService for OrderApi {
     #[tracing::instrument(skip_all)]
     async fn create_order(&self, request: Request<pb::CreateOrderRequest>) -> Result<Response<pb::Order>, Status> {
         let caller = authorize(&request, BUYERS)?;
-        reply(self.create(request.get_ref(), caller.customer()).await.map(|order| order_to_proto(&order)))
+        let context = CallContext::of(&request);
+        reply(self.create(&context, request.get_ref(), caller.customer()).await.map(|order| order_to_proto(&order)))
     }
 
     #[tracing::instrument(skip_all, fields(order = %request.get_ref().name))]
@@ -110,71 +115,17 @@ fn visible_to(order: Order, customer: Option<&str>) -> Result<Order, OrderError>
 }
 
 impl OrderApi {
-    /// Places an order by the protocol of docs/reservations.md: reserve (a hold, named by the order
-    /// id), record the order within the write window, confirm the hold. A failure after the hold
-    /// leaves it to the expiry worker, which releases it unless the order was recorded.
-    /// `buyer` is the customer the caller's token names; without authentication, the request's
-    /// `customer_id`.
-    async fn create(&self, request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Result<Order, OrderError> {
+    /// Places an order ([`Placing`]). `buyer` is the customer the caller's token names; without
+    /// authentication, the request's `customer_id`.
+    async fn create(
+        &self,
+        context: &CallContext,
+        request: &pb::CreateOrderRequest,
+        buyer: Option<&str>,
+    ) -> Result<Order, OrderError> {
         let new = domain::new_order(request, buyer)?;
         let id = new.request_id.unwrap_or_else(Uuid::new_v4);
-        let reserved = match self.deals.reserve(id, new.deal_id, new.quantity, new.shown_unit_price.as_ref()).await {
-            Ok(reserved) => reserved,
-            Err(err) => {
-                // A retry of an order placed before gets that order, whatever deal-service says now
-                // (its hold released by a cancel, the deal expired, deal-service down).
-                if new.request_id.is_some() {
-                    if let Some(existing) = store::get_order(&self.pool, id).await? {
-                        return placed_by(&new, existing);
-                    }
-                }
-                return Err(match err {
-                    OrderError::DealRefused(status) => match refusal_reason(&status).as_deref() {
-                        // A retry after the first attempt was given up and its hold released.
-                        Some("RESERVATION_RELEASED") => OrderError::OrderAbandoned,
-                        // The request id's hold was made for another deal or quantity.
-                        Some("RESERVATION_ID_REUSED") => OrderError::RequestIdReused,
-                        _ => OrderError::DealRefused(status),
-                    },
-                    other => other,
-                });
-            }
-        };
-        self.faults.after_reserve()?;
-        let total_price = reserved
-            .unit_price
-            .times(new.quantity)
-            .ok_or_else(|| OrderError::Internal("order total overflows".into()))?;
-        let insert = OrderInsert {
-            id,
-            deal_id: new.deal_id,
-            customer_id: new.customer_id.clone(),
-            quantity: new.quantity,
-            unit_price: reserved.unit_price,
-            total_price,
-            write_by: reserved.hold_time + ORDER_WRITE_WINDOW,
-        };
-        // If this fails, whether the order was written is unknown: the expiry worker settles the hold
-        // either way.
-        match self.recorder.record(insert).await? {
-            Recorded::New(order) => {
-                // Best effort, off the customer's path: the expiry worker confirms holds whose order
-                // exists, so the reply need not wait for this.
-                let deals = self.deals.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = deals.confirm(id).await {
-                        tracing::warn!(order = %id, error = ?err, "hold not confirmed; the expiry worker will confirm it");
-                    }
-                });
-                tracing::info!(order = %order.id, deal = %order.deal_id, quantity = order.quantity, "order placed");
-                Ok(order)
-            }
-            // A retry, or a concurrent attempt with the same request id, recorded it first.
-            Recorded::Existing(existing) => placed_by(&new, existing),
-            // Too late to record it. The hold is the worker's to release: releasing here could race a
-            // retry whose insert is still committing.
-            Recorded::TooLate => Err(OrderError::OrderAbandoned),
-        }
+        self.placing.place(context, id, &new).await
     }
 
     async fn get(&self, name: &str, customer: Option<&str>) -> Result<Order, OrderError> {
@@ -247,26 +198,16 @@ impl OrderApi {
             }
         };
         if decision.releases_units() {
-            match self.deals.release(id).await {
+            match self.deals.release(&CallContext::detached(RELEASE_DEADLINE), id).await {
                 Ok(()) => store::mark_units_released(&self.pool, id).await?,
                 Err(err) => {
                     tracing::warn!(order = %id, error = ?err, "units not released; the expiry worker will release them")
                 }
             }
         }
-        tracing::info!(order = %id, state = order.state.as_str(), "order decided");
+        tracing::debug!(order = %id, state = order.state.as_str(), "order decided");
         Ok(order)
     }
-}
-
-/// A retry gets the order its request id placed; another order under that id is refused.
-fn placed_by(new: &domain::NewOrder, existing: Order) -> Result<Order, OrderError> {
-    if new.placed(&existing) { Ok(existing) } else { Err(OrderError::RequestIdReused) }
-}
-
-/// The `ErrorInfo` reason of a refusal from deal-service.
-fn refusal_reason(status: &Status) -> Option<String> {
-    status.get_error_details().error_info().map(|info| info.reason.clone())
 }
 
 fn order_id(name: &str) -> Result<Uuid, OrderError> {

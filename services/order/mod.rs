@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod faults;
 pub mod grpc;
+pub mod placing;
 pub mod recording;
 pub mod store;
 
@@ -17,7 +18,6 @@ use std::future::Future;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     proto::order::order_service_server::{OrderServiceServer, SERVICE_NAME},
@@ -51,7 +51,6 @@ pub async fn run_with_faults(
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
     let api = OrderServiceServer::new(grpc::OrderApi::new(pool, deals, faults))
         .max_decoding_message_size(server::MAX_REQUEST_BYTES);
-    let api = InterceptedService::new(api, settings.auth.interceptor());
-    let router = server::builder(settings.tls)?.add_service(health_service).add_service(api);
+    let router = server::builder(&settings)?.add_service(health_service).add_service(api);
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
 }

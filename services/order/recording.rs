@@ -11,7 +11,7 @@ use std::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::shared::coalesce::Coalescer;
+use crate::shared::{coalesce::Coalescer, metrics};
 
 use super::{
     domain::Order,
@@ -28,7 +28,7 @@ pub enum Recorded {
     New(Order),
     /// An order with this id was recorded before (a retry, or a concurrent attempt): this is it.
     Existing(Order),
-    /// Its write window had passed, and no order with its id exists.
+    /// Its write window had passed, or its attempt was abandoned, and no order with its id exists.
     TooLate,
 }
 
@@ -55,9 +55,23 @@ impl Recorder {
 }
 
 async fn record_batch(pool: &PgPool, orders: &[OrderInsert]) -> Vec<Outcome> {
+    metrics::order_insert_batch(orders.len());
     match try_record_batch(pool, orders).await {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Ok(outcomes) => {
+            for outcome in &outcomes {
+                metrics::order_inserts(
+                    match outcome {
+                        Recorded::New(_) => "recorded",
+                        Recorded::Existing(_) => "existing",
+                        Recorded::TooLate => "too_late",
+                    },
+                    1,
+                );
+            }
+            outcomes.into_iter().map(Ok).collect()
+        }
         Err(err) => {
+            metrics::order_inserts("failed", orders.len());
             let err = Arc::new(err);
             orders.iter().map(|_| Err(Arc::clone(&err))).collect()
         }

@@ -1,9 +1,9 @@
-//! Who is calling: bearer JWTs verified once per request by one interceptor shared by every
-//! service, and the roles the handlers authorize against.
+//! Who is calling: bearer JWTs verified once per request by the call stack's callers layer
+//! (`layers::callers`), shared by every service, and the roles the handlers authorize against.
 //!
 //! Tokens are signed with HS256 (a shared secret) or verified against an RS256 or EdDSA public key,
 //! and carry `sub`, `role` (`admin`, `customer` or `service`) and `exp`. Health and reflection are
-//! served outside the interceptor and stay open. No token or key is ever logged.
+//! passed by it untouched and stay open. No token or key is ever logged.
 
 use std::{
     path::PathBuf,
@@ -63,7 +63,7 @@ pub struct Claims {
     pub iat: u64,
 }
 
-/// The caller of a request, as the interceptor established it.
+/// The caller of a request, as the callers layer established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// Authentication is off (`--insecure-no-auth`): every caller may do everything, and a customer
@@ -74,7 +74,7 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The caller of `request`; a request that did not pass the interceptor has none.
+    /// The caller of `request`; a request that did not pass the callers layer has none.
     pub fn of<T>(request: &Request<T>) -> Result<&Caller, Status> {
         request.extensions().get::<Caller>().ok_or_else(|| unauthenticated("no credentials"))
     }
@@ -214,10 +214,15 @@ impl Authenticator {
     /// The caller that `metadata` proves, or UNAUTHENTICATED. Only the one configured algorithm is
     /// accepted, so `alg: none` and algorithm-confusion tokens fail.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        self.authenticate_headers(metadata.as_ref())
+    }
+
+    /// [`Self::authenticate`], from a request's HTTP headers.
+    pub fn authenticate_headers(&self, headers: &http::HeaderMap) -> Result<Caller, Status> {
         let Self::Verify(verifier) = self else {
             return Ok(Caller::Trusted);
         };
-        let header = metadata.get("authorization").ok_or_else(|| unauthenticated("missing bearer token"))?;
+        let header = headers.get("authorization").ok_or_else(|| unauthenticated("missing bearer token"))?;
         let token = header
             .to_str()
             .ok()
@@ -236,16 +241,6 @@ impl Authenticator {
             return Err(unauthenticated("invalid token: malformed subject"));
         }
         Ok(Caller::Token { subject: claims.sub, role: claims.role })
-    }
-
-    /// The interceptor that puts the [`Caller`] into every request's extensions.
-    pub fn interceptor(&self) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
-        let authenticator = self.clone();
-        move |mut request: Request<()>| {
-            let caller = authenticator.authenticate(request.metadata())?;
-            request.extensions_mut().insert(caller);
-            Ok(request)
-        }
     }
 }
 

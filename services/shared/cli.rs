@@ -11,7 +11,14 @@ use tokio::net::TcpListener;
 
 use tonic::transport::{Identity, ServerTlsConfig};
 
-use super::{auth::AuthArgs, db, server::ServerSettings};
+use super::{
+    auth::AuthArgs,
+    db,
+    layers::{self, Limits, rate_limit::RateLimit},
+    metrics,
+    server::ServerSettings,
+    telemetry::{self, LogFormat},
+};
 
 /// Database settings.
 #[derive(Debug, clap::Args)]
@@ -53,17 +60,81 @@ pub fn read(path: &Path) -> Result<Vec<u8>, MainError> {
     std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()).into())
 }
 
-/// Authentication and TLS, the settings of every server.
-pub fn server_settings(auth: &AuthArgs, tls: &TlsArgs) -> Result<ServerSettings, MainError> {
-    Ok(ServerSettings { auth: auth.authenticator()?, tls: tls.server_config()? })
+/// Logs and metrics, the settings of every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ObservabilityArgs {
+    /// How log lines are written.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Address to serve Prometheus metrics on (`GET /metrics`); none when unset.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl ObservabilityArgs {
+    /// Installs the log subscriber.
+    pub fn init_logs(&self) {
+        telemetry::init(self.log_format);
+    }
+}
+
+/// How much an API server takes on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// API calls in flight at once, over all connections; beyond it calls are answered
+    /// RESOURCE_EXHAUSTED (OVERLOADED) at once. Health and reflection are never shed.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = layers::DEFAULT_MAX_IN_FLIGHT as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+
+    /// Calls a second each caller (token subject, or address without a valid token) may make;
+    /// beyond it RESOURCE_EXHAUSTED (RATE_LIMITED). Unlimited when unset.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", requires = "rate_limit_burst")]
+    pub rate_limit_per_second: Option<f64>,
+
+    /// Calls a caller may make at once above its rate (with `--rate-limit-per-second`).
+    #[arg(long, env = "RATE_LIMIT_BURST", requires = "rate_limit_per_second",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: Option<u32>,
+}
+
+impl LimitArgs {
+    /// The limits these flags describe.
+    pub fn limits(&self) -> Result<Limits, MainError> {
+        let rate_limit = match (self.rate_limit_per_second, self.rate_limit_burst) {
+            (Some(per_second), Some(burst)) if per_second.is_finite() && per_second > 0.0 => {
+                Some(RateLimit { per_second, burst })
+            }
+            (Some(_), _) => return Err("--rate-limit-per-second must be a positive number".into()),
+            _ => None,
+        };
+        Ok(Limits { max_in_flight: self.max_in_flight as usize, rate_limit, ..Limits::default() })
+    }
+}
+
+/// Authentication, limits and TLS, the settings of every API server.
+pub fn server_settings(auth: &AuthArgs, limits: &LimitArgs, tls: &TlsArgs) -> Result<ServerSettings, MainError> {
+    Ok(ServerSettings { auth: auth.authenticator()?, limits: limits.limits()?, tls: tls.server_config()? })
 }
 
 /// What a binary's start-up or serving failed with.
 pub type MainError = Box<dyn std::error::Error>;
 
-/// Start-up common to every binary: connect and migrate, then bind `addr`.
-pub async fn start(database: &DatabaseArgs, addr: SocketAddr) -> Result<(PgPool, TcpListener), MainError> {
+/// Start-up common to every binary: connect and migrate, start serving metrics when asked, then
+/// bind `addr`.
+pub async fn start(
+    database: &DatabaseArgs,
+    observability: &ObservabilityArgs,
+    addr: SocketAddr,
+) -> Result<(PgPool, TcpListener), MainError> {
     let pool = db::connect_and_migrate(&database.database_url, database.database_max_connections).await?;
+    if let Some(metrics_addr) = observability.metrics_addr {
+        let handle = metrics::install()?;
+        let metrics_listener = metrics::bind(metrics_addr).await?;
+        tracing::info!(addr = %metrics_listener.local_addr()?, "serving metrics on /metrics");
+        tokio::spawn(metrics::serve(metrics_listener, handle, pool.clone()));
+    }
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;

@@ -3,9 +3,13 @@
 //! values (money, timestamps, resource names, pages), and request coalescing.
 
 pub mod auth;
+pub mod call;
 pub mod cli;
 pub mod coalesce;
 pub mod db;
+pub mod layers;
+pub mod methods;
+pub mod metrics;
 pub mod money;
 pub mod names;
 pub mod paging;

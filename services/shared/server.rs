@@ -11,7 +11,7 @@ use tonic::transport::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use super::auth::Authenticator;
+use super::{auth::Authenticator, layers};
 
 /// The largest request a service accepts (tonic answers OUT_OF_RANGE beyond, before our code, so
 /// without an `ErrorInfo`); every request of ours is a
@@ -84,7 +84,7 @@ async fn set_all(reporter: &HealthReporter, services: &[&'static str], status: S
 /// Adds server reflection to `router`: v1 for current clients and v1alpha for older ones (PyPI's
 /// grpcurl). It describes our contracts and the health and `google.rpc` error-detail types, and
 /// lists only what this server serves: `services`, health and reflection.
-pub fn with_reflection(router: Router, services: &[&str]) -> Result<Router, tonic_reflection::server::Error> {
+pub fn with_reflection(router: ApiRouter, services: &[&str]) -> Result<ApiRouter, tonic_reflection::server::Error> {
     let describe = |reflection_service: &str| {
         let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -99,30 +99,54 @@ pub fn with_reflection(router: Router, services: &[&str]) -> Result<Router, toni
         .add_service(describe("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?))
 }
 
-/// The server settings every service shares, with TLS when `tls` is set.
-pub fn builder(tls: Option<ServerTlsConfig>) -> Result<tonic::transport::Server, ServeError> {
+/// The most HTTP/2 streams one connection may have open. A client beyond it waits for a stream of
+/// its own connection (HTTP/2 flow control, no work done for it) instead of being shed.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// How often an idle connection is pinged, and how long a ping may go unanswered before the
+/// connection is closed: a client that vanished stops holding streams within 40 s.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams a client may reset before the server accepts them. h2's default of 20 closes the whole
+/// connection (GOAWAY) beyond it, failing every call on it; under a surge, callers whose deadline
+/// passes while their stream waits are many and legitimate. The admission limit bounds the work.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 4096;
+
+/// The layer every server applies: the call stack.
+pub type StackLayer = tower::layer::util::Stack<layers::CallStack, tower::layer::util::Identity>;
+/// A server's routes behind the call stack.
+pub type ApiRouter = Router<StackLayer>;
+
+/// The server settings every service shares: the call stack ([`layers::CallStack`]), HTTP/2
+/// limits and keepalive, and TLS when set.
+pub fn builder(settings: &ServerSettings) -> Result<tonic::transport::Server<StackLayer>, ServeError> {
     let builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         .timeout(DEFAULT_DEADLINE);
-    match tls {
-        Some(tls) => builder.tls_config(tls).map_err(ServeError::Transport),
-        None => Ok(builder),
-    }
+    let builder = match settings.tls.clone() {
+        Some(tls) => builder.tls_config(tls).map_err(ServeError::Transport)?,
+        None => builder,
+    };
+    Ok(builder.layer(layers::CallStack::new(settings.auth.clone(), settings.limits)))
 }
 
-/// How a server authenticates its callers and whether it speaks TLS.
+/// How a server authenticates its callers, how much it takes on, and whether it speaks TLS.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// Verifies the bearer token of every API call (health and reflection stay open).
     pub auth: Authenticator,
+    /// Admission and rate limits.
+    pub limits: layers::Limits,
     /// The server's certificate and key, when it serves TLS.
     pub tls: Option<ServerTlsConfig>,
 }
 
 impl ServerSettings {
-    /// Plain text, with `auth`.
+    /// Plain text, with `auth` and the default limits.
     pub fn plaintext(auth: Authenticator) -> Self {
-        Self { auth, tls: None }
+        Self { auth, limits: layers::Limits::default(), tls: None }
     }
 }
 
@@ -155,7 +179,7 @@ impl From<tonic_reflection::server::Error> for ServeError {
 /// Serves `router` on `listener` until `shutdown` completes, then reports NOT_SERVING and lets the
 /// requests in flight finish.
 pub async fn serve(
-    router: Router,
+    router: ApiRouter,
     listener: TcpListener,
     health: Health,
     shutdown: impl Future<Output = ()> + Send,

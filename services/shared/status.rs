@@ -2,10 +2,13 @@
 //! on every error and a `google.rpc.BadRequest` naming every bad field. Internal causes are logged
 //! here and never sent to the client.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+/// The retry delay suggested while the database does not answer.
+const DATABASE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Every field of a request that failed validation, collected so a client learns them all at once.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -58,17 +61,24 @@ pub fn with_reason(
     Status::with_error_details(code, message, details)
 }
 
+/// [`with_reason`], with a `google.rpc.RetryInfo` telling the client when to try again.
+pub fn retryable(code: Code, domain: &str, reason: &str, message: impl Into<String>, retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, domain, HashMap::new());
+    details.set_retry_info(Some(retry_after));
+    Status::with_error_details(code, message, details)
+}
+
 /// Maps a database error: an unreachable database is UNAVAILABLE (worth a retry), anything else is
 /// INTERNAL with a generic message. The cause is logged, never sent.
 pub fn from_database_error(domain: &str, err: &sqlx::Error) -> Status {
     if super::db::is_unavailable(err) {
         tracing::warn!(error = %err, "database unavailable");
-        return with_reason(
+        return retryable(
             Code::Unavailable,
             domain,
             "DATABASE_UNAVAILABLE",
             "the database is unavailable, retry later",
-            [],
+            DATABASE_RETRY_AFTER,
         );
     }
     tracing::error!(error = %err, "database error");

@@ -35,6 +35,7 @@ fn cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
 pub async fn settle_holds(pool: &PgPool, now: DateTime<Utc>) -> Result<HoldReport, sqlx::Error> {
     let (confirmed, released) = resolve_stale_holds(pool, cutoff(now)).await?;
     let finished_releases = finish_releases(pool, cutoff(now)).await?;
+    forget_abandoned(pool, now).await?;
     Ok(HoldReport { confirmed, released, finished_releases })
 }
 
@@ -123,4 +124,21 @@ async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sq
     .bind(BATCH)
     .fetch_one(pool)
     .await
+}
+
+/// How long the mark of an abandoned attempt is kept: far past its write window and its hold's
+/// settling, so no insert that could still be waiting for the hold's lock outlives its mark.
+const ABANDONED_KEPT: TimeDelta = TimeDelta::hours(1);
+
+/// Forgets abandoned attempts older than [`ABANDONED_KEPT`], a bounded batch per tick.
+async fn forget_abandoned(pool: &PgPool, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "delete from abandoned_orders
+          where id in (select id from abandoned_orders where abandon_time < $1 order by abandon_time limit $2)",
+    )
+    .bind(now - ABANDONED_KEPT)
+    .bind(BATCH)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

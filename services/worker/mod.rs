@@ -6,14 +6,20 @@ pub mod daily_reset;
 pub mod holds;
 pub mod sweep;
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::ServerTlsConfig;
 
-use crate::shared::server;
+use crate::shared::{
+    metrics::{self, WorkerPass},
+    server,
+};
 
 pub use daily_reset::daily_reset;
 pub use holds::settle_holds;
@@ -34,7 +40,12 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let ticks = tokio::spawn(tick_until_stopped(pool.clone(), sweep_interval, stop_rx));
     let (health, health_service) = server::Health::start(pool, &[HEALTH_SERVICE_NAME]).await;
-    let router = server::builder(tls)?.add_service(health_service);
+    // Health only: no API, so no key and no limits to apply.
+    let settings = server::ServerSettings {
+        tls,
+        ..server::ServerSettings::plaintext(crate::shared::auth::Authenticator::Insecure)
+    };
+    let router = server::builder(&settings)?.add_service(health_service);
     let served = server::serve(server::with_reflection(router, &[])?, listener, health, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -63,21 +74,36 @@ async fn tick_until_stopped(pool: PgPool, sweep_interval: Duration, mut stop: wa
 /// One round: the day's reset first (a no-op once done), then the sweep, then the holds. Errors are
 /// logged and the next round tries again.
 async fn tick(pool: &PgPool, now: DateTime<Utc>) {
-    match daily_reset(pool, now).await {
+    let started = Instant::now();
+    let reset = daily_reset(pool, now).await;
+    metrics::worker_pass(WorkerPass::DailyReset, started.elapsed().as_secs_f64(), reset.is_ok());
+    match reset {
         Ok(Some(report)) => {
             tracing::info!(day = %report.day, ended = report.ended, started = report.started, "daily reset performed")
         }
         Ok(None) => {}
         Err(err) => tracing::warn!(error = %err, "daily reset failed; retrying next tick"),
     }
-    match sweep_once(pool, now).await {
+    let started = Instant::now();
+    let swept = sweep_once(pool, now).await;
+    metrics::worker_pass(WorkerPass::Sweep, started.elapsed().as_secs_f64(), swept.is_ok());
+    if let Ok(report) = &swept {
+        metrics::deals_swept(report.expired, report.started);
+    }
+    match swept {
         Ok(report) if report != sweep::SweepReport::default() => {
             tracing::info!(expired = report.expired, started = report.started, "sweep")
         }
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "sweep failed; retrying next tick"),
     }
-    match settle_holds(pool, now).await {
+    let settled = settle_holds(pool, now).await;
+    if let Ok(report) = &settled {
+        metrics::holds_settled("confirmed", report.confirmed.max(0) as u64);
+        metrics::holds_settled("released", report.released.max(0) as u64);
+        metrics::holds_settled("finished_release", report.finished_releases.max(0) as u64);
+    }
+    match settled {
         Ok(report) if report != holds::HoldReport::default() => tracing::info!(
             confirmed = report.confirmed,
             released = report.released,

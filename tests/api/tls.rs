@@ -20,8 +20,8 @@ async fn an_order_round_trips_over_tls(pool: PgPool) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert_pem, key_pem) = (certified.cert.pem(), certified.signing_key.serialize_pem());
     let settings = || ServerSettings {
-        auth: Authenticator::hs256(TEST_SECRET.as_bytes()),
         tls: Some(ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &key_pem))),
+        ..ServerSettings::plaintext(Authenticator::hs256(TEST_SECRET.as_bytes()))
     };
     let client_tls =
         || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&cert_pem)).domain_name("localhost");

@@ -1,0 +1,123 @@
+//! Who is calling, for every API call: the bearer token verified ([`Authenticator`]), the verified
+//! [`Caller`] put into the request's extensions for the handlers to authorize against, and the
+//! caller's rate limit applied ([`RateLimiter`]). A call without a valid token is answered
+//! UNAUTHENTICATED here, after its address's rate limit. Health and reflection pass untouched.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use tonic::{Code, Status, body::Body, transport::server::TcpConnectInfo};
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+
+use super::{
+    admission::DOMAIN,
+    rate_limit::{CallerKey, RateLimiter},
+};
+use crate::shared::{
+    auth::{Authenticator, Caller, Role},
+    methods, metrics,
+};
+
+/// Applies [`Callers`].
+#[derive(Clone)]
+pub struct CallersLayer {
+    auth: Authenticator,
+    limiter: Option<RateLimiter>,
+}
+
+impl CallersLayer {
+    /// Verifies tokens with `auth`, and limits callers with `limiter` when set.
+    pub fn new(auth: Authenticator, limiter: Option<RateLimiter>) -> Self {
+        Self { auth, limiter }
+    }
+}
+
+impl<S> Layer<S> for CallersLayer {
+    type Service = Callers<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Callers { inner, auth: self.auth.clone(), limiter: self.limiter.clone() }
+    }
+}
+
+/// The service [`CallersLayer`] makes.
+#[derive(Clone)]
+pub struct Callers<S> {
+    inner: S,
+    auth: Authenticator,
+    limiter: Option<RateLimiter>,
+}
+
+type Refusal<E> = std::future::Ready<Result<Response<Body>, E>>;
+
+impl<S> Service<Request<Body>> for Callers<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let Some(method) = methods::lookup(request.uri().path()).filter(|method| !method.infrastructure) else {
+            return Box::pin(self.inner.call(request));
+        };
+        let verdict = self.auth.authenticate_headers(request.headers());
+        if let Some(limiter) = &self.limiter {
+            if let Some(key) = rate_limit_key(&verdict, &request) {
+                if let Err(wait) = limiter.check(&key) {
+                    metrics::call_rate_limited(method);
+                    return Box::pin(refuse::<S::Error>(rate_limited(wait)));
+                }
+            }
+        }
+        match verdict {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Err(status) => Box::pin(refuse::<S::Error>(status)),
+        }
+    }
+}
+
+fn refuse<E>(status: Status) -> Refusal<E> {
+    std::future::ready(Ok(status.into_http()))
+}
+
+/// Whose bucket a call takes from: its subject's, or its address's without a valid token; none
+/// for another service of ours.
+fn rate_limit_key(verdict: &Result<Caller, Status>, request: &Request<Body>) -> Option<CallerKey> {
+    match verdict {
+        Ok(Caller::Token { role: Role::Service, .. }) => None,
+        Ok(Caller::Token { subject, .. }) => Some(CallerKey::Subject(subject.clone())),
+        Ok(Caller::Trusted) | Err(_) => request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .map(|peer| CallerKey::Peer(peer.ip())),
+    }
+}
+
+/// RESOURCE_EXHAUSTED, reason `RATE_LIMITED`, retry after `wait`.
+pub fn rate_limited(wait: Duration) -> Status {
+    let mut details = ErrorDetails::with_error_info("RATE_LIMITED", DOMAIN, HashMap::new());
+    details.set_retry_info(Some(wait));
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        "too many calls from this caller; retry after the RetryInfo delay",
+        details,
+    )
+}

@@ -1,0 +1,115 @@
+//! What every server does to every call, as tower layers composed once ([`CallStack`]) and applied
+//! to all three servers, outermost first:
+//!
+//! 1. request id: `x-request-id` taken from the caller or generated (tower-http), and returned;
+//! 2. a tracing span per call carrying the method and the request id, so every log line of the
+//!    call carries them (tower-http's `TraceLayer`, used for its span only);
+//! 3. [`grpc_metrics`]: calls counted and timed by method and status code, shed calls included;
+//! 4. [`admission`]: API calls beyond `--max-in-flight` shed at once with RESOURCE_EXHAUSTED;
+//! 5. [`callers`]: the bearer token verified and the caller's rate limit ([`rate_limit`]) applied.
+//!
+//! Health and reflection pass through 4 and 5 untouched: never shed, never limited, open to all.
+
+pub mod admission;
+pub mod callers;
+pub mod grpc_metrics;
+pub mod rate_limit;
+
+use std::{convert::Infallible, time::Duration};
+
+use http::{Request, Response};
+use tonic::body::Body;
+use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use tracing::Span;
+
+use super::auth::Authenticator;
+use admission::AdmissionLayer;
+use callers::CallersLayer;
+use grpc_metrics::GrpcMetricsLayer;
+use rate_limit::{RateLimit, RateLimiter};
+
+/// How much a server takes on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// API calls in flight at once, over every connection; beyond it calls are shed.
+    pub max_in_flight: usize,
+    /// The base of the `RetryInfo` delay a shed call is given.
+    pub retry_after: Duration,
+    /// Each caller's rate, when limited.
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_in_flight: DEFAULT_MAX_IN_FLIGHT, retry_after: DEFAULT_RETRY_AFTER, rate_limit: None }
+    }
+}
+
+/// The default of `--max-in-flight`: about what keeps the hot deal's admitted calls within 100 ms
+/// on the benchmark machine (BENCHMARKS.md, surge).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// The base of the retry delay given to shed calls (each gets between it and twice it).
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// The stack every server applies to every call.
+#[derive(Clone)]
+pub struct CallStack {
+    admission: AdmissionLayer,
+    callers: CallersLayer,
+}
+
+impl CallStack {
+    /// Verifies callers with `auth` and admits calls within `limits`.
+    pub fn new(auth: Authenticator, limits: Limits) -> Self {
+        let limiter = limits.rate_limit.and_then(RateLimiter::new);
+        if let Some(limiter) = &limiter {
+            limiter.forget_idle_callers();
+        }
+        Self {
+            admission: AdmissionLayer::new(limits.max_in_flight, limits.retry_after),
+            callers: CallersLayer::new(auth, limiter),
+        }
+    }
+}
+
+/// What the stack wraps: tonic's router.
+pub type Inner = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+impl<S> Layer<S> for CallStack
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = Inner;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let service = ServiceBuilder::new()
+            .map_response(|response: Response<_>| response.map(Body::new))
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(call_span)
+                    .on_request(())
+                    .on_response(())
+                    .on_body_chunk(())
+                    .on_eos(())
+                    .on_failure(()),
+            )
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(GrpcMetricsLayer)
+            .layer(self.admission.clone())
+            .layer(self.callers.clone())
+            .service(inner);
+        BoxCloneSyncService::new(service)
+    }
+}
+
+/// The span of one call: its method and request id.
+fn call_span(request: &Request<Body>) -> Span {
+    let request_id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());
+    tracing::info_span!("call", method = request.uri().path(), request_id = request_id.unwrap_or(""))
+}

@@ -1,0 +1,209 @@
+//! Metrics in the Prometheus text format on `GET /metrics` (`--metrics-addr`; off unless set), and
+//! every metric the services record, named here in one place. Without `--metrics-addr` no recorder
+//! is installed and each of these calls costs next to nothing.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `grpc_server_handled_total` | counter | `grpc_service`, `grpc_method`, `grpc_code` |
+//! | `grpc_server_handling_seconds` | histogram | `grpc_service`, `grpc_method`, `grpc_code` |
+//! | `grpc_server_in_flight` | gauge (admitted API calls) | |
+//! | `grpc_server_shed_total` | counter | `grpc_service`, `grpc_method` |
+//! | `grpc_server_rate_limited_total` | counter | `grpc_service`, `grpc_method` |
+//! | `topkart_reservation_batch_size` | histogram | |
+//! | `topkart_reservations_total` | counter | `outcome` (`reserved`, `existing`, or the refusal's reason) |
+//! | `topkart_order_insert_batch_size` | histogram | |
+//! | `topkart_order_inserts_total` | counter | `outcome` (`recorded`, `existing`, `too_late`, `failed`) |
+//! | `topkart_db_pool_connections` | gauge | `state` (`in_use`, `idle`) |
+//! | `topkart_sweep_seconds`, `topkart_daily_reset_seconds` | histogram | |
+//! | `topkart_sweeps_total`, `topkart_daily_resets_total` | counter | `outcome` (`ok`, `failed`) |
+//! | `topkart_deals_expired_total`, `topkart_deals_started_total` | counter | |
+//! | `topkart_holds_settled_total` | counter | `outcome` (`confirmed`, `released`, `finished_release`, `abandoned`) |
+
+use std::{convert::Infallible, net::SocketAddr, sync::OnceLock, time::Duration};
+
+use http::{Method as HttpMethod, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use super::methods::Method;
+
+/// Seconds: from well under a millisecond (a shed call) to the longest deadline.
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Requests per batch, up to the coalescers' 500.
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 350.0, 500.0];
+/// Seconds of a worker pass.
+const PASS_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls return the same handle).
+pub fn install() -> Result<PrometheusHandle, String> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("grpc_server_handling_seconds".into()), &LATENCY_BUCKETS)
+        .and_then(|builder| builder.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), &BATCH_BUCKETS))
+        .and_then(|builder| builder.set_buckets_for_metric(Matcher::Prefix("topkart_sweep".into()), &PASS_BUCKETS))
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(Matcher::Prefix("topkart_daily_reset".into()), &PASS_BUCKETS)
+        })
+        .map_err(|err| err.to_string())?;
+    let handle = match builder.install_recorder() {
+        Ok(handle) => handle,
+        // Another thread installed it first.
+        Err(_) => return HANDLE.get().cloned().ok_or_else(|| "a metrics recorder is installed already".to_owned()),
+    };
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Serves `GET /metrics` on `listener` for as long as the process runs, with the gauges of `pool`
+/// read at every scrape.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, pool: PgPool) {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        // Folds recorded histogram samples, so memory stays flat between scrapes.
+        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(error = %err, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (handle, pool) = (handle.clone(), pool.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let (handle, pool) = (handle.clone(), pool.clone());
+                async move { scrape(request, &handle, &pool).await }
+            });
+            if let Err(err) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+            {
+                tracing::debug!(error = %err, "metrics: connection ended");
+            }
+        });
+    }
+}
+
+/// Binds `addr` for [`serve`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr} for metrics: {err}")))
+}
+
+async fn scrape(
+    request: Request<Incoming>,
+    handle: &PrometheusHandle,
+    pool: &PgPool,
+) -> Result<Response<Full<bytes::Bytes>>, Infallible> {
+    let response = Response::builder();
+    if request.uri().path() != "/metrics" {
+        return Ok(response
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::from("only /metrics is served here\n"))
+            .unwrap_or_default());
+    }
+    if request.method() != HttpMethod::GET {
+        return Ok(response.status(StatusCode::METHOD_NOT_ALLOWED).body(Full::default()).unwrap_or_default());
+    }
+    let idle = pool.num_idle() as f64;
+    gauge!("topkart_db_pool_connections", "state" => "idle").set(idle);
+    gauge!("topkart_db_pool_connections", "state" => "in_use").set(f64::from(pool.size()) - idle);
+    Ok(response
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+        .body(Full::from(handle.render()))
+        .unwrap_or_default())
+}
+
+/// A call that finished with `code` after `seconds`.
+pub fn call_handled(method: &'static Method, code: &'static str, seconds: f64) {
+    let labels =
+        [("grpc_service", method.service.as_str()), ("grpc_method", method.method.as_str()), ("grpc_code", code)];
+    counter!("grpc_server_handled_total", &labels).increment(1);
+    histogram!("grpc_server_handling_seconds", &labels).record(seconds);
+}
+
+/// A call refused by admission control.
+pub fn call_shed(method: &'static Method) {
+    counter!("grpc_server_shed_total", "grpc_service" => method.service.as_str(), "grpc_method" => method.method.as_str())
+        .increment(1);
+}
+
+/// A call refused by the per-caller rate limit.
+pub fn call_rate_limited(method: &'static Method) {
+    counter!("grpc_server_rate_limited_total", "grpc_service" => method.service.as_str(), "grpc_method" => method.method.as_str())
+        .increment(1);
+}
+
+/// `change` calls more (or fewer) in flight.
+pub fn in_flight(change: f64) {
+    gauge!("grpc_server_in_flight").increment(change);
+}
+
+/// A batch of `size` reservations served.
+pub fn reservation_batch(size: usize) {
+    histogram!("topkart_reservation_batch_size").record(size as f64);
+}
+
+/// One reservation's outcome: `reserved`, `existing`, or a refusal's reason.
+pub fn reservation(outcome: &'static str) {
+    counter!("topkart_reservations_total", "outcome" => outcome).increment(1);
+}
+
+/// A batch of `size` order inserts.
+pub fn order_insert_batch(size: usize) {
+    histogram!("topkart_order_insert_batch_size").record(size as f64);
+}
+
+/// `count` order inserts with `outcome`.
+pub fn order_inserts(outcome: &'static str, count: usize) {
+    counter!("topkart_order_inserts_total", "outcome" => outcome).increment(count as u64);
+}
+
+/// A worker pass (`sweep` or `daily_reset`) that took `seconds` and succeeded or not.
+pub fn worker_pass(pass: WorkerPass, seconds: f64, ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    match pass {
+        WorkerPass::Sweep => {
+            histogram!("topkart_sweep_seconds").record(seconds);
+            counter!("topkart_sweeps_total", "outcome" => outcome).increment(1);
+        }
+        WorkerPass::DailyReset => {
+            histogram!("topkart_daily_reset_seconds").record(seconds);
+            counter!("topkart_daily_resets_total", "outcome" => outcome).increment(1);
+        }
+    }
+}
+
+/// The worker's timed passes.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkerPass {
+    Sweep,
+    DailyReset,
+}
+
+/// Deals the worker expired and started.
+pub fn deals_swept(expired: u64, started: u64) {
+    counter!("topkart_deals_expired_total").increment(expired);
+    counter!("topkart_deals_started_total").increment(started);
+}
+
+/// `count` holds settled with `outcome`.
+pub fn holds_settled(outcome: &'static str, count: u64) {
+    counter!("topkart_holds_settled_total", "outcome" => outcome).increment(count);
+}
