@@ -10,7 +10,11 @@
 //! - `health-check`: `grpc.health.v1.Health/Check` on deal-service, the framework's own ceiling.
 //!   These two skip over replies without decoding them (as h2load does), so that their ratio
 //!   measures the server, not the load generator sharing its cores;
-//! - `mixed`: browsing plus orders (one call in five) across 20 deals.
+//! - `mixed`: browsing plus orders (one call in five) across 20 deals;
+//! - `surge`: the hot deal as a surge of buyers: each client orders again as soon as it is answered,
+//!   and, when shed (RESOURCE_EXHAUSTED), waits the `RetryInfo` delay the server gave, as gRPC
+//!   clients honouring server pushback do. Latencies of shed and admitted calls are reported apart;
+//!   one second after the run every hold must belong to an order or be released.
 
 mod discard;
 pub mod report;
@@ -45,6 +49,7 @@ pub enum Scenario {
     ListDeals,
     HealthCheck,
     Mixed,
+    Surge,
 }
 
 impl Scenario {
@@ -55,7 +60,7 @@ impl Scenario {
     }
 
     fn places_orders(self) -> bool {
-        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed)
+        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed | Self::Surge)
     }
 }
 
@@ -92,7 +97,9 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
     };
     let admin = setup::Admin::new(deal_channels[0].clone(), options.signer.as_ref(), options.deadline)?;
     let deals = match scenario {
-        Scenario::HotDeal | Scenario::HotDealSellOut => vec![admin.create_deal("hot deal", options.units).await?],
+        Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge => {
+            vec![admin.create_deal("hot deal", options.units).await?]
+        }
         Scenario::Browse | Scenario::ListDeals => admin.create_deals(50, options.units).await?,
         Scenario::Mixed => admin.create_deals(20, options.units).await?,
         Scenario::HealthCheck => Vec::new(),
@@ -131,6 +138,10 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
         checks.extend(setup::unit_checks(scenario, &deals, &after, ordered_units));
     }
     if let Some(pool) = &options.database {
+        if scenario == Scenario::Surge {
+            tokio::time::sleep(SETTLE_TIME).await;
+            checks.push(holds_settled(pool).await?);
+        }
         checks.push(invariants(pool).await?);
     }
     Ok(Report {
@@ -210,12 +221,18 @@ impl Client {
             }
             let call = self.next_call();
             let is_order = matches!(call, Call::Order(_));
-            let code = self.call(call).await;
+            let result = self.call(call).await;
+            let code = result.as_ref().map_or_else(tonic::Status::code, |()| Code::Ok);
             if is_order && code == Code::Ok {
                 outcome.ordered_units += 1;
             }
             if started >= record_from {
                 outcome.recorder.record(started.elapsed(), code);
+            }
+            if let (Scenario::Surge, Err(status)) = (self.scenario, &result) {
+                if let Some(delay) = retry_delay(status) {
+                    tokio::time::sleep(delay.min(end.saturating_duration_since(Instant::now()))).await;
+                }
             }
         }
     }
@@ -224,7 +241,7 @@ impl Client {
         let roll = self.next_random();
         let deal = (roll >> 8) as usize % self.deal_names.len().max(1);
         match self.scenario {
-            Scenario::HotDeal | Scenario::HotDealSellOut => Call::Order(0),
+            Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge => Call::Order(0),
             Scenario::ListDeals => Call::List,
             Scenario::HealthCheck => Call::Health,
             Scenario::Browse if roll % 2 == 0 => Call::List,
@@ -249,10 +266,12 @@ impl Client {
         request(message, self.deadline, self.authorization.as_ref())
     }
 
-    async fn call(&self, call: Call) -> Code {
-        let result = match call {
+    async fn call(&self, call: Call) -> Result<(), tonic::Status> {
+        match call {
             Call::Order(deal) => {
-                let Some(orders) = &self.orders else { return Code::FailedPrecondition };
+                let Some(orders) = &self.orders else {
+                    return Err(tonic::Status::failed_precondition("no order-service channel"));
+                };
                 let order = orderpb::Order {
                     deal: self.deal_names[deal].clone(),
                     quantity: 1,
@@ -286,8 +305,7 @@ impl Client {
                 let request = self.request(HealthCheckRequest { service: String::new() });
                 self.undecoded(request, "/grpc.health.v1.Health/Check").await
             }
-        };
-        result.map_or_else(|status| status.code(), |()| Code::Ok)
+        }
     }
 }
 
@@ -305,8 +323,27 @@ impl Client {
     }
 }
 
-/// Every call should succeed, except sold-out refusals where the scenario sells out.
+/// How long after a surge every hold must be settled.
+const SETTLE_TIME: Duration = Duration::from_secs(1);
+
+/// The delay a refusal's `RetryInfo` asks for.
+fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    let delay = status.get_error_details().retry_info()?.retry_delay?;
+    Some(delay)
+}
+
+/// Every call should succeed, except sold-out refusals where the scenario sells out; in a surge,
+/// shedding is expected and only INTERNAL and UNKNOWN (a bug, or a broken link) are errors.
 fn unexpected_statuses(scenario: Scenario, recorder: &Recorder) -> Check {
+    if scenario == Scenario::Surge {
+        let broken = recorder.count(Code::Internal) + recorder.count(Code::Unknown);
+        return Check {
+            name: "no INTERNAL or UNKNOWN".into(),
+            passed: broken == 0,
+            detail: format!("{broken} calls ended INTERNAL or UNKNOWN"),
+        };
+    }
     let expected = recorder.count(Code::Ok)
         + if scenario == Scenario::HotDealSellOut { recorder.count(Code::FailedPrecondition) } else { 0 };
     let unexpected = recorder.calls() - expected;
@@ -319,6 +356,22 @@ fn unexpected_statuses(scenario: Scenario, recorder: &Recorder) -> Check {
             format!("{unexpected} calls ended other than OK")
         },
     }
+}
+
+/// One second after a surge, no hold is left without an order: every abandoned call gave its
+/// units back at once.
+async fn holds_settled(pool: &PgPool) -> Result<Check, LoadError> {
+    let stranded: i64 = sqlx::query_scalar(
+        "select count(*) from reservations r
+          where r.state = 'reserved' and not exists (select from orders o where o.id = r.id)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Check {
+        name: "holds settled".into(),
+        passed: stranded == 0,
+        detail: format!("{stranded} holds without an order {} s after the run", SETTLE_TIME.as_secs()),
+    })
 }
 
 async fn invariants(pool: &PgPool) -> Result<Check, LoadError> {

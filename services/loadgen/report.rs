@@ -9,20 +9,29 @@ use tonic::Code;
 /// The calls one client made in the measured window.
 #[derive(Debug, Default)]
 pub struct Recorder {
+    /// Calls the server took on (everything but RESOURCE_EXHAUSTED).
     latencies_us: Vec<u32>,
+    /// Calls shed (RESOURCE_EXHAUSTED).
+    shed_us: Vec<u32>,
     statuses: BTreeMap<String, u64>,
 }
 
 impl Recorder {
     /// Notes one call that took `elapsed` and ended with `code`.
     pub fn record(&mut self, elapsed: Duration, code: Code) {
-        self.latencies_us.push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+        let us = u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX);
+        if code == Code::ResourceExhausted {
+            self.shed_us.push(us)
+        } else {
+            self.latencies_us.push(us)
+        }
         *self.statuses.entry(status_name(code)).or_default() += 1;
     }
 
     /// Adds another client's calls to these.
     pub fn merge(&mut self, other: Recorder) {
         self.latencies_us.extend(other.latencies_us);
+        self.shed_us.extend(other.shed_us);
         for (status, count) in other.statuses {
             *self.statuses.entry(status).or_default() += count;
         }
@@ -30,7 +39,7 @@ impl Recorder {
 
     /// How many calls were recorded.
     pub fn calls(&self) -> u64 {
-        self.latencies_us.len() as u64
+        (self.latencies_us.len() + self.shed_us.len()) as u64
     }
 
     /// How many calls ended with `code`.
@@ -41,7 +50,8 @@ impl Recorder {
     /// The summary of these calls over a measured window of `window`.
     pub fn summary(mut self, window: Duration) -> Summary {
         self.latencies_us.sort_unstable();
-        let requests = self.latencies_us.len() as u64;
+        self.shed_us.sort_unstable();
+        let requests = self.calls();
         let seconds = window.as_secs_f64().max(f64::MIN_POSITIVE);
         let ok = self.count(Code::Ok);
         Summary {
@@ -51,6 +61,8 @@ impl Recorder {
             throughput_per_s: requests as f64 / seconds,
             ok_per_s: ok as f64 / seconds,
             latency_ms: Latency::of(&self.latencies_us),
+            shed: self.shed_us.len() as u64,
+            shed_latency_ms: Latency::of(&self.shed_us),
             statuses: self.statuses,
         }
     }
@@ -78,7 +90,11 @@ pub struct Summary {
     pub window_s: f64,
     pub throughput_per_s: f64,
     pub ok_per_s: f64,
+    /// Latency of the calls that were not shed.
     pub latency_ms: Latency,
+    /// Calls shed (RESOURCE_EXHAUSTED), and their latency.
+    pub shed: u64,
+    pub shed_latency_ms: Latency,
     pub statuses: BTreeMap<String, u64>,
 }
 
@@ -165,6 +181,13 @@ impl Report {
             text.push_str(&format!(" {status} {count}"));
         }
         text.push('\n');
+        if s.shed > 0 {
+            let shed = &s.shed_latency_ms;
+            text.push_str(&format!(
+                "shed ms     p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  ({} calls shed; latency above is of the rest)\n",
+                shed.p50, shed.p90, shed.p99, shed.max, s.shed
+            ));
+        }
         for check in &self.checks {
             let verdict = if check.passed { "ok  " } else { "FAIL" };
             text.push_str(&format!("check {verdict} {}: {}\n", check.name, check.detail));

@@ -1,12 +1,15 @@
 //! Test-only fault injection: makes order-service fail between reserving units and recording the
-//! order, as a crash there would. Compiled out of release builds, where [`Faults`] is empty and
-//! [`Faults::after_reserve`] always succeeds.
+//! order, as a crash there would, or stop there until the test lets it go on. Compiled out of
+//! release builds, where [`Faults`] is empty and [`Faults::after_reserve`] always succeeds.
 
 #[cfg(debug_assertions)]
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
+
+#[cfg(debug_assertions)]
+use tokio::sync::Semaphore;
 
 use super::error::OrderError;
 
@@ -18,17 +21,31 @@ pub struct Faults {
     fail_after_reserve_every: u64,
     #[cfg(debug_assertions)]
     orders_seen: Arc<AtomicU64>,
+    /// Every order waits here, after its units are reserved, for a permit of its own.
+    #[cfg(debug_assertions)]
+    gate: Option<Arc<Semaphore>>,
 }
 
 impl Faults {
     /// Makes every `n`-th order fail right after its units are reserved, leaving the hold behind.
     #[cfg(debug_assertions)]
     pub fn fail_after_reserve_every(n: u64) -> Self {
-        Self { fail_after_reserve_every: n, orders_seen: Arc::default() }
+        Self { fail_after_reserve_every: n, ..Self::default() }
+    }
+
+    /// Makes every order wait, right after its units are reserved, until `gate` gives it a permit
+    /// (which it keeps): the test decides how long calls stay in flight.
+    #[cfg(debug_assertions)]
+    pub fn pause_after_reserve(gate: Arc<Semaphore>) -> Self {
+        Self { gate: Some(gate), ..Self::default() }
     }
 
     /// Called between the reservation and the order write.
-    pub(super) fn after_reserve(&self) -> Result<(), OrderError> {
+    pub(super) async fn after_reserve(&self) -> Result<(), OrderError> {
+        #[cfg(debug_assertions)]
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.map_err(|_| OrderError::Internal("the fault gate closed".into()))?.forget();
+        }
         #[cfg(debug_assertions)]
         if self.fail_after_reserve_every > 0 {
             let seen = self.orders_seen.fetch_add(1, Ordering::Relaxed) + 1;

@@ -58,7 +58,7 @@ impl Placing {
                 Ok(reserved) => reserved,
                 Err(err) => return self.after_refusal(&mut attempt, new, err).await,
             };
-        if let Err(err) = self.faults.after_reserve() {
+        if let Err(err) = self.faults.after_reserve().await {
             // A simulated crash: nothing after it runs, so nothing abandons; the worker settles it.
             attempt.crashed();
             return Err(err);

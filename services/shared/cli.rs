@@ -88,6 +88,12 @@ pub struct LimitArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
+    /// The least `RetryInfo` delay a shed call is given, in milliseconds; it grows with the calls
+    /// shed in the last second per `--max-in-flight`, up to 5 s.
+    #[arg(long, env = "SHED_RETRY_AFTER_MS", default_value_t = layers::DEFAULT_RETRY_AFTER.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=5000))]
+    pub shed_retry_after_ms: u64,
+
     /// Calls a second each caller (token subject, or address without a valid token) may make;
     /// beyond it RESOURCE_EXHAUSTED (RATE_LIMITED). Unlimited when unset.
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", requires = "rate_limit_burst")]
@@ -109,7 +115,11 @@ impl LimitArgs {
             (Some(_), _) => return Err("--rate-limit-per-second must be a positive number".into()),
             _ => None,
         };
-        Ok(Limits { max_in_flight: self.max_in_flight as usize, rate_limit, ..Limits::default() })
+        Ok(Limits {
+            max_in_flight: self.max_in_flight as usize,
+            retry_after: std::time::Duration::from_millis(self.shed_retry_after_ms),
+            rate_limit,
+        })
     }
 }
 

@@ -60,7 +60,49 @@ pub fn install() -> Result<PrometheusHandle, String> {
         // Another thread installed it first.
         Err(_) => return HANDLE.get().cloned().ok_or_else(|| "a metrics recorder is installed already".to_owned()),
     };
+    describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// The HELP line of every metric.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("grpc_server_handled_total", "Calls completed, by method and gRPC status code.");
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        Unit::Seconds,
+        "Time from a call's arrival to the end of its reply, by method and gRPC status code."
+    );
+    describe_gauge!("grpc_server_in_flight", "API calls admitted and not yet finished.");
+    describe_counter!(
+        "grpc_server_shed_total",
+        "API calls shed by admission control (RESOURCE_EXHAUSTED, OVERLOADED)."
+    );
+    describe_counter!(
+        "grpc_server_rate_limited_total",
+        "API calls refused by the per-caller rate limit (RESOURCE_EXHAUSTED, RATE_LIMITED)."
+    );
+    describe_histogram!("topkart_reservation_batch_size", "Reservations served together in one transaction.");
+    describe_counter!(
+        "topkart_reservations_total",
+        "Reservations decided, by outcome (reserved, or the refusal's reason)."
+    );
+    describe_histogram!("topkart_order_insert_batch_size", "Orders recorded together in one statement.");
+    describe_counter!("topkart_order_inserts_total", "Order inserts, by outcome.");
+    describe_gauge!("topkart_db_pool_connections", "Database connections of this process, in use and idle.");
+    describe_histogram!("topkart_sweep_seconds", Unit::Seconds, "Duration of the expiry worker's sweeps.");
+    describe_counter!("topkart_sweeps_total", "Sweeps, by outcome.");
+    describe_histogram!("topkart_daily_reset_seconds", Unit::Seconds, "Duration of the worker's daily-reset passes.");
+    describe_counter!(
+        "topkart_daily_resets_total",
+        "Daily-reset passes (a no-op once the day's reset is done), by outcome."
+    );
+    describe_counter!("topkart_deals_expired_total", "Deals the sweep marked expired.");
+    describe_counter!("topkart_deals_started_total", "Scheduled deals the sweep started.");
+    describe_counter!(
+        "topkart_holds_settled_total",
+        "Holds settled outside the order path, by outcome (abandoned: released at once when a call gave up)."
+    );
 }
 
 /// Serves `GET /metrics` on `listener` for as long as the process runs, with the gauges of `pool`

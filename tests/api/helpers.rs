@@ -122,13 +122,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 
 /// Starts deal-service on port 0; dropping the sender stops it.
 pub async fn spawn_deal_service(pool: PgPool) -> (SocketAddr, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(topkart::deal::run(listener, pool, test_settings(), async move {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
+    spawn_deal_service_with(pool, test_settings()).await
 }
 
 /// Starts order-service on port 0 with `deals` as its deal-service; dropping the sender stops it.
@@ -142,10 +136,31 @@ pub async fn spawn_order_service_with_faults(
     deals: DealsClient,
     faults: Faults,
 ) -> (SocketAddr, oneshot::Sender<()>) {
+    spawn_order_service_with(pool, deals, test_settings(), faults).await
+}
+
+/// [`spawn_order_service`] with its own `settings` (limits, say) and `faults` injected.
+pub async fn spawn_order_service_with(
+    pool: PgPool,
+    deals: DealsClient,
+    settings: ServerSettings,
+    faults: Faults,
+) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(topkart::order::run_with_faults(listener, pool, deals, test_settings(), faults, async move {
+    tokio::spawn(topkart::order::run_with_faults(listener, pool, deals, settings, faults, async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// [`spawn_deal_service`] with its own `settings`.
+pub async fn spawn_deal_service_with(pool: PgPool, settings: ServerSettings) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(topkart::deal::run(listener, pool, settings, async move {
         let _ = stopped.await;
     }));
     (addr, stop)
@@ -289,6 +304,11 @@ pub async fn insert_deal_at(pool: &PgPool, start: DateTime<Utc>, expire: DateTim
 /// The stored state of a deal.
 pub async fn stored_state(pool: &PgPool, id: uuid::Uuid) -> String {
     sqlx::query_scalar("select state from deals where id = $1").bind(id).fetch_one(pool).await.unwrap()
+}
+
+/// The server settings of the tests, with `limits`.
+pub fn settings_with_limits(limits: topkart::shared::layers::Limits) -> ServerSettings {
+    ServerSettings { limits, ..test_settings() }
 }
 
 /// Asserts `result` failed with `code` and `reason`, and returns the status.

@@ -12,5 +12,6 @@ mod orders;
 mod postgres_restart;
 mod processes;
 mod reliability;
+mod surge;
 mod tls;
 mod worker;

@@ -1,7 +1,8 @@
 //! Counts every call by method and gRPC status code and times it, from arrival to the end of its
 //! response. A reply's status is in its headers (a trailers-only reply: every error, and every
-//! call shed before reaching a service) or in its trailers: both are read. A call whose reply is
-//! dropped before it ends (the caller reset it, or its deadline passed) counts as CANCELLED.
+//! call shed before reaching a service) or in its trailers: both are read. A call whose reply ends
+//! without a status (the caller reset it, its connection closed, or its deadline passed) counts as
+//! CANCELLED: that is what the server sent, if anything.
 
 use std::{
     pin::Pin,
@@ -120,8 +121,8 @@ impl http_body::Body for Observed {
                 }
             }
             Some(Err(status)) => this.call.finish(status.code()),
-            // Ended without a status: gRPC clients read that as UNKNOWN.
-            None => this.call.finish(Code::Unknown),
+            // Cut off before its trailers: the stream was reset or its connection closed.
+            None => this.call.finish(Code::Cancelled),
         }
         Poll::Ready(frame)
     }

@@ -53,7 +53,7 @@ impl Default for Limits {
 /// on the benchmark machine (BENCHMARKS.md, surge).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// The base of the retry delay given to shed calls (each gets between it and twice it).
-pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(250);
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// The stack every server applies to every call.
 #[derive(Clone)]

@@ -1,0 +1,288 @@
+//! Behaviour under a surge: calls beyond the in-flight limit are shed at once with a retry delay
+//! while admitted calls finish, health keeps answering, each caller has its own rate limit, and an
+//! order whose caller gives up leaves no hold behind.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tonic::{Code, Request, Status};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_types::StatusExt;
+use topkart::{
+    order::faults::Faults,
+    proto::order as orderpb,
+    shared::{
+        auth::Role,
+        layers::{Limits, rate_limit::RateLimit},
+    },
+};
+
+use crate::helpers::*;
+
+/// A CreateOrder request for one unit of `deal`.
+fn create(deal: &str, request_id: &str) -> orderpb::CreateOrderRequest {
+    orderpb::CreateOrderRequest { order: Some(order_request(deal, 1)), request_id: request_id.into() }
+}
+
+/// Asserts `status` is RESOURCE_EXHAUSTED with `reason` and a positive retry delay.
+#[track_caller]
+fn assert_retry_later(status: &Status, reason: &str) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let details = status.get_error_details();
+    assert_eq!(details.error_info().map(|info| info.reason.as_str()), Some(reason), "{status:?}");
+    let delay = details.retry_info().and_then(|retry| retry.retry_delay).expect("a RetryInfo delay");
+    assert!(delay > Duration::ZERO, "{delay:?}");
+}
+
+/// How many holds a deal has in `state`.
+async fn holds(pool: &PgPool, state: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from reservations where state = $1").bind(state).fetch_one(pool).await.unwrap()
+}
+
+/// Waits (up to `patience`) until `check` holds.
+async fn eventually<F: std::future::Future<Output = bool>>(patience: Duration, mut check: impl FnMut() -> F) -> bool {
+    let until = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < until {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check().await
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn calls_beyond_the_in_flight_limit_are_shed_at_once_while_admitted_calls_and_health_go_on(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let limits = Limits { max_in_flight: 2, ..Limits::default() };
+    let (addr, _stop) = spawn_order_service_with(
+        pool.clone(),
+        deals_client(app.deal_addr),
+        settings_with_limits(limits),
+        Faults::pause_after_reserve(Arc::clone(&gate)),
+    )
+    .await;
+    let order_channel = channel(addr).await;
+    let as_customer = |name: &str| orders_with(&order_channel, Bearer::of(&token(Role::Customer, name)));
+
+    // Two orders take both permits and wait after reserving.
+    let admitted: Vec<_> = ["alice", "bob"]
+        .into_iter()
+        .map(|name| {
+            let (mut orders, deal) = (as_customer(name), deal.name.clone());
+            tokio::spawn(async move { orders.create_order(create(&deal, "")).await })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || async { holds(&pool, "reserved").await == 2 }).await);
+
+    // A third caller is shed at once, with a delay to come back after; nothing is reserved for it.
+    let started = std::time::Instant::now();
+    let shed = as_customer("carol").create_order(create(&deal.name, "")).await.unwrap_err();
+    assert_retry_later(&shed, "OVERLOADED");
+    assert!(started.elapsed() < Duration::from_secs(1), "shed, not queued: {:?}", started.elapsed());
+    let read = as_customer("carol").list_orders(orderpb::ListOrdersRequest::default()).await.unwrap_err();
+    assert_retry_later(&read, "OVERLOADED");
+    assert_eq!(holds(&pool, "reserved").await, 2);
+
+    // Health is never shed.
+    let health = HealthClient::new(order_channel.clone())
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health answers under overload");
+    assert_eq!(health.into_inner().status(), ServingStatus::Serving);
+
+    // The admitted calls finish; then the permits are free again.
+    gate.add_permits(3);
+    for call in admitted {
+        call.await.unwrap().expect("admitted orders succeed");
+    }
+    as_customer("carol").create_order(create(&deal.name, "")).await.expect("admitted once permits are free");
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 7);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn each_caller_is_rate_limited_alone_and_order_services_own_calls_are_not(pool: PgPool) {
+    let limits = Limits { rate_limit: Some(RateLimit { per_second: 0.2, burst: 2 }), ..Limits::default() };
+    let (deal_addr, _stop_deal) = spawn_deal_service_with(pool.clone(), settings_with_limits(limits)).await;
+    let (order_addr, _stop_order) = spawn_order_service_with(
+        pool.clone(),
+        deals_client(deal_addr),
+        settings_with_limits(limits),
+        Faults::default(),
+    )
+    .await;
+    let (deal_channel, order_channel) = (channel(deal_addr).await, channel(order_addr).await);
+    let mut admin = deals_with(&deal_channel, Bearer::of(&token(Role::Admin, "admin")));
+    let deal = admin
+        .create_deal(topkart::proto::deal::CreateDealRequest { deal: Some(deal_request(10)) })
+        .await
+        .unwrap()
+        .into_inner();
+    let as_customer = |name: &str| orders_with(&order_channel, Bearer::of(&token(Role::Customer, name)));
+
+    // Alice's burst is two calls; her third is refused with the time until her next token.
+    let mut alice = as_customer("alice");
+    for _ in 0..2 {
+        alice.list_orders(orderpb::ListOrdersRequest::default()).await.expect("within the burst");
+    }
+    let limited = alice.list_orders(orderpb::ListOrdersRequest::default()).await.unwrap_err();
+    assert_retry_later(&limited, "RATE_LIMITED");
+
+    // Bob has his own bucket.
+    as_customer("bob").list_orders(orderpb::ListOrdersRequest::default()).await.expect("bob is not alice");
+
+    // Five buyers order once each: five reservations (and confirmations) from order-service, past
+    // any burst of two, none limited, since order-service's own calls are not.
+    for buyer in ["c1", "c2", "c3", "c4", "c5"] {
+        as_customer(buyer).create_order(create(&deal.name, "")).await.expect("order placed");
+    }
+
+    // Calls without a valid token share their address's bucket, checked before the token is.
+    let forged = orders_with(&order_channel, Bearer::of("not-a-token"));
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(forged.clone().list_orders(orderpb::ListOrdersRequest::default()).await.unwrap_err());
+    }
+    assert_eq!(codes[0].code(), Code::Unauthenticated);
+    assert_eq!(codes[1].code(), Code::Unauthenticated);
+    assert_retry_later(&codes[2], "RATE_LIMITED");
+    assert_invariants(&pool).await;
+}
+
+/// order-service over the app's deal-service, stopping every order after its reservation until
+/// the returned gate lets it go on.
+async fn paused_order_service(app: &TestApp) -> (Orders, Arc<Semaphore>, tokio::sync::oneshot::Sender<()>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let (addr, stop) = spawn_order_service_with(
+        app.pool.clone(),
+        deals_client(app.deal_addr),
+        test_settings(),
+        Faults::pause_after_reserve(Arc::clone(&gate)),
+    )
+    .await;
+    (orders_with(&channel(addr).await, Bearer::of(&token(Role::Customer, "alice"))), gate, stop)
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn an_order_whose_deadline_passes_after_its_reservation_gives_its_units_back_at_once(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let (mut orders, gate, _stop) = paused_order_service(&app).await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+
+    let mut request = Request::new(create(&deal.name, &request_id));
+    request.set_timeout(Duration::from_millis(400));
+    let status = orders.create_order(request).await.unwrap_err();
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+
+    // No worker runs here, and the worker would wait 30 s: the release is the abandonment's.
+    let released = eventually(Duration::from_secs(3), || async { holds(&pool, "released").await == 1 }).await;
+    assert!(released, "the hold was not released at once");
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 10);
+
+    // The attempt stopped with its caller; a retry under the same id cannot order it any more.
+    gate.add_permits(10);
+    let retry = orders.create_order(create(&deal.name, &request_id)).await;
+    assert_refused(retry, Code::Aborted, "ORDER_ABANDONED");
+    assert_eq!(app.order_count().await, 0);
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 10);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn an_order_whose_caller_goes_away_gives_its_units_back_at_once(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let (mut orders, gate, _stop) = paused_order_service(&app).await;
+
+    // The caller gives up without a deadline of its own: its stream is reset.
+    let call = orders.create_order(create(&deal.name, ""));
+    let gave_up = tokio::time::timeout(Duration::from_millis(400), call).await;
+    assert!(gave_up.is_err(), "the call was still waiting at the gate");
+
+    let released = eventually(Duration::from_secs(3), || async { holds(&pool, "released").await == 1 }).await;
+    assert!(released, "the hold was not released at once");
+    gate.add_permits(10);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.order_count().await, 0);
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 10);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_call_whose_deadline_is_too_short_to_be_answered_reserves_nothing(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let mut request = Request::new(create(&deal.name, ""));
+    request.set_timeout(Duration::from_millis(20));
+    let status = app.orders.clone().create_order(request).await.unwrap_err();
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    let reservations: i64 = sqlx::query_scalar("select count(*) from reservations").fetch_one(&pool).await.unwrap();
+    assert_eq!(reservations, 0, "no reservation was started for a caller that could not be answered");
+}
+
+/// The metrics text served on `addr`.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the metrics port");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample of `name` whose labels include every one of `labels` (0 if none).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(name)
+                && labels.iter().all(|(key, value)| series.contains(&format!("{key}=\"{value}\"")))
+        })
+        .map(|(_, value)| value.parse::<f64>().unwrap_or(0.0))
+        .sum()
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn the_metrics_count_calls_by_method_and_code_and_the_batches_behind_them(pool: PgPool) {
+    let handle = topkart::shared::metrics::install().expect("install the recorder");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(topkart::shared::metrics::serve(listener, handle, pool.clone()));
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let create_order = [("grpc_service", "topkart.order.v1.OrderService"), ("grpc_method", "CreateOrder")];
+    let code = |code| [create_order[0], create_order[1], ("grpc_code", code)];
+    let before = scrape(metrics_addr).await;
+
+    app.orders.clone().create_order(create(&deal.name, "")).await.expect("an order");
+    let invalid = app.orders.clone().create_order(create("deals/nope", "")).await;
+    assert_invalid(invalid, &["order.deal"]);
+    let missing = app
+        .orders
+        .clone()
+        .get_order(orderpb::GetOrderRequest { name: format!("orders/{}", uuid::Uuid::new_v4()) })
+        .await;
+    assert_refused(missing, Code::NotFound, "ORDER_NOT_FOUND");
+
+    let after = scrape(metrics_addr).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
+    assert_eq!(moved("grpc_server_handled_total", &code("OK")), 1.0);
+    assert_eq!(moved("grpc_server_handled_total", &code("INVALID_ARGUMENT")), 1.0);
+    assert_eq!(moved("grpc_server_handled_total", &[("grpc_method", "GetOrder"), ("grpc_code", "NOT_FOUND")]), 1.0);
+    assert_eq!(moved("grpc_server_handling_seconds_count", &code("OK")), 1.0);
+    assert_eq!(moved("grpc_server_handled_total", &[("grpc_method", "ReserveUnits"), ("grpc_code", "OK")]), 1.0);
+    assert_eq!(moved("topkart_reservations_total", &[("outcome", "reserved")]), 1.0);
+    assert_eq!(moved("topkart_reservation_batch_size_count", &[]), 1.0);
+    assert_eq!(moved("topkart_order_inserts_total", &[("outcome", "recorded")]), 1.0);
+    assert!(sample(&after, "topkart_db_pool_connections", &[("state", "idle")]) >= 0.0);
+    assert!(after.contains("# TYPE grpc_server_handling_seconds histogram"), "{after}");
+    assert!(after.contains("grpc_server_in_flight"), "{after}");
+}
