@@ -63,6 +63,72 @@ for name in ("browse", "mixed"):
         row(f"{name}, {report['concurrency']} clients",
             f"{s['ok_per_s']:.0f} OK/s, p99 {s['latency_ms']['p99']:.1f} ms", "no errors, invariants hold",
             checks_pass(report))
+h2health = out / "h2load-health-check.txt"
+if h2health.exists() and health:
+    match = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", h2health.read_text())
+    if match:
+        rate = float(match.group(1))
+        row("Health/Check: h2load vs loadgen (same services, same run)",
+            f"{rate:.0f}/s vs {health['summary']['ok_per_s']:.0f}/s = {rate / health['summary']['ok_per_s']:.2f}×",
+            "(reference: the client's own cost)", True)
+
+
+def surge_rows(client):
+    report = load(f"surge-{client}")
+    if not report:
+        return
+    runs = {run["concurrency"]: run for run in report["levels"]}
+    base, top = runs.get(256), runs.get(10000)
+    for concurrency, run in sorted(runs.items()):
+        rss = ", ".join(f"{name} {kib / 1024:.1f}" for name, kib in run["peak_rss_kib"].items() if kib)
+        server = run.get("server", {})
+        codes = " ".join(f"{code} {count}" for code, count in server.get("codes", {}).items())
+        if client == "loadgen":
+            summary = run["loadgen"]["summary"]
+            latency = (f"p99 admitted {summary['latency_ms']['p99']:.0f} ms, shed {summary['shed_latency_ms']['p99']:.1f} ms"
+                       f" (client); server p99 admitted ≤ {server.get('latency', {}).get('admitted', {}).get('p99_ms_at_most')} ms,"
+                       f" shed ≤ {server.get('latency', {}).get('shed', {}).get('p99_ms_at_most')} ms")
+        else:
+            latency = (f"mean {run['h2load'].get('mean_ms')} ms (client); server p99 admitted ≤ "
+                       f"{server.get('latency', {}).get('admitted', {}).get('p99_ms_at_most')} ms, shed ≤ "
+                       f"{server.get('latency', {}).get('shed', {}).get('p99_ms_at_most')} ms")
+        row(f"surge ({client}), {concurrency} calls over {run['connections']} connections",
+            f"{run['orders_per_s']:.0f} orders/s; {latency}; codes: {codes}; "
+            f"{run['holds_without_order_1s_after']} holds without order 1 s after; peak RSS MiB: {rss}",
+            "see the 10,000 rows", True)
+    if not (base and top):
+        return
+    ratio = top["orders_per_s"] / base["orders_per_s"] if base["orders_per_s"] else 0
+    row(f"surge ({client}): orders/s at 10,000 vs at 256", f"{top['orders_per_s']:.0f} vs {base['orders_per_s']:.0f}"
+        f" = **{ratio:.2f}×**", "≥ 0.9×", ratio >= 0.9)
+    server = top.get("server", {}).get("latency", {})
+    admitted = server.get("admitted", {}).get("p99_ms_at_most")
+    shed = server.get("shed", {}).get("p99_ms_at_most")
+    if client == "loadgen":
+        summary = top["loadgen"]["summary"]
+        row(f"surge ({client}) at 10,000: p99 of admitted calls", f"{summary['latency_ms']['p99']:.0f} ms at the client"
+            f" (server: ≤ {admitted} ms)", "≤ 100 ms", summary["latency_ms"]["p99"] <= 100)
+        row(f"surge ({client}) at 10,000: p99 of shed calls", f"{summary['shed_latency_ms']['p99']:.1f} ms at the client"
+            f" (server: ≤ {shed} ms)", "≤ 10 ms", summary["shed_latency_ms"]["p99"] <= 10)
+    else:
+        row(f"surge ({client}) at 10,000: p99 of admitted / shed calls, server side (h2load gives no percentiles)",
+            f"≤ {admitted} ms / ≤ {shed} ms", "≤ 100 ms / ≤ 10 ms",
+            admitted is not None and admitted <= 100 and shed is not None and shed <= 10)
+    codes = top.get("server", {}).get("codes", {})
+    broken = codes.get("INTERNAL", 0) + codes.get("UNKNOWN", 0)
+    row(f"surge ({client}) at 10,000: INTERNAL and UNKNOWN", f"{broken}", "0", broken == 0)
+    worst = max(kib for kib in top["peak_rss_kib"].values() if kib)
+    row(f"surge ({client}) at 10,000: peak RSS of the largest service", f"{worst / 1024:.1f} MiB", "≤ 64 MiB",
+        worst <= 64 * 1024)
+    row(f"surge ({client}): oversold / holds left 1 s after, every level",
+        "; ".join(f"{c}: invariants {'hold' if r['invariants_hold'] else 'BROKEN'}, {r['holds_without_order_1s_after']} holds"
+                  for c, r in sorted(runs.items())),
+        "0 / 0", all(r["invariants_hold"] and r["holds_without_order_1s_after"] == 0 for r in runs.values()))
+
+
+surge_rows("loadgen")
+surge_rows("h2load")
+
 rss = load("peak-rss-kib")
 if rss:
     for service, kib in rss.items():

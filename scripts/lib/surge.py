@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""The surge benchmark with h2load as the client: one hot deal, CreateOrder at rising concurrency,
-every call with a 2 s deadline (`grpc-timeout: 2S`), h2load sending as fast as answers come.
+"""The surge benchmark: one hot deal, CreateOrder at rising concurrency, every call with a 2 s
+deadline, with either client:
+- h2load (`--client h2load`), the independent one: sends as fast as answers come, and ignores
+  RetryInfo, so a shed call is sent again at once;
+- loadgen (`--client loadgen`, its `surge` scenario): waits the RetryInfo delay when shed, as
+  gRPC clients honouring server pushback do, and times shed and admitted calls apart.
 
 For each level it starts the three services afresh (so each level's peak RSS is its own), creates
-the hot deal, runs h2load, waits one second and reads from the database what the run left:
+the hot deal, runs the client, waits one second and reads from the database what the run left:
 orders recorded per second of the measured window, holds without an order, oversold units (the
 invariant checker). Where the services serve /metrics, the calls' gRPC status codes and the
 server-side latency quantiles of admitted and shed calls come from there (h2load sees only HTTP
 statuses, all 200 for gRPC).
 
-    surge.py --bin target/release --database-url URL --jwt-secret S --out surge.json
+    surge.py --bin target/release --database-url URL --jwt-secret S --client h2load --out surge.json
 """
 
 import argparse
@@ -193,21 +197,35 @@ def run_level(args, concurrency, body_dir):
             out.write(create_order_body(f"deals/{deal_id}"))
         customer = token(args, "customer", "surge-buyer")
         started = psql(args.database_url, "select now()")
-        command = ["h2load", "-c", str(connections), "-m", str(streams),
-                   "-t", "1", "-D", str(args.duration), "--warm-up-time", str(args.warmup),
-                   "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers",
-                   "-H", "grpc-timeout: 2S", "-H", f"authorization: Bearer {customer}",
-                   f"http://127.0.0.1:{PORTS['order-service']}/topkart.order.v1.OrderService/CreateOrder"]
-        h2load = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + args.warmup + 60)
+        if args.client == "h2load":
+            command = ["h2load", "-c", str(connections), "-m", str(streams),
+                       "-t", "1", "-D", str(args.duration), "--warm-up-time", str(args.warmup),
+                       "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers",
+                       "-H", "grpc-timeout: 2S", "-H", f"authorization: Bearer {customer}",
+                       f"http://127.0.0.1:{PORTS['order-service']}/topkart.order.v1.OrderService/CreateOrder"]
+        else:
+            report = os.path.join(body_dir, f"loadgen-surge-{concurrency}.json")
+            command = [args.loadgen or os.path.join(args.bin, "loadgen"), "surge",
+                       "--deal-service", f"http://127.0.0.1:{PORTS['deal-service']}",
+                       "--order-service", f"http://127.0.0.1:{PORTS['order-service']}",
+                       "--concurrency", str(concurrency), "--connections", str(connections),
+                       "--deadline-ms", "2000", "--warmup", str(args.warmup), "--duration", str(args.duration),
+                       "--json", report]
+        client_env = dict(os.environ, JWT_SECRET=args.jwt_secret)
+        client_env.pop("DATABASE_URL", None)
+        finished = subprocess.run(command, capture_output=True, text=True, env=client_env,
+                                  timeout=args.duration + args.warmup + 60)
         ended = psql(args.database_url, "select now()")
         time.sleep(1.0)
         window = float(psql(args.database_url, f"select extract(epoch from ('{ended}'::timestamptz - '{started}'::timestamptz)) - {args.warmup}"))
+        # Every order of the window counts, whichever deal it took (loadgen makes its own).
         recorded = int(psql(args.database_url, f"""
-            select count(*) from orders where deal_id = '{deal_id}'
-               and create_time >= '{started}'::timestamptz + interval '{args.warmup} seconds'
+            select count(*) from orders
+             where create_time >= '{started}'::timestamptz + interval '{args.warmup} seconds'
                and create_time < '{ended}'::timestamptz"""))
         stranded = int(psql(args.database_url, f"""
-            select count(*) from reservations r where r.deal_id = '{deal_id}' and r.state = 'reserved'
+            select count(*) from reservations r
+             where r.state = 'reserved' and r.create_time >= '{started}'::timestamptz
                and not exists (select 1 from orders o where o.id = r.id)"""))
         invariants = subprocess.run([os.path.join(args.bin, "invariant-check")], capture_output=True, text=True,
                                     env=dict(os.environ, DATABASE_URL=args.database_url))
@@ -222,8 +240,13 @@ def run_level(args, concurrency, body_dir):
             "invariants_hold": invariants.returncode == 0,
             "invariant_report": (invariants.stdout + invariants.stderr).strip()[-2000:],
             "peak_rss_kib": {name: peak_rss_kib(proc.pid) for name, proc in services.procs.items()},
-            "h2load": parse_h2load(h2load.stdout),
         }
+        if args.client == "h2load":
+            result["h2load"] = parse_h2load(finished.stdout)
+        else:
+            with open(report) as produced:
+                result["loadgen"] = json.load(produced)
+            result["loadgen_text"] = finished.stdout
         if args.metrics:
             result["server"] = server_view(scrape(METRICS_PORTS["order-service"]))
         return result
@@ -266,20 +289,27 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--units", type=int, default=1000000)
+    parser.add_argument("--client", choices=["h2load", "loadgen"], default="h2load")
+    parser.add_argument("--loadgen", help="the loadgen binary (default: --bin's); a newer one can drive an older build")
     parser.add_argument("--no-metrics", dest="metrics", action="store_false", help="for builds without --metrics-addr")
     parser.add_argument("--log-dir", default="target/bench")
     args = parser.parse_args()
     os.makedirs(args.log_dir, exist_ok=True)
     results = []
     for level in [int(level) for level in args.levels.split(",")]:
-        print(f"== surge (h2load): {level} concurrent calls", file=sys.stderr)
+        print(f"== surge ({args.client}): {level} concurrent calls", file=sys.stderr)
         result = run_level(args, level, args.log_dir)
-        print(f"   {result['orders_per_s']:.0f} orders/s, mean {result['h2load'].get('mean_ms')} ms, "
+        if args.client == "h2load":
+            latency = f"mean {result['h2load'].get('mean_ms')} ms"
+        else:
+            summary = result["loadgen"]["summary"]
+            latency = f"p99 admitted {summary['latency_ms']['p99']} ms, shed {summary['shed_latency_ms']['p99']} ms"
+        print(f"   {result['orders_per_s']:.0f} orders/s, {latency}, "
               f"{result['holds_without_order_1s_after']} holds without order, rss {result['peak_rss_kib']}",
               file=sys.stderr)
         results.append(result)
     with open(args.out, "w") as out:
-        json.dump({"client": "h2load", "deadline": "2S", "levels": results}, out, indent=2)
+        json.dump({"client": args.client, "deadline": "2S", "levels": results}, out, indent=2)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::Parser;
 use tonic::transport::{Certificate, ClientTlsConfig};
 use topkart::{
-    order::deals::{Credentials, DealsClient},
+    order::deals::{Credentials, DEFAULT_CONNECTIONS, DealsClient},
     shared::{auth, cli, server},
 };
 
@@ -27,9 +27,15 @@ struct Args {
     #[arg(long, env = "DEAL_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
     deal_service_url: String,
 
-    /// Deadline of each call to deal-service, in milliseconds.
+    /// The longest a call to deal-service may take, in milliseconds (less when the caller's own
+    /// deadline, less a margin, is shorter).
     #[arg(long, env = "DEAL_SERVICE_DEADLINE_MS", default_value_t = 2000)]
     deal_service_deadline_ms: u64,
+
+    /// HTTP/2 connections to deal-service, used in turn.
+    #[arg(long, env = "DEAL_SERVICE_CONNECTIONS", default_value_t = DEFAULT_CONNECTIONS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    deal_service_connections: u16,
 
     /// A service-role token to present to deal-service. Unset, order-service mints its own with
     /// `JWT_SECRET`. Never logged.
@@ -77,8 +83,14 @@ async fn run(args: Args) -> Result<(), cli::MainError> {
         (None, true) => return Err("an https:// --deal-service-url needs --deal-service-ca-file".into()),
     };
     let deadline = Duration::from_millis(args.deal_service_deadline_ms);
-    let deals =
-        DealsClient::connect_lazy(&args.deal_service_url, deadline, credentials, tls).map_err(|err| err.to_string())?;
+    let deals = DealsClient::connect_lazy_over(
+        &args.deal_service_url,
+        usize::from(args.deal_service_connections),
+        deadline,
+        credentials,
+        tls,
+    )
+    .map_err(|err| err.to_string())?;
     let (pool, listener) = cli::start(&args.database, &args.observability, args.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, deal_service = %args.deal_service_url, tls = settings.tls.is_some(), "order-service listening");
     topkart::order::run(listener, pool, deals, settings, server::shutdown_signal()).await?;

@@ -286,3 +286,56 @@ fn from_deal_status(status: Status) -> OrderError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tonic_types::ErrorDetails;
+
+    use super::*;
+
+    fn from_deal_service(code: Code, reason: &str) -> Status {
+        let details = ErrorDetails::with_error_info(reason, "deal.topkart.com", HashMap::new());
+        Status::with_error_details(code, "refused", details)
+    }
+
+    #[test]
+    fn a_status_deal_service_did_not_make_is_unavailable_never_internal() {
+        // What the transport says when a connection breaks, a stream is refused or reset, or the
+        // peer sends GOAWAY: none carries an ErrorInfo.
+        for status in [
+            Status::unknown("transport error"),
+            Status::internal("h2 protocol error: error reading a body from connection"),
+            Status::unavailable("connection refused"),
+            Status::resource_exhausted("Too many active requests for the connection"),
+            Status::cancelled("stream reset"),
+        ] {
+            let mapped = from_deal_status(status.clone());
+            assert!(matches!(mapped, OrderError::DealServiceUnavailable { .. }), "{status:?} became {mapped:?}");
+        }
+        assert!(matches!(
+            from_deal_status(Status::unavailable("down")),
+            OrderError::DealServiceUnavailable { code: Code::Unavailable }
+        ));
+    }
+
+    #[test]
+    fn deal_services_refusals_and_its_overload_pass_through_and_its_bugs_are_internal() {
+        for (code, reason) in [
+            (Code::FailedPrecondition, "INSUFFICIENT_UNITS"),
+            (Code::NotFound, "DEAL_NOT_FOUND"),
+            (Code::ResourceExhausted, "OVERLOADED"),
+        ] {
+            assert!(
+                matches!(from_deal_status(from_deal_service(code, reason)), OrderError::DealRefused(_)),
+                "{reason}"
+            );
+        }
+        assert!(matches!(
+            from_deal_status(from_deal_service(Code::Unavailable, "DATABASE_UNAVAILABLE")),
+            OrderError::DealServiceUnavailable { code: Code::Unavailable }
+        ));
+        assert!(matches!(from_deal_status(from_deal_service(Code::Internal, "INTERNAL")), OrderError::Internal(_)));
+    }
+}
