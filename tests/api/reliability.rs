@@ -298,3 +298,86 @@ async fn the_worker_never_releases_a_hold_whose_order_is_being_committed(pool: P
     assert_eq!(available(&pool).await, 9);
     assert_invariants(&pool).await;
 }
+
+/// An order insert for `key` that comes to record it now, its write window open.
+fn insert_for(deal: uuid::Uuid, key: uuid::Uuid) -> topkart::order::store::OrderInsert {
+    let price = topkart::shared::money::Price::from_stored("INR".into(), 600_000_000);
+    topkart::order::store::OrderInsert {
+        id: key,
+        deal_id: deal,
+        customer_id: "alice".into(),
+        quantity: 1,
+        unit_price: price.clone(),
+        total_price: price,
+        write_by: chrono::Utc::now() + chrono::TimeDelta::seconds(10),
+    }
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn an_order_insert_waiting_on_an_abandonment_sees_it_and_records_nothing(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let key = uuid::Uuid::new_v4();
+    leave_a_hold_behind(&app, &deal.name, &key.to_string()).await;
+
+    // An abandonment in flight: it holds the hold's lock and has marked the id, not yet committed.
+    let mut abandoning = pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(key).execute(&mut *abandoning).await.unwrap();
+    sqlx::query("insert into abandoned_orders (id) values ($1)").bind(key).execute(&mut *abandoning).await.unwrap();
+    // The insert starts now (its statement's snapshot predates the mark) and waits for the lock.
+    let inserting = tokio::spawn({
+        let (pool, insert) = (pool.clone(), insert_for(uuid(&deal.name), key));
+        async move { topkart::order::store::insert_orders(&pool, &[insert]).await }
+    });
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from pg_locks where locktype = 'advisory' and not granted")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if waiting().await > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(waiting().await, 1, "the insert waits for the hold's lock");
+    abandoning.commit().await.unwrap();
+
+    let recorded = inserting.await.unwrap().unwrap();
+    assert!(recorded.is_empty(), "an abandoned attempt got an order: {recorded:?}");
+    assert_eq!(app.order_count().await, 0);
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn an_abandonment_waiting_on_an_order_insert_leaves_the_hold_to_the_order(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let key = uuid::Uuid::new_v4();
+    leave_a_hold_behind(&app, &deal.name, &key.to_string()).await;
+
+    // An order insert in flight: it holds the hold's lock and has not committed.
+    let mut inserting = pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(key).execute(&mut *inserting).await.unwrap();
+    sqlx::query(
+        "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros, state)
+         values ($1, $2, 'alice', 1, 'INR', 600000000, 600000000, 'pending_approval')",
+    )
+    .bind(key)
+    .bind(uuid(&deal.name))
+    .execute(&mut *inserting)
+    .await
+    .unwrap();
+    let abandoning = tokio::spawn({
+        let pool = pool.clone();
+        async move { topkart::shared::reservations::abandon(&pool, key).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!abandoning.is_finished(), "the abandonment waits for the insert's lock");
+    inserting.commit().await.unwrap();
+
+    let outcome = abandoning.await.unwrap().unwrap();
+    assert_eq!(outcome, topkart::shared::reservations::Abandoned::Ordered);
+    assert_eq!(available(&pool).await, 9, "the order keeps its unit");
+    assert_invariants(&pool).await;
+}
