@@ -32,7 +32,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    args.observability.init_logs();
+    let _telemetry = args.observability.init_logs("deal-service");
     cli::exit_code("deal-service", run(args).await)
 }
 

@@ -30,7 +30,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    args.observability.init_logs();
+    let _telemetry = args.observability.init_logs("expiry-worker");
     cli::exit_code("expiry-worker", run(args).await)
 }
 

@@ -65,7 +65,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init(telemetry::LogFormat::Text);
+    let _telemetry = telemetry::init(telemetry::LogFormat::Text, "loadgen");
     let args = Args::parse();
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,

@@ -59,7 +59,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    args.observability.init_logs();
+    let _telemetry = args.observability.init_logs("order-service");
     cli::exit_code("order-service", run(args).await)
 }
 

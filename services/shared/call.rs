@@ -23,6 +23,8 @@ pub struct CallContext {
     pub deadline: Instant,
     /// The call's `x-request-id` (given by the caller or made by the call stack).
     pub request_id: Option<AsciiMetadataValue>,
+    // Passed on as it came; with `otel` the current span's context is sent instead.
+    #[cfg_attr(feature = "otel", allow(dead_code))]
     trace: Vec<(&'static str, AsciiMetadataValue)>,
 }
 
@@ -57,11 +59,15 @@ impl CallContext {
         self.remaining().is_zero()
     }
 
-    /// Puts the request id and trace context on an outgoing call.
+    /// Puts the request id and trace context on an outgoing call: the caller's `traceparent` as it
+    /// came, or with the `otel` feature the current span's, a child of it.
     pub fn propagate(&self, metadata: &mut MetadataMap) {
         if let Some(id) = &self.request_id {
             metadata.insert("x-request-id", id.clone());
         }
+        #[cfg(feature = "otel")]
+        super::otel::inject_current(metadata);
+        #[cfg(not(feature = "otel"))]
         for (name, value) in &self.trace {
             metadata.insert(*name, value.clone());
         }

@@ -73,9 +73,9 @@ pub struct ObservabilityArgs {
 }
 
 impl ObservabilityArgs {
-    /// Installs the log subscriber.
-    pub fn init_logs(&self) {
-        telemetry::init(self.log_format);
+    /// Installs the log subscriber for the binary `service`; keep what it returns until `main` ends.
+    pub fn init_logs(&self, service: &'static str) -> telemetry::Telemetry {
+        telemetry::init(self.log_format, service)
     }
 }
 

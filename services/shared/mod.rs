@@ -12,6 +12,8 @@ pub mod methods;
 pub mod metrics;
 pub mod money;
 pub mod names;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod paging;
 pub mod reservations;
 pub mod server;

@@ -1,9 +1,10 @@
 //! Structured logs on stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines
-//! (`--log-format`, `LOG_FORMAT`), with ANSI colours only when stderr is a terminal.
+//! (`--log-format`, `LOG_FORMAT`), with ANSI colours only when stderr is a terminal; and, with the
+//! cargo feature `otel`, the same spans exported over OTLP ([`super::otel`]).
 
 use std::io::IsTerminal as _;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -15,12 +16,34 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Call once, first thing in `main` after reading the flags.
-pub fn init(format: LogFormat) {
+/// What must live as long as the process logs: with `otel`, the span exporter, flushed when this
+/// is dropped at the end of `main`.
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    _exporter: Option<super::otel::Exporter>,
+}
+
+/// Installs the global subscriber for the binary `service`. Call once, first thing in `main`
+/// after reading the flags, and keep what it returns until `main` ends.
+#[must_use = "dropping it stops exporting spans"]
+pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => lines.json().with_current_span(true).with_span_list(false).boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(lines);
+    #[cfg(feature = "otel")]
+    {
+        let (layer, exporter) = super::otel::exporter(service).unzip();
+        registry.with(layer).init();
+        Telemetry { _exporter: exporter }
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = service;
+        registry.init();
+        Telemetry {}
     }
 }

@@ -111,5 +111,8 @@ where
 /// The span of one call: its method and request id.
 fn call_span(request: &Request<Body>) -> Span {
     let request_id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());
-    tracing::info_span!("call", method = request.uri().path(), request_id = request_id.unwrap_or(""))
+    let span = tracing::info_span!("call", method = request.uri().path(), request_id = request_id.unwrap_or(""));
+    #[cfg(feature = "otel")]
+    super::otel::continue_trace(&span, request.headers());
+    span
 }
