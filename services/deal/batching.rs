@@ -16,11 +16,7 @@ use std::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::shared::{
-    coalesce::Coalescer,
-    metrics,
-    reservations::{self, Abandoned},
-};
+use crate::shared::{coalesce::Coalescer, metrics};
 
 use super::{
     allocation::{self, Allocation, UnitRequest},
@@ -42,22 +38,11 @@ pub struct Batches {
 
 impl Batches {
     pub fn new(pool: PgPool) -> Self {
-        let (reserving, abandoning) = (pool.clone(), pool.clone());
-        let reservations = Coalescer::with_undelivered(
-            MAX_BATCH,
-            move |deal_id, requests: Vec<UnitRequest>| {
-                let pool = reserving.clone();
-                Box::pin(async move { reserve_batch(&pool, deal_id, &requests).await })
-            },
-            // A hold whose caller had gone by the time it was made: nobody will order it.
-            move |answer: Answer| {
-                if let Ok(reservation) = answer {
-                    if reservation.state == ReservationState::Held {
-                        tokio::spawn(abandon(abandoning.clone(), reservation.id));
-                    }
-                }
-            },
-        );
+        let reserving = pool.clone();
+        let reservations = Coalescer::new(MAX_BATCH, move |deal_id, requests: Vec<UnitRequest>| {
+            let pool = reserving.clone();
+            Box::pin(async move { reserve_batch(&pool, deal_id, &requests).await })
+        });
         let confirmations = Coalescer::new(MAX_BATCH, move |(), ids: Vec<Uuid>| {
             let pool = pool.clone();
             Box::pin(async move { confirm_batch(&pool, &ids).await })
@@ -98,21 +83,6 @@ async fn reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest]) -
         });
     }
     answers
-}
-
-/// Gives up a hold made for a caller that had gone: unless an order was recorded for it (a retry
-/// of the same id on another path), its units go back at once.
-async fn abandon(pool: PgPool, id: Uuid) {
-    match reservations::abandon(&pool, id).await {
-        Ok(Abandoned::Released { units }) => {
-            metrics::holds_settled("abandoned", 1);
-            tracing::debug!(reservation = %id, units, "hold of a caller that had gone released");
-        }
-        Ok(_) => {}
-        Err(err) => {
-            tracing::warn!(reservation = %id, error = %err, "hold not abandoned; the expiry worker will settle it")
-        }
-    }
 }
 
 async fn try_reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest]) -> Result<Vec<Answer>, sqlx::Error> {

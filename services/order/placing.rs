@@ -36,6 +36,10 @@ const BACKGROUND_DEADLINE: Duration = Duration::from_secs(2);
 /// flight may yet make.
 const ABANDON_LOOKS: u32 = 5;
 const ABANDON_LOOK_INTERVAL: Duration = Duration::from_millis(200);
+/// Abandonments running at once: each is a transaction on its deal's row, so a storm of them
+/// (a surge of callers giving up) must not crowd out the reservations' batches or the pool.
+const ABANDONING_AT_ONCE: usize = 8;
+static ABANDONING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ABANDONING_AT_ONCE);
 
 /// What placing an order needs.
 pub struct Placing {
@@ -192,7 +196,11 @@ impl Drop for Attempt {
 /// by a reservation in flight (its reply to a caller that had gone): it is looked for a few times.
 async fn abandon(pool: PgPool, id: Uuid) {
     for _ in 0..ABANDON_LOOKS {
-        match reservations::abandon(&pool, id).await {
+        // A turn per look, not across the pauses between looks. The semaphore is never closed.
+        let Ok(turn) = ABANDONING.acquire().await else { return };
+        let abandoned = reservations::abandon(&pool, id).await;
+        drop(turn);
+        match abandoned {
             Ok(Abandoned::NoHold) => tokio::time::sleep(ABANDON_LOOK_INTERVAL).await,
             Ok(Abandoned::Released { units }) => {
                 metrics::holds_settled("abandoned", 1);

@@ -6,9 +6,7 @@
 //! one transaction and one commit, and to confirm holds in one statement.
 //!
 //! A request whose caller has gone (its deadline passed, or it cancelled) before its batch starts is
-//! left out of the batch: no work is done for nobody. An answer that finds its caller gone after
-//! the batch is handed to the coalescer's `undelivered` hook, so that what was done for it (a hold)
-//! can be undone at once.
+//! left out of the batch: no work is done for nobody.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -24,7 +22,6 @@ use tokio::sync::oneshot;
 pub type BatchFuture<A> = Pin<Box<dyn Future<Output = Vec<A>> + Send>>;
 
 type ServeBatch<K, R, A> = Box<dyn Fn(K, Vec<R>) -> BatchFuture<A> + Send + Sync>;
-type Undelivered<A> = Box<dyn Fn(A) + Send + Sync>;
 
 struct Pending<R, A> {
     request: R,
@@ -37,7 +34,6 @@ pub struct Coalescer<K, R, A> {
     queues: Mutex<HashMap<K, Vec<Pending<R, A>>>>,
     max_batch: usize,
     serve: ServeBatch<K, R, A>,
-    undelivered: Option<Undelivered<A>>,
 }
 
 impl<K, R, A> Coalescer<K, R, A>
@@ -49,21 +45,7 @@ where
     /// Batches of at most `max_batch` requests, each served by `serve`, which must return exactly
     /// one answer per request, in order.
     pub fn new(max_batch: usize, serve: impl Fn(K, Vec<R>) -> BatchFuture<A> + Send + Sync + 'static) -> Arc<Self> {
-        Self::build(max_batch, Box::new(serve), None)
-    }
-
-    /// [`Self::new`], with answers whose caller had gone by the end of the batch passed to
-    /// `undelivered`.
-    pub fn with_undelivered(
-        max_batch: usize,
-        serve: impl Fn(K, Vec<R>) -> BatchFuture<A> + Send + Sync + 'static,
-        undelivered: impl Fn(A) + Send + Sync + 'static,
-    ) -> Arc<Self> {
-        Self::build(max_batch, Box::new(serve), Some(Box::new(undelivered)))
-    }
-
-    fn build(max_batch: usize, serve: ServeBatch<K, R, A>, undelivered: Option<Undelivered<A>>) -> Arc<Self> {
-        Arc::new(Self { queues: Mutex::new(HashMap::new()), max_batch: max_batch.max(1), serve, undelivered })
+        Arc::new(Self { queues: Mutex::new(HashMap::new()), max_batch: max_batch.max(1), serve: Box::new(serve) })
     }
 
     /// Serves `request` with the next batch of `key`. `None` only if serving its batch panicked.
@@ -117,10 +99,8 @@ where
                 batch.into_iter().map(|pending| (pending.request, pending.reply)).unzip();
             let answers = (self.serve)(key, requests).await;
             for (reply, answer) in replies.into_iter().zip(answers) {
-                // The caller may have given up while its batch ran: hand its answer to the hook.
-                if let (Err(answer), Some(undelivered)) = (reply.send(answer), &self.undelivered) {
-                    undelivered(answer);
-                }
+                // The caller may have given up while its batch ran; the batch was served all the same.
+                let _ = reply.send(answer);
             }
         }
     }
@@ -204,55 +184,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_caller_gone_before_its_batch_is_left_out_and_one_gone_during_it_is_handed_to_the_hook() {
+    async fn a_caller_gone_before_its_batch_starts_is_left_out_of_it() {
         let gate = Arc::new(Semaphore::new(0));
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let undelivered = Arc::new(Mutex::new(Vec::new()));
-        let coalescer: Arc<Coalescer<u8, u32, u32>> = Coalescer::with_undelivered(
-            10,
-            {
-                let (gate, sizes) = (Arc::clone(&gate), Arc::clone(&sizes));
-                move |_key, requests: Vec<u32>| {
-                    let (gate, sizes) = (Arc::clone(&gate), Arc::clone(&sizes));
-                    Box::pin(async move {
-                        gate.acquire().await.unwrap().forget();
-                        sizes.lock().unwrap().push(requests.len());
-                        requests
-                    })
-                }
-            },
-            {
-                let undelivered = Arc::clone(&undelivered);
-                move |answer| undelivered.lock().unwrap().push(answer)
-            },
-        );
+        let coalescer = doubler(Arc::clone(&gate), Arc::clone(&sizes));
         let spawn = |n| {
             let coalescer = Arc::clone(&coalescer);
             tokio::spawn(async move { coalescer.submit(1, n).await })
         };
         let first = spawn(1);
         tokio::task::yield_now().await;
-        let (gone_before, stays) = (spawn(2), spawn(3));
+        let (gone, stays) = (spawn(2), spawn(3));
         for _ in 0..50 {
             tokio::task::yield_now().await;
         }
         // Request 2's caller gives up while request 1's batch runs: the next batch is request 3 alone.
-        gone_before.abort();
-        let _ = gone_before.await;
-        gate.add_permits(1);
-        assert_eq!(first.await.unwrap(), Some(1));
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
-        }
-        // Request 3's caller gives up while its own batch runs: its answer goes to the hook.
-        stays.abort();
-        let _ = stays.await;
-        gate.add_permits(1);
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
-        }
+        gone.abort();
+        let _ = gone.await;
+        gate.add_permits(2);
+        assert_eq!(first.await.unwrap(), Some(2));
+        assert_eq!(stays.await.unwrap(), Some(6));
         assert_eq!(*sizes.lock().unwrap(), [1, 1]);
-        assert_eq!(*undelivered.lock().unwrap(), [3]);
     }
 
     #[tokio::test]

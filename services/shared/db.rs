@@ -51,12 +51,39 @@ pub async fn connect_and_migrate(database_url: &str, max_connections: u32) -> Re
     Ok(pool)
 }
 
-/// True when the error means the database could not be reached (as opposed to a bad statement).
+/// True when the error means the database could not serve the statement now but may later (as
+/// opposed to a bad statement): unreachable, out of connections, starting or shutting down, or a
+/// transaction it chose to abort (a deadlock or serialization failure, safe to retry).
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs worth a retry: connection exceptions (08), too many connections (53300), the server
+/// shutting down or starting (57P01–57P03), deadlocks and serialization failures (40P01, 40001).
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "53300" | "57P01" | "57P02" | "57P03" | "40P01" | "40001")
 }
 
 /// True when the error is a violation of a unique index or primary key.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_sqlstates_are_the_ones_worth_a_retry() {
+        for code in ["08006", "08001", "53300", "57P01", "57P03", "40P01", "40001"] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42601", "22P02", "P0001"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+    }
 }

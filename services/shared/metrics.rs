@@ -10,7 +10,7 @@
 //! | `grpc_server_shed_total` | counter | `grpc_service`, `grpc_method` |
 //! | `grpc_server_rate_limited_total` | counter | `grpc_service`, `grpc_method` |
 //! | `topkart_reservation_batch_size` | histogram | |
-//! | `topkart_reservations_total` | counter | `outcome` (`reserved`, `existing`, or the refusal's reason) |
+//! | `topkart_reservations_total` | counter | `outcome` (`reserved`, or the refusal's reason) |
 //! | `topkart_order_insert_batch_size` | histogram | |
 //! | `topkart_order_inserts_total` | counter | `outcome` (`recorded`, `existing`, `too_late`, `failed`) |
 //! | `topkart_db_pool_connections` | gauge | `state` (`in_use`, `idle`) |

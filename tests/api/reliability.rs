@@ -330,10 +330,15 @@ async fn an_order_insert_waiting_on_an_abandonment_sees_it_and_records_nothing(p
         async move { topkart::order::store::insert_orders(&pool, &[insert]).await }
     });
     let waiting = || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from pg_locks where locktype = 'advisory' and not granted")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        // This database's waiting advisory locks only: sqlx's test setup takes one of its own.
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_locks
+              where locktype = 'advisory' and not granted
+                and database = (select oid from pg_database where datname = current_database())",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
     };
     for _ in 0..100 {
         if waiting().await > 0 {

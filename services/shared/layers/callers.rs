@@ -1,7 +1,8 @@
 //! Who is calling, for every API call: the bearer token verified ([`Authenticator`]), the verified
 //! [`Caller`] put into the request's extensions for the handlers to authorize against, and the
 //! caller's rate limit applied ([`RateLimiter`]). A call without a valid token is answered
-//! UNAUTHENTICATED here, after its address's rate limit. Health and reflection pass untouched.
+//! UNAUTHENTICATED here, after its address's rate limit. Health and reflection pass untouched, and
+//! calls between our services (order-service reserving units) are never rate limited.
 
 use std::{
     collections::HashMap,
@@ -11,7 +12,11 @@ use std::{
 };
 
 use http::{Request, Response};
-use tonic::{Code, Status, body::Body, transport::server::TcpConnectInfo};
+use tonic::{
+    Code, Status,
+    body::Body,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
@@ -75,7 +80,8 @@ where
             return Box::pin(self.inner.call(request));
         };
         let verdict = self.auth.authenticate_headers(request.headers());
-        if let Some(limiter) = &self.limiter {
+        // Calls between our services are not limited: order-service's own limit bounds them.
+        if let Some(limiter) = self.limiter.as_ref().filter(|_| !method.internal) {
             if let Some(key) = rate_limit_key(&verdict, &request) {
                 if let Err(wait) = limiter.check(&key) {
                     metrics::call_rate_limited(method);
@@ -103,12 +109,16 @@ fn rate_limit_key(verdict: &Result<Caller, Status>, request: &Request<Body>) -> 
     match verdict {
         Ok(Caller::Token { role: Role::Service, .. }) => None,
         Ok(Caller::Token { subject, .. }) => Some(CallerKey::Subject(subject.clone())),
-        Ok(Caller::Trusted) | Err(_) => request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .map(|peer| CallerKey::Peer(peer.ip())),
+        Ok(Caller::Trusted) | Err(_) => peer_address(request).map(CallerKey::Peer),
     }
+}
+
+/// The peer's address, over plain TCP or TLS (as `tonic::Request::remote_addr` finds it).
+fn peer_address(request: &Request<Body>) -> Option<std::net::IpAddr> {
+    let extensions = request.extensions();
+    let tcp = extensions.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
+    let tls = || extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|tls| tls.get_ref().remote_addr());
+    tcp.or_else(tls).map(|peer| peer.ip())
 }
 
 /// RESOURCE_EXHAUSTED, reason `RATE_LIMITED`, retry after `wait`.

@@ -120,9 +120,9 @@ impl http_body::Body for Observed {
                     this.call.finish(code);
                 }
             }
-            Some(Err(status)) => this.call.finish(status.code()),
-            // Cut off before its trailers: the stream was reset or its connection closed.
-            None => this.call.finish(Code::Cancelled),
+            // tonic sends a handler's error as trailers: an error here is the transport's (the
+            // stream was reset, the connection closed), as is an end before the trailers.
+            Some(Err(_)) | None => this.call.finish(Code::Cancelled),
         }
         Poll::Ready(frame)
     }
