@@ -20,16 +20,18 @@ pub struct Exporter(SdkTracerProvider);
 impl Drop for Exporter {
     fn drop(&mut self) {
         if let Err(err) = self.0.shutdown() {
-            eprintln!("opentelemetry: spans not flushed: {err}");
+            tracing::warn!(error = %err, "opentelemetry: spans not flushed");
         }
     }
 }
 
-/// A layer exporting spans as `service`, and the provider to flush at exit; `None` when no OTLP
-/// endpoint is configured or the exporter cannot be built (said on stderr: logs are not up yet).
-pub fn exporter<S>(
-    service: &'static str,
-) -> Option<(tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>, Exporter)>
+/// A span-exporting layer, and what flushes its spans at exit.
+pub type Export<S> = (tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>, Exporter);
+
+/// A layer exporting spans as `service`, and the provider to flush at exit; `Ok(None)` when no
+/// OTLP endpoint is configured, `Err` (to be logged once logging is up) when the exporter cannot
+/// be built.
+pub fn exporter<S>(service: &'static str) -> Result<Option<Export<S>>, String>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
@@ -38,21 +40,15 @@ where
         .iter()
         .any(|name| std::env::var_os(name).is_some());
     if !configured {
-        return None;
+        return Ok(None);
     }
-    let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
-        Ok(exporter) => exporter,
-        Err(err) => {
-            eprintln!("opentelemetry: no exporter, spans are not exported: {err}");
-            return None;
-        }
-    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build().map_err(|err| err.to_string())?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(Resource::builder().with_service_name(service).build())
         .build();
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
-    Some((layer, Exporter(provider)))
+    Ok(Some((layer, Exporter(provider))))
 }
 
 /// Makes `span` a child of the trace context in `headers` (`traceparent`, `tracestate`), if any.

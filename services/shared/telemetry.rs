@@ -36,8 +36,15 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
     let registry = tracing_subscriber::registry().with(filter).with(lines);
     #[cfg(feature = "otel")]
     {
-        let (layer, exporter) = super::otel::exporter(service).unzip();
+        let (export, failure) = match super::otel::exporter(service) {
+            Ok(export) => (export, None),
+            Err(err) => (None, Some(err)),
+        };
+        let (layer, exporter) = export.unzip();
         registry.with(layer).init();
+        if let Some(err) = failure {
+            tracing::warn!(error = %err, "opentelemetry: no exporter, spans are not exported");
+        }
         Telemetry { _exporter: exporter }
     }
     #[cfg(not(feature = "otel"))]

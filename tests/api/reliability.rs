@@ -278,17 +278,7 @@ async fn the_worker_never_releases_a_hold_whose_order_is_being_committed(pool: P
     leave_a_hold_behind(&app, &deal.name, &key.to_string()).await;
 
     // An order insert in flight for that hold: it holds the hold's lock and has not committed.
-    let mut inserting = pool.begin().await.unwrap();
-    sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(key).execute(&mut *inserting).await.unwrap();
-    sqlx::query(
-        "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros, state)
-         values ($1, $2, 'alice', 1, 'INR', 600000000, 600000000, 'pending_approval')",
-    )
-    .bind(key)
-    .bind(uuid(&deal.name))
-    .execute(&mut *inserting)
-    .await
-    .unwrap();
+    let inserting = insert_holding_its_lock(&pool, key, uuid(&deal.name)).await;
     let while_inserting = settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
     assert_eq!((while_inserting.confirmed, while_inserting.released), (0, 0), "the hold is left for later");
     inserting.commit().await.unwrap();
@@ -362,17 +352,7 @@ async fn an_abandonment_waiting_on_an_order_insert_leaves_the_hold_to_the_order(
     leave_a_hold_behind(&app, &deal.name, &key.to_string()).await;
 
     // An order insert in flight: it holds the hold's lock and has not committed.
-    let mut inserting = pool.begin().await.unwrap();
-    sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(key).execute(&mut *inserting).await.unwrap();
-    sqlx::query(
-        "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros, state)
-         values ($1, $2, 'alice', 1, 'INR', 600000000, 600000000, 'pending_approval')",
-    )
-    .bind(key)
-    .bind(uuid(&deal.name))
-    .execute(&mut *inserting)
-    .await
-    .unwrap();
+    let inserting = insert_holding_its_lock(&pool, key, uuid(&deal.name)).await;
     let abandoning = tokio::spawn({
         let pool = pool.clone();
         async move { topkart::shared::reservations::abandon(&pool, key).await }
@@ -385,4 +365,24 @@ async fn an_abandonment_waiting_on_an_order_insert_leaves_the_hold_to_the_order(
     assert_eq!(outcome, topkart::shared::reservations::Abandoned::Ordered);
     assert_eq!(available(&pool).await, 9, "the order keeps its unit");
     assert_invariants(&pool).await;
+}
+
+/// An order insert for hold `key` in flight: it holds the hold's lock and has not committed.
+async fn insert_holding_its_lock(
+    pool: &PgPool,
+    key: uuid::Uuid,
+    deal: uuid::Uuid,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut inserting = pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(key).execute(&mut *inserting).await.unwrap();
+    sqlx::query(
+        "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros, state)
+         values ($1, $2, 'alice', 1, 'INR', 600000000, 600000000, 'pending_approval')",
+    )
+    .bind(key)
+    .bind(deal)
+    .execute(&mut *inserting)
+    .await
+    .unwrap();
+    inserting
 }

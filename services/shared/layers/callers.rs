@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashMap,
-    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
@@ -69,7 +68,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    type Future = super::CallFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

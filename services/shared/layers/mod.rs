@@ -32,6 +32,9 @@ use callers::CallersLayer;
 use grpc_metrics::GrpcMetricsLayer;
 use rate_limit::{RateLimit, RateLimiter};
 
+/// The future every layer of the stack answers with: a reply, never an error of its own.
+pub type CallFuture<E> = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+
 /// How much a server takes on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
