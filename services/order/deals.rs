@@ -52,8 +52,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// replying), so a reservation is never made for a caller that cannot be answered in time.
 pub const MARGIN: Duration = Duration::from_millis(50);
 /// HTTP/2 connections to deal-service, calls spread over them in turn: one connection's streams
-/// and its single socket become the bottleneck under a surge.
-pub const DEFAULT_CONNECTIONS: usize = 4;
+/// (64 by default on deal-service) and its single socket would be the bottleneck under a surge;
+/// eight carry 512 calls at once, twice order-service's default in-flight limit.
+pub const DEFAULT_CONNECTIONS: usize = 8;
 /// Keepalive pings on the connections to deal-service, so a dead peer is noticed within seconds.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);

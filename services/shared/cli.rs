@@ -94,6 +94,11 @@ pub struct LimitArgs {
           value_parser = clap::value_parser!(u64).range(1..=5000))]
     pub shed_retry_after_ms: u64,
 
+    /// HTTP/2 streams one connection may have open at once; a client beyond it waits for one.
+    #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", default_value_t = layers::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+
     /// Calls a second each caller (token subject, or address without a valid token) may make;
     /// beyond it RESOURCE_EXHAUSTED (RATE_LIMITED). Unlimited when unset.
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", requires = "rate_limit_burst")]
@@ -119,6 +124,7 @@ impl LimitArgs {
             max_in_flight: self.max_in_flight as usize,
             retry_after: std::time::Duration::from_millis(self.shed_retry_after_ms),
             rate_limit,
+            max_streams_per_connection: self.max_streams_per_connection,
         })
     }
 }

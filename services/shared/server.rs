@@ -99,9 +99,6 @@ pub fn with_reflection(router: ApiRouter, services: &[&str]) -> Result<ApiRouter
         .add_service(describe("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?))
 }
 
-/// The most HTTP/2 streams one connection may have open. A client beyond it waits for a stream of
-/// its own connection (HTTP/2 flow control, no work done for it) instead of being shed.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// How often an idle connection is pinged, and how long a ping may go unanswered before the
 /// connection is closed: a client that vanished stops holding streams within 40 s.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -120,7 +117,7 @@ pub type ApiRouter = Router<StackLayer>;
 /// limits and keepalive, and TLS when set.
 pub fn builder(settings: &ServerSettings) -> Result<tonic::transport::Server<StackLayer>, ServeError> {
     let builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_concurrent_streams(settings.limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
