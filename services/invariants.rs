@@ -19,7 +19,7 @@ impl std::fmt::Display for Violation {
 }
 
 /// Each invariant and the query that lists the rows breaking it (one text column each).
-const CHECKS: [(&str, &str); 5] = [
+const CHECKS: [(&str, &str); 6] = [
     (
         "every unit is available or held: total_units = available_units + units of live reservations",
         "select format('deal %s: total %s, available %s, held %s', d.id, d.total_units, d.available_units, held)
@@ -53,6 +53,13 @@ const CHECKS: [(&str, &str); 5] = [
         "select format('reservation %s of deal %s made at %s', r.id, d.id, r.create_time)
            from reservations r join deals d on d.id = r.deal_id
           where r.create_time < d.start_time or r.create_time >= least(d.expire_time, d.daily_reset_time)",
+    ),
+    (
+        "no order reads as placed outside its deal's window (an order's create_time is its units' reservation)",
+        "select format('order %s placed at %s, deal %s runs %s to %s', o.id, o.create_time, d.id, d.start_time,
+                       least(d.expire_time, d.daily_reset_time))
+           from orders o join deals d on d.id = o.deal_id
+          where o.create_time < d.start_time or o.create_time >= least(d.expire_time, d.daily_reset_time)",
     ),
 ];
 

@@ -81,6 +81,7 @@ impl Placing {
             quantity: new.quantity,
             unit_price: reserved.unit_price,
             total_price,
+            placed_at: reserved.hold_time,
             write_by: reserved.hold_time + ORDER_WRITE_WINDOW,
         };
         match self.recorder.record(insert).await? {

@@ -55,6 +55,9 @@ pub struct OrderInsert {
     pub quantity: i32,
     pub unit_price: Price,
     pub total_price: Price,
+    /// The instant its units were reserved (the hold's time, by the database clock): the order's
+    /// `create_time`, so no order reads as placed after its deal's end.
+    pub placed_at: DateTime<Utc>,
     /// The hold's time plus the write window, by the database clock.
     pub write_by: DateTime<Utc>,
 }
@@ -82,16 +85,16 @@ pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<
         "with attempt as materialized (
              select attempt.*, pg_advisory_xact_lock(hold_lock_key(attempt.id))
                from unnest($1::uuid[], $2::uuid[], $3::text[], $4::integer[], $5::text[], $6::bigint[],
-                           $7::bigint[], $8::timestamptz[])
+                           $7::bigint[], $8::timestamptz[], $9::timestamptz[])
                     with ordinality
                     as attempt (id, deal_id, customer_id, quantity, currency_code, unit_price_micros,
-                                total_price_micros, write_by, position)
+                                total_price_micros, write_by, placed_at, position)
               order by attempt.position
          )
          insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, \
-                             total_price_micros, state)
+                             total_price_micros, state, create_time)
          select id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros,
-                'pending_approval'
+                'pending_approval', placed_at
            from attempt
           where clock_timestamp() < write_by and not order_abandoned(attempt.id)
          on conflict (id) do nothing
@@ -106,6 +109,7 @@ pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<
     .bind(sorted.iter().map(|order| order.unit_price.micros()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|order| order.total_price.micros()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|order| order.write_by).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|order| order.placed_at).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(Order::from).collect())

@@ -254,3 +254,24 @@ async fn with_deal_service_down_an_order_is_unavailable_and_nothing_is_written(p
     let orders: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&pool).await.unwrap();
     assert_eq!(orders, 0);
 }
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn an_order_reads_as_placed_at_the_instant_its_units_were_reserved(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let order = app.order(order_request(&deal.name, 1)).await.unwrap();
+    let reserved_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select create_time from reservations where id = $1")
+            .bind(uuid(&order.name))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let placed_at = topkart::shared::time::parse(
+        "create_time",
+        order.create_time.as_ref().expect("create_time"),
+        &mut topkart::shared::status::Violations::default(),
+    )
+    .expect("a valid create_time");
+    assert_eq!(placed_at, reserved_at, "create_time is the reservation's instant, not the row's");
+    assert_invariants(&pool).await;
+}

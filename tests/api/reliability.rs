@@ -182,6 +182,7 @@ async fn an_order_is_not_recorded_after_its_write_window_even_in_a_batch_with_ot
         quantity: 1,
         unit_price: Price::from_stored("INR".into(), 600_000_000),
         total_price: Price::from_stored("INR".into(), 600_000_000),
+        placed_at: now,
         write_by,
     };
     let late = insert(now - chrono::TimeDelta::milliseconds(1));
@@ -299,6 +300,7 @@ fn insert_for(deal: uuid::Uuid, key: uuid::Uuid) -> topkart::order::store::Order
         quantity: 1,
         unit_price: price.clone(),
         total_price: price,
+        placed_at: chrono::Utc::now(),
         write_by: chrono::Utc::now() + chrono::TimeDelta::seconds(10),
     }
 }
