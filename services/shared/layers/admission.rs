@@ -15,7 +15,6 @@
 //! streaming reply is long before the work ends.
 
 use std::{
-    collections::HashMap,
     pin::Pin,
     sync::{
         Arc,
@@ -29,10 +28,9 @@ use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status, body::Body};
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use crate::shared::{methods, metrics};
+use crate::shared::{methods, metrics, status};
 
 /// The `ErrorInfo` domain of refusals made by the server's own stack, before any service's code.
 pub const DOMAIN: &str = "server.topkart.com";
@@ -127,12 +125,12 @@ where
 
 /// RESOURCE_EXHAUSTED, reason `OVERLOADED`, retry after `delay`.
 pub fn overloaded(delay: Duration) -> Status {
-    let mut details = ErrorDetails::with_error_info("OVERLOADED", DOMAIN, HashMap::new());
-    details.set_retry_info(Some(delay));
-    Status::with_error_details(
+    status::retryable(
         Code::ResourceExhausted,
+        DOMAIN,
+        "OVERLOADED",
         "the server is at capacity; retry after the RetryInfo delay",
-        details,
+        delay,
     )
 }
 
@@ -230,6 +228,7 @@ mod tests {
     use std::convert::Infallible;
 
     use tokio::sync::oneshot;
+    use tonic_types::StatusExt;
     use tower::ServiceExt;
 
     use super::*;

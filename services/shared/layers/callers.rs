@@ -5,7 +5,6 @@
 //! calls between our services (order-service reserving units) are never rate limited.
 
 use std::{
-    collections::HashMap,
     task::{Context, Poll},
     time::Duration,
 };
@@ -16,7 +15,6 @@ use tonic::{
     body::Body,
     transport::server::{TcpConnectInfo, TlsConnectInfo},
 };
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use super::{
@@ -25,7 +23,7 @@ use super::{
 };
 use crate::shared::{
     auth::{Authenticator, Caller, Role},
-    methods, metrics,
+    methods, metrics, status,
 };
 
 /// Applies [`Callers`].
@@ -122,11 +120,11 @@ fn peer_address(request: &Request<Body>) -> Option<std::net::IpAddr> {
 
 /// RESOURCE_EXHAUSTED, reason `RATE_LIMITED`, retry after `wait`.
 pub fn rate_limited(wait: Duration) -> Status {
-    let mut details = ErrorDetails::with_error_info("RATE_LIMITED", DOMAIN, HashMap::new());
-    details.set_retry_info(Some(wait));
-    Status::with_error_details(
+    status::retryable(
         Code::ResourceExhausted,
+        DOMAIN,
+        "RATE_LIMITED",
         "too many calls from this caller; retry after the RetryInfo delay",
-        details,
+        wait,
     )
 }
