@@ -16,6 +16,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     // Served by server reflection and loadable by gateways (Envoy's gRPC-JSON transcoder, say).
     fs::write(out_dir.join("topkart_descriptor.bin"), descriptors.encode_to_vec())?;
 
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Every message knows its protobuf name (`prost::Name`), so our codec can tell a request that
+    // does not decode (the caller's fault) from a reply that does not (ours).
+    let mut messages = prost_build::Config::new();
+    messages.enable_type_names();
+    tonic_prost_build::configure()
+        .codec_path("crate::shared::codec::Codec")
+        .compile_fds_with_config(descriptors, messages)?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The gRPC methods our servers know, read once from the descriptor set. Metrics label calls by
 //! them (any other path is `unknown`, so no caller can grow the set of labels), and admission
 //! control tells API calls from health and reflection, which are never shed or rate limited, and
-//! from the calls between our services, which are not shed either.
+//! from the calls between our services, which are not shed either. The codec asks it which
+//! messages are requests, and of which service's domain.
 
 use std::{collections::HashMap, sync::LazyLock};
 
@@ -78,6 +79,27 @@ pub fn lookup(path: &str) -> Option<&'static Method> {
     METHODS.get(path)
 }
 
+/// The request messages of our methods (fully qualified, such as `topkart.deal.v1.GetDealRequest`),
+/// each with the `ErrorInfo` domain of its service: `topkart.deal.v1` answers as `deal.topkart.com`.
+static REQUESTS: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
+    let files = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap_or_default();
+    let mut requests = HashMap::new();
+    for file in files.file.iter().filter(|file| file.package().starts_with("topkart.")) {
+        let Some(area) = file.package().split('.').nth(1) else { continue };
+        for method in file.service.iter().flat_map(|service| &service.method) {
+            let message = method.input_type().trim_start_matches('.');
+            requests.insert(message.to_owned(), format!("{area}.topkart.com"));
+        }
+    }
+    requests
+});
+
+/// The domain of the service that takes `message` as a request, or `None` when it is no request of
+/// ours (a reply, say).
+pub fn request_domain(message: &str) -> Option<&'static str> {
+    REQUESTS.get(message).map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +115,16 @@ mod tests {
         assert!(lookup("/grpc.health.v1.Health/Check").expect("health").infrastructure);
         assert!(lookup("/topkart.deal.v1.DealService/DropTables").is_none());
         assert!(lookup("/anything").is_none());
+    }
+
+    #[test]
+    fn knows_every_request_message_and_its_services_domain_and_no_reply() {
+        assert_eq!(request_domain("topkart.deal.v1.CreateDealRequest"), Some(crate::deal::DOMAIN));
+        assert_eq!(request_domain("topkart.deal.v1.ReserveUnitsRequest"), Some(crate::deal::DOMAIN));
+        assert_eq!(request_domain("topkart.order.v1.CreateOrderRequest"), Some(crate::order::DOMAIN));
+        assert_eq!(REQUESTS.len(), 13, "one request message per method");
+        for reply in ["topkart.deal.v1.Deal", "topkart.order.v1.Order", "topkart.deal.v1.ListDealsResponse"] {
+            assert_eq!(request_domain(reply), None, "{reply}");
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod call;
 pub mod cli;
 pub mod coalesce;
+pub mod codec;
 pub mod db;
 pub mod layers;
 pub mod methods;
