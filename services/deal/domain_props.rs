@@ -43,7 +43,8 @@ fn name_char() -> BoxedStrategy<char> {
         2 => Just(' '),
         1 => prop::sample::select(vec![
             '\t', '\n', '\r', '\0', '\u{7}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}', '\u{a0}', '\u{2028}', '\u{3000}',
-            '\u{200b}', '\u{202e}', '\u{feff}', '\u{301}', 'é', '\u{430}', '😀', '\u{10ffff}',
+            '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{3164}', '\u{e0041}', '\u{fe0f}',
+            '\u{202e}', '\u{feff}', '\u{301}', 'é', '\u{430}', '😀', '\u{10ffff}',
         ]),
         1 => any::<char>(),
     ]
@@ -62,6 +63,15 @@ fn product_name() -> BoxedStrategy<String> {
         )
             .prop_map(|(before, body, after)| before.into_iter().chain(body).chain(after).collect()),
         1 => prop::collection::vec(any::<char>(), 0..40).prop_map(String::from_iter),
+        // Names that show nothing, or all but one character.
+        1 => (
+            prop::collection::vec(
+                prop::sample::select(vec![' ', '\u{a0}', '\u{ad}', '\u{200b}', '\u{200d}', '\u{2063}', '\u{feff}', '\u{e0020}']),
+                1..8,
+            ),
+            prop::option::of(name_char()),
+        )
+            .prop_map(|(invisible, visible)| invisible.into_iter().chain(visible).collect()),
     ]
     .boxed()
 }
@@ -358,7 +368,16 @@ fn last_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
 fn oracle_name(raw: &str) -> Option<String> {
     let trimmed = raw.trim_matches(char::is_whitespace);
     let chars = trimmed.chars().count();
-    ((1..=200).contains(&chars) && !trimmed.chars().any(|c| c.is_control())).then(|| trimmed.to_owned())
+    let visible = trimmed.chars().any(|c| !c.is_whitespace() && !oracle_default_ignorable(c));
+    ((1..=200).contains(&chars) && !trimmed.chars().any(|c| c.is_control()) && visible).then(|| trimmed.to_owned())
+}
+
+/// Default_Ignorable_Code_Point, written out from Unicode's file independently of the domain's table.
+fn oracle_default_ignorable(c: char) -> bool {
+    matches!(u32::from(c),
+        0xAD | 0x34F | 0x61C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F | 0x200B..=0x200F
+        | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }
 
 /// A price as (currency, micros), if `money` is a valid one.

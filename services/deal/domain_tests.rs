@@ -108,6 +108,50 @@ fn product_names_are_trimmed_bounded_and_printable() {
 }
 
 #[test]
+fn a_product_name_needs_a_visible_character() {
+    let named = |name: &str| pb::Deal { product_name: name.into(), ..valid_request() };
+    let invisible = [
+        "\u{200B}\u{200C}\u{200D}\u{FEFF}",
+        "\u{2060}",
+        "\u{3164}\u{FFA0}",
+        "\u{00A0}\u{200B}\u{3000}",
+        "\u{E0041}\u{FE0F}",
+    ];
+    for name in invisible {
+        let err = new_deal(Some(&named(name)), now()).unwrap_err();
+        assert_eq!(invalid_fields(Err(err)), ["deal.product_name"], "{name:?}");
+    }
+    // One visible character is enough, and invisible ones beside it are kept as sent.
+    for name in ["\u{200B}x\u{200B}", "\u{0301}", "👩\u{200D}💻", "\u{2063}."] {
+        assert_eq!(new_deal(Some(&named(name)), now()).unwrap().product_name, name, "{name:?}");
+    }
+}
+
+/// The table against Unicode's own file, where Debian's `unicode-data` package put it (CI installs
+/// it and sets `TOPKART_REQUIRE_UNICODE_DATA`; elsewhere the test says it skipped).
+#[test]
+fn default_ignorable_is_unicodes_set() {
+    let path = "/usr/share/unicode/DerivedCoreProperties.txt";
+    let Ok(text) = std::fs::read_to_string(path) else {
+        assert!(std::env::var_os("TOPKART_REQUIRE_UNICODE_DATA").is_none(), "{path} is missing");
+        eprintln!("skipped: no {path} (apt-get install unicode-data)");
+        return;
+    };
+    let parse = |hex: &str| char::from_u32(u32::from_str_radix(hex.trim(), 16).unwrap()).unwrap();
+    let from_unicode: Vec<char> = text
+        .lines()
+        .filter_map(|line| line.split('#').next()?.split_once(';'))
+        .filter(|(_, property)| property.trim() == "Default_Ignorable_Code_Point")
+        .flat_map(|(range, _)| {
+            let (first, last) = range.split_once("..").unwrap_or((range, range));
+            parse(first)..=parse(last)
+        })
+        .collect();
+    let ours: Vec<char> = DEFAULT_IGNORABLE.iter().flat_map(|&(first, last)| first..=last).collect();
+    assert_eq!(ours, from_unicode);
+}
+
+#[test]
 fn an_update_changes_only_the_masked_fields() {
     let current = stored(new_deal(Some(&valid_request()), now()).unwrap(), 50, DealState::Active);
     let patch = pb::Deal { product_name: "Tablet".into(), final_price: inr(1), total_units: 7, ..Default::default() };

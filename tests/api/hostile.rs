@@ -565,6 +565,16 @@ async fn hostile_requests_are_refused_with_the_right_code_and_fields_and_write_n
             Invalid(&["deal.product_name"]),
         ),
         case(
+            "a product name of zero-width characters only",
+            call.create_deal(Some(with_name("\u{200B}\u{200C}\u{200D}\u{FEFF}"))),
+            Invalid(&["deal.product_name"]),
+        ),
+        case(
+            "a product name of fillers, tags and variation selectors",
+            call.create_deal(Some(with_name(" \u{3164}\u{FFA0}\u{115F}\u{E0041}\u{FE0F}\u{2060}\u{00AD} "))),
+            Invalid(&["deal.product_name"]),
+        ),
+        case(
             "201 two-byte characters",
             call.create_deal(Some(with_name(&"é".repeat(201)))),
             Invalid(&["deal.product_name"]),
@@ -714,6 +724,14 @@ async fn hostile_requests_are_refused_with_the_right_code_and_fields_and_write_n
                 mask(&["product_name", "total_units"]),
             ),
             Invalid(&["deal.product_name", "deal.total_units"]),
+        ),
+        case(
+            "update to a name nobody can see",
+            call.update_deal(
+                live_patch(dealpb::Deal { product_name: "\u{2063}\u{200B}".into(), ..Default::default() }),
+                mask(&["product_name"]),
+            ),
+            Invalid(&["deal.product_name"]),
         ),
         case(
             "update to a NUL in the name",
