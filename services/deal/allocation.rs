@@ -12,9 +12,8 @@ use uuid::Uuid;
 use crate::shared::money::Price;
 
 use super::{
-    domain::{self, Deal, ReservationState},
+    domain::{self, Deal, Reservation, ReservationState},
     error::DealError,
-    store::Reservation,
 };
 
 /// One `ReserveUnits` request, validated.

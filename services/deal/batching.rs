@@ -20,9 +20,9 @@ use crate::shared::{coalesce::Coalescer, metrics};
 
 use super::{
     allocation::{self, Allocation, UnitRequest},
-    domain::ReservationState,
+    domain::{Reservation, ReservationState},
     error::DealError,
-    store::{self, Reservation},
+    store,
 };
 
 /// The most requests one batch takes; the rest go in the next one.

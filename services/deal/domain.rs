@@ -15,8 +15,6 @@ use super::error::DealError;
 pub const MAX_DEAL_DURATION: TimeDelta = TimeDelta::hours(12);
 /// The most units one deal may sell.
 pub const MAX_TOTAL_UNITS: i32 = 1_000_000;
-/// The most units one reservation (one order) may take.
-pub const MAX_QUANTITY: i32 = 100;
 /// The longest product name, in characters.
 pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
 /// How far in the past a start time may be, to allow for clocks and latency.
@@ -52,25 +50,6 @@ impl DealState {
             _ => None,
         }
     }
-
-    /// The API's enum value.
-    pub fn to_proto(self) -> pb::deal::State {
-        match self {
-            Self::Scheduled => pb::deal::State::Scheduled,
-            Self::Active => pb::deal::State::Active,
-            Self::Expired => pb::deal::State::Expired,
-        }
-    }
-
-    /// The state an API filter names; `None` for STATE_UNSPECIFIED.
-    pub fn from_proto(state: pb::deal::State) -> Option<Self> {
-        match state {
-            pb::deal::State::Unspecified => None,
-            pb::deal::State::Scheduled => Some(Self::Scheduled),
-            pb::deal::State::Active => Some(Self::Active),
-            pb::deal::State::Expired => Some(Self::Expired),
-        }
-    }
 }
 
 /// Where a reservation is in the protocol of docs/reservations.md.
@@ -94,15 +73,18 @@ impl ReservationState {
             _ => None,
         }
     }
+}
 
-    /// The API's enum value.
-    pub fn to_proto(self) -> pb::reservation::State {
-        match self {
-            Self::Held => pb::reservation::State::Reserved,
-            Self::Confirmed => pb::reservation::State::Confirmed,
-            Self::Released => pb::reservation::State::Released,
-        }
-    }
+/// Units held for one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: Uuid,
+    pub deal_id: Uuid,
+    pub quantity: i32,
+    pub unit_price: Price,
+    pub state: ReservationState,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
 }
 
 /// Everything an admin sets on a deal, valid on its own and as a whole.
@@ -266,16 +248,6 @@ pub fn refusal(deal: &Deal, quantity: i32, expected_price: Option<&Price>) -> Op
         return Some(DealError::InsufficientUnits { requested: quantity, available: deal.available_units });
     }
     None
-}
-
-/// Validates a reservation quantity for `field`.
-pub fn quantity(field: &str, quantity: i32, violations: &mut Violations) -> Option<i32> {
-    if (1..=MAX_QUANTITY).contains(&quantity) {
-        Some(quantity)
-    } else {
-        violations.add(field, format!("must be between 1 and {MAX_QUANTITY}"));
-        None
-    }
 }
 
 /// The rules that tie fields together.

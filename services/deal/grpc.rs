@@ -11,19 +11,19 @@ use crate::{
     shared::{
         auth::{self, Caller, Role},
         money::Price,
-        names, paging,
+        names, paging, quantity,
         status::Violations,
-        time,
     },
 };
 
 use super::{
     allocation::UnitRequest,
     batching::Batches,
-    domain::{self, Deal, DealState},
+    convert::{deal_state_from_proto, deal_to_proto, reservation_to_proto},
+    domain::{self, Deal, Reservation},
     error::DealError,
     live_deals::LiveDeals,
-    store::{self, DealFilter, Reservation},
+    store::{self, DealFilter},
 };
 
 /// The deal API over one database pool.
@@ -158,7 +158,7 @@ impl DealApi {
         let mut violations = Violations::default();
         let limit = paging::page_size("page_size", request.page_size, &mut violations);
         let filter = match pb::deal::State::try_from(request.state) {
-            Ok(state) => DealState::from_proto(state).map_or(DealFilter::Live, DealFilter::InState),
+            Ok(state) => deal_state_from_proto(state).map_or(DealFilter::Live, DealFilter::InState),
             Err(_) => {
                 violations.add("state", "is not a Deal.State value");
                 DealFilter::Live
@@ -196,7 +196,7 @@ impl DealApi {
         let mut violations = Violations::default();
         let deal_id = names::parse("deal", names::DEALS, &request.deal, &mut violations);
         let id = names::parse_uuid("reservation_id", &request.reservation_id, &mut violations);
-        let quantity = domain::quantity("quantity", request.quantity, &mut violations);
+        let quantity = quantity::quantity("quantity", request.quantity, &mut violations);
         let expected_price = request
             .expected_unit_price
             .as_ref()
@@ -228,35 +228,4 @@ fn reservation_uuid(reservation_id: &str) -> Result<Uuid, DealError> {
     let mut violations = Violations::default();
     let id = names::parse_uuid("reservation_id", reservation_id, &mut violations);
     violations.into_result(id)?.ok_or(DealError::ReservationNotFound)
-}
-
-/// A deal as the API shows it.
-pub fn deal_to_proto(deal: &Deal) -> pb::Deal {
-    pb::Deal {
-        name: names::format(names::DEALS, deal.id),
-        product_name: deal.terms.product_name.clone(),
-        actual_price: Some(deal.terms.actual_price.to_proto()),
-        final_price: Some(deal.terms.final_price.to_proto()),
-        total_units: deal.terms.total_units,
-        available_units: deal.available_units,
-        start_time: Some(time::to_proto(deal.terms.start_time)),
-        expire_time: Some(time::to_proto(deal.terms.expire_time)),
-        state: deal.state.to_proto().into(),
-        create_time: Some(time::to_proto(deal.create_time)),
-        update_time: Some(time::to_proto(deal.update_time)),
-    }
-}
-
-/// A reservation as the API shows it.
-pub fn reservation_to_proto(reservation: &Reservation) -> pb::Reservation {
-    let state = reservation.state.to_proto();
-    pb::Reservation {
-        reservation_id: reservation.id.to_string(),
-        deal: names::format(names::DEALS, reservation.deal_id),
-        quantity: reservation.quantity,
-        unit_price: Some(reservation.unit_price.to_proto()),
-        state: state.into(),
-        create_time: Some(time::to_proto(reservation.create_time)),
-        update_time: Some(time::to_proto(reservation.update_time)),
-    }
 }

@@ -21,8 +21,8 @@ use crate::{
 };
 
 use super::{
+    convert::deal_to_proto,
     domain::{self, Deal},
-    grpc::deal_to_proto,
     store::{self, DealFilter},
 };
 

@@ -2,12 +2,13 @@
 //! and releases their units.
 //!
 //! Layers: [`grpc`] decodes, validates, calls and maps errors; [`domain`] and [`allocation`] hold
-//! the rules; [`store`] holds the SQL; [`error`] is the one error type and its mapping to gRPC
+//! the rules; [`convert`] turns domain values into messages and back; [`store`] holds the SQL; [`error`] is the one error type and its mapping to gRPC
 //! status. Two parts make the hot paths fast: [`batching`] coalesces the reservations of one deal,
 //! [`live_deals`] serves the first page of live deals from a snapshot.
 
 pub mod allocation;
 pub mod batching;
+pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod grpc;

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::shared::{money::Price, paging::Cursor};
 
-use super::domain::{Deal, DealState, DealTerms, ReservationState};
+use super::domain::{Deal, DealState, DealTerms, Reservation, ReservationState};
 
 /// The columns every deal query returns; `state` is the deal's state at the transaction's start, or
 /// at the instant given.
@@ -65,18 +65,6 @@ impl From<DealRow> for Deal {
             update_time: row.update_time,
         }
     }
-}
-
-/// Units held for one order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    pub id: Uuid,
-    pub deal_id: Uuid,
-    pub quantity: i32,
-    pub unit_price: Price,
-    pub state: ReservationState,
-    pub create_time: DateTime<Utc>,
-    pub update_time: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]

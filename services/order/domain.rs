@@ -5,12 +5,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    deal::domain::quantity,
     proto::order as pb,
-    shared::{money::Price, names, status::Violations},
+    shared::{money::Price, names, quantity::quantity, status::Violations},
 };
-
-use super::error::OrderError;
 
 /// The longest customer id, in characters.
 pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
@@ -45,27 +42,6 @@ impl OrderState {
             .into_iter()
             .find(|state| state.as_str() == name)
     }
-
-    /// The API's enum value.
-    pub fn to_proto(self) -> pb::order::State {
-        match self {
-            Self::PendingApproval => pb::order::State::PendingApproval,
-            Self::Approved => pb::order::State::Approved,
-            Self::Rejected => pb::order::State::Rejected,
-            Self::Cancelled => pb::order::State::Cancelled,
-        }
-    }
-
-    /// The state an API filter names; `None` for STATE_UNSPECIFIED.
-    pub fn from_proto(state: pb::order::State) -> Option<Self> {
-        match state {
-            pb::order::State::Unspecified => None,
-            pb::order::State::PendingApproval => Some(Self::PendingApproval),
-            pb::order::State::Approved => Some(Self::Approved),
-            pb::order::State::Rejected => Some(Self::Rejected),
-            pb::order::State::Cancelled => Some(Self::Cancelled),
-        }
-    }
 }
 
 /// What an admin or the customer decides about a pending order.
@@ -92,14 +68,14 @@ impl Decision {
     }
 
     /// Checks that an order in `current` may take this decision.
-    pub fn check(self, current: OrderState) -> Result<(), OrderError> {
-        if current == OrderState::PendingApproval {
-            Ok(())
-        } else {
-            Err(OrderError::OrderNotPending { state: current })
-        }
+    pub fn check(self, current: OrderState) -> Result<(), NotPending> {
+        if current == OrderState::PendingApproval { Ok(()) } else { Err(NotPending(current)) }
     }
 }
+
+/// Why a decision was refused: the order has left PENDING_APPROVAL and is in this state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotPending(pub OrderState);
 
 /// A valid `CreateOrder` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,14 +116,14 @@ pub struct Order {
 
 /// Validates a `CreateOrder` request placed by `buyer` (the token's subject), or, without
 /// authentication, by the request's `customer_id`.
-pub fn new_order(request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Result<NewOrder, OrderError> {
+pub fn new_order(request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Result<NewOrder, Violations> {
     let mut violations = Violations::default();
     let request_id = (!request.request_id.is_empty())
         .then(|| names::parse_uuid("request_id", &request.request_id, &mut violations))
         .flatten();
     let Some(order) = request.order.as_ref() else {
         violations.add("order", "is required");
-        return Err(violations.into());
+        return Err(violations);
     };
     let deal_id = names::parse("order.deal", names::DEALS, &order.deal, &mut violations);
     let customer_id = match buyer {
@@ -161,7 +137,7 @@ pub fn new_order(request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Resul
         (Some(deal_id), Some(customer_id), Some(quantity)) if violations.is_empty() => {
             Ok(NewOrder { deal_id, customer_id, quantity, shown_unit_price, request_id })
         }
-        _ => Err(violations.into()),
+        _ => Err(violations),
     }
 }
 
@@ -193,7 +169,7 @@ mod tests {
         }
     }
 
-    fn new_order_of(request: &pb::CreateOrderRequest) -> Result<NewOrder, OrderError> {
+    fn new_order_of(request: &pb::CreateOrderRequest) -> Result<NewOrder, Violations> {
         new_order(request, None)
     }
 
@@ -207,9 +183,9 @@ mod tests {
         pb::CreateOrderRequest { order, request_id: String::new() }
     }
 
-    fn invalid_fields(result: Result<NewOrder, OrderError>) -> Vec<String> {
+    fn invalid_fields(result: Result<NewOrder, Violations>) -> Vec<String> {
         match result {
-            Err(OrderError::InvalidArgument(violations)) => violations.fields().map(str::to_owned).collect(),
+            Err(violations) => violations.fields().map(str::to_owned).collect(),
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         }
     }
@@ -272,7 +248,7 @@ mod tests {
         for decision in [Decision::Approve, Decision::Reject, Decision::Cancel] {
             assert!(decision.check(OrderState::PendingApproval).is_ok());
             for done in [OrderState::Approved, OrderState::Rejected, OrderState::Cancelled] {
-                assert!(matches!(decision.check(done), Err(OrderError::OrderNotPending { state }) if state == done));
+                assert_eq!(decision.check(done), Err(NotPending(done)));
             }
         }
         assert!(!Decision::Approve.releases_units());

@@ -6,7 +6,11 @@ use tonic::{Code, Status};
 
 use crate::shared::status;
 
-use super::{DOMAIN, domain::OrderState};
+use super::{
+    DOMAIN,
+    convert::order_state_to_proto,
+    domain::{NotPending, OrderState},
+};
 
 /// The retry delay suggested when deal-service could not be reached.
 const DEAL_SERVICE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
@@ -52,6 +56,12 @@ impl From<Arc<sqlx::Error>> for OrderError {
     }
 }
 
+impl From<NotPending> for OrderError {
+    fn from(NotPending(state): NotPending) -> Self {
+        Self::OrderNotPending { state }
+    }
+}
+
 impl From<status::Violations> for OrderError {
     fn from(violations: status::Violations) -> Self {
         Self::InvalidArgument(violations)
@@ -69,8 +79,8 @@ impl From<OrderError> for Status {
                 Code::FailedPrecondition,
                 DOMAIN,
                 "ORDER_NOT_PENDING",
-                format!("the order is {} and can no longer change", state.to_proto().as_str_name()),
-                [("state", state.to_proto().as_str_name().to_owned())],
+                format!("the order is {} and can no longer change", order_state_to_proto(state).as_str_name()),
+                [("state", order_state_to_proto(state).as_str_name().to_owned())],
             ),
             OrderError::DealRefused(status) => status,
             OrderError::RequestIdReused => status::with_reason(

@@ -12,11 +12,11 @@ use crate::{
         call::CallContext,
         names, paging,
         status::Violations,
-        time,
     },
 };
 
 use super::{
+    convert::{order_state_from_proto, order_to_proto},
     deals::DealsClient,
     domain::{self, Decision, Order, OrderState},
     error::OrderError,
@@ -149,7 +149,7 @@ impl OrderApi {
                 .flatten(),
         };
         let state = match pb::order::State::try_from(request.state) {
-            Ok(state) => OrderState::from_proto(state),
+            Ok(state) => order_state_from_proto(state),
             Err(_) => {
                 violations.add("state", "is not an Order.State value");
                 None
@@ -214,19 +214,4 @@ fn order_id(name: &str) -> Result<Uuid, OrderError> {
     let mut violations = Violations::default();
     let id = names::parse("name", names::ORDERS, name, &mut violations);
     violations.into_result(id)?.ok_or(OrderError::OrderNotFound)
-}
-
-/// An order as the API shows it.
-pub fn order_to_proto(order: &Order) -> pb::Order {
-    pb::Order {
-        name: names::format(names::ORDERS, order.id),
-        deal: names::format(names::DEALS, order.deal_id),
-        customer_id: order.customer_id.clone(),
-        quantity: order.quantity,
-        unit_price: Some(order.unit_price.to_proto()),
-        total_price: Some(order.total_price.to_proto()),
-        state: order.state.to_proto().into(),
-        create_time: Some(time::to_proto(order.create_time)),
-        update_time: Some(time::to_proto(order.update_time)),
-    }
 }

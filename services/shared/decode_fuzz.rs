@@ -184,7 +184,7 @@ fn deal_message(deal: &dealpb::Deal) {
     for instant in [&deal.start_time, &deal.expire_time, &deal.create_time, &deal.update_time] {
         timestamp("deal.start_time", instant.as_ref());
     }
-    let _ = dealpb::deal::State::try_from(deal.state).map(DealState::from_proto);
+    let _ = dealpb::deal::State::try_from(deal.state).map(deal::convert::deal_state_from_proto);
 }
 
 fn create_deal(request: &dealpb::CreateDealRequest) {
@@ -202,7 +202,7 @@ fn create_deal(request: &dealpb::CreateDealRequest) {
             create_time: now,
             update_time: now,
         };
-        let reply = deal::grpc::deal_to_proto(&deal);
+        let reply = deal::convert::deal_to_proto(&deal);
         assert_eq!(dealpb::Deal::decode(reply.encode_to_vec().as_slice()).unwrap(), reply);
         for quantity in [1, 100, i32::MAX] {
             let _ = deal::domain::refusal(&deal, quantity, Some(&deal.terms.final_price));
@@ -235,7 +235,7 @@ fn list_deals(request: &dealpb::ListDealsRequest) {
     let size = paging::page_size("page_size", request.page_size, &mut violations);
     assert!((1..=paging::MAX_PAGE_SIZE).contains(&size));
     if let Ok(state) = dealpb::deal::State::try_from(request.state) {
-        let filter = DealState::from_proto(state).map_or("live", DealState::as_str);
+        let filter = deal::convert::deal_state_from_proto(state).map_or("live", DealState::as_str);
         cursor(&request.page_token, filter);
     }
     strings(&request.page_token);
@@ -245,10 +245,10 @@ fn reserve_units(request: &dealpb::ReserveUnitsRequest) {
     let mut violations = Violations::default();
     let deal_id = names::parse("deal", names::DEALS, &request.deal, &mut violations);
     let id = names::parse_uuid("reservation_id", &request.reservation_id, &mut violations);
-    let quantity = deal::domain::quantity("quantity", request.quantity, &mut violations);
+    let quantity = crate::shared::quantity::quantity("quantity", request.quantity, &mut violations);
     let expected = request.expected_unit_price.as_ref().and_then(|money| price("expected_unit_price", Some(money)));
     if let (Some(_), Some(_), Some(quantity)) = (deal_id, id, quantity) {
-        assert!((1..=deal::domain::MAX_QUANTITY).contains(&quantity));
+        assert!((1..=crate::shared::quantity::MAX_QUANTITY).contains(&quantity));
         for now in nows() {
             for state in [DealState::Scheduled, DealState::Active, DealState::Expired] {
                 let _ = deal::domain::refusal(&stored(now, state), quantity, expected.as_ref());
@@ -268,7 +268,7 @@ fn reservation_reply(reservation: &dealpb::Reservation) {
         let _ = state.as_str_name();
     }
     for name in ["reserved", "released", "confirmed"] {
-        let _ = ReservationState::from_db(name).map(ReservationState::to_proto);
+        let _ = ReservationState::from_db(name).map(deal::convert::reservation_state_to_proto);
     }
 }
 
@@ -296,7 +296,7 @@ fn create_order(request: &orderpb::CreateOrderRequest) {
             update_time: nows()[0],
         };
         assert!(new.placed(&placed));
-        let reply = order::grpc::order_to_proto(&placed);
+        let reply = order::convert::order_to_proto(&placed);
         assert_eq!(orderpb::Order::decode(reply.encode_to_vec().as_slice()).unwrap(), reply);
     }
 }
@@ -306,7 +306,7 @@ fn list_orders(request: &orderpb::ListOrdersRequest) {
     paging::page_size("page_size", request.page_size, &mut violations);
     let customer = order::domain::customer_id("customer_id", &request.customer_id, &mut violations);
     if let Ok(state) = orderpb::order::State::try_from(request.state) {
-        let state = OrderState::from_proto(state);
+        let state = order::convert::order_state_from_proto(state);
         let filter = format!("{}|{}", state.map_or("any", OrderState::as_str), customer.as_deref().unwrap_or(""));
         cursor(&request.page_token, &filter);
     }

@@ -16,6 +16,7 @@ pub mod names;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod paging;
+pub mod quantity;
 pub mod reservations;
 pub mod server;
 pub mod status;

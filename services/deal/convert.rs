@@ -1,0 +1,68 @@
+//! Every conversion between deal-service's protobuf messages and its domain types, in one place:
+//! what the API shows of a deal and a reservation, and the enum values of their states.
+
+use crate::{
+    proto::deal as pb,
+    shared::{names, time},
+};
+
+use super::domain::{Deal, DealState, Reservation, ReservationState};
+
+/// A deal as the API shows it.
+pub fn deal_to_proto(deal: &Deal) -> pb::Deal {
+    pb::Deal {
+        name: names::format(names::DEALS, deal.id),
+        product_name: deal.terms.product_name.clone(),
+        actual_price: Some(deal.terms.actual_price.to_proto()),
+        final_price: Some(deal.terms.final_price.to_proto()),
+        total_units: deal.terms.total_units,
+        available_units: deal.available_units,
+        start_time: Some(time::to_proto(deal.terms.start_time)),
+        expire_time: Some(time::to_proto(deal.terms.expire_time)),
+        state: deal_state_to_proto(deal.state).into(),
+        create_time: Some(time::to_proto(deal.create_time)),
+        update_time: Some(time::to_proto(deal.update_time)),
+    }
+}
+
+/// A reservation as the API shows it.
+pub fn reservation_to_proto(reservation: &Reservation) -> pb::Reservation {
+    let state = reservation_state_to_proto(reservation.state);
+    pb::Reservation {
+        reservation_id: reservation.id.to_string(),
+        deal: names::format(names::DEALS, reservation.deal_id),
+        quantity: reservation.quantity,
+        unit_price: Some(reservation.unit_price.to_proto()),
+        state: state.into(),
+        create_time: Some(time::to_proto(reservation.create_time)),
+        update_time: Some(time::to_proto(reservation.update_time)),
+    }
+}
+
+/// The API's value of a deal's state.
+pub fn deal_state_to_proto(state: DealState) -> pb::deal::State {
+    match state {
+        DealState::Scheduled => pb::deal::State::Scheduled,
+        DealState::Active => pb::deal::State::Active,
+        DealState::Expired => pb::deal::State::Expired,
+    }
+}
+
+/// The state an API filter names; `None` for STATE_UNSPECIFIED.
+pub fn deal_state_from_proto(state: pb::deal::State) -> Option<DealState> {
+    match state {
+        pb::deal::State::Unspecified => None,
+        pb::deal::State::Scheduled => Some(DealState::Scheduled),
+        pb::deal::State::Active => Some(DealState::Active),
+        pb::deal::State::Expired => Some(DealState::Expired),
+    }
+}
+
+/// The API's value of a reservation's state.
+pub fn reservation_state_to_proto(state: ReservationState) -> pb::reservation::State {
+    match state {
+        ReservationState::Held => pb::reservation::State::Reserved,
+        ReservationState::Confirmed => pb::reservation::State::Confirmed,
+        ReservationState::Released => pb::reservation::State::Released,
+    }
+}
