@@ -62,7 +62,7 @@ impl Batches {
 }
 
 fn batch_crashed() -> DealError {
-    DealError::from(sqlx::Error::WorkerCrashed)
+    DealError::Internal("the batch serving this request crashed")
 }
 
 /// Answers every request of a batch with the same failure.
@@ -122,7 +122,7 @@ async fn try_reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest
                 None => match store::get_reservation(pool, request.id).await? {
                     Some(theirs) => allocation::same_reservation(theirs, deal_id, request),
                     // Reservations are never deleted: this cannot happen.
-                    None => Err(DealError::from(sqlx::Error::RowNotFound)),
+                    None => Err(DealError::Internal("a reservation inserted by another transaction vanished")),
                 },
             },
         };

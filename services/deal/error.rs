@@ -14,33 +14,50 @@ use super::DOMAIN;
 
 /// Everything a deal-service request can fail with. Cloneable, so that one failed batch of
 /// reservations answers every request in it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DealError {
     /// The request is malformed; every bad field is named.
+    #[error("invalid argument: {0:?}")]
     InvalidArgument(status::Violations),
     /// The caller has none of these roles.
+    #[error("permission denied")]
     PermissionDenied(&'static [Role]),
     /// No deal has that name.
+    #[error("deal not found")]
     DealNotFound,
     /// No reservation has that id.
+    #[error("reservation not found")]
     ReservationNotFound,
     /// The deal has expired (or ended at the daily reset) and can be neither ordered nor changed.
+    #[error("deal expired")]
     DealExpired,
     /// The deal has not started yet.
+    #[error("deal not started")]
     DealNotStarted,
     /// Fewer units are left than were asked for.
+    #[error("{requested} units requested, {available} left")]
     InsufficientUnits { requested: i32, available: i32 },
     /// The deal's price is not the one the customer was shown.
+    #[error("price changed to {current}")]
     PriceChanged { current: Price },
     /// An update would lower total units below the units already reserved.
+    #[error("total units below the {sold} reserved")]
     TotalUnitsBelowSold { sold: i32 },
     /// The start time of a deal that has started cannot change.
+    #[error("start time locked")]
     StartTimeLocked,
     /// The reservation id was used before for another deal or quantity.
+    #[error("reservation id reused")]
     ReservationIdReused,
     /// The reservation was released; it can be neither taken again nor confirmed.
+    #[error("reservation released")]
     ReservationReleased,
+    /// Something that cannot happen did (a batch that crashed, a row that vanished); the cause
+    /// is logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// The database failed; the cause is logged, not sent.
+    #[error("database: {0}")]
     Database(Arc<sqlx::Error>),
 }
 
@@ -74,7 +91,7 @@ impl DealError {
             ReservationIdReused => "RESERVATION_ID_REUSED",
             ReservationReleased => "RESERVATION_RELEASED",
             Database(err) if crate::shared::db::is_unavailable(err) => "DATABASE_UNAVAILABLE",
-            Database(_) => "INTERNAL",
+            Internal(_) | Database(_) => "INTERNAL",
         }
     }
 }
@@ -127,6 +144,10 @@ impl From<DealError> for Status {
                 "RESERVATION_RELEASED",
                 "that reservation was released; reserve under a new id",
             ),
+            Internal(cause) => {
+                tracing::error!(cause, "internal error");
+                status::internal(DOMAIN)
+            }
             Database(err) => status::from_database_error(DOMAIN, &err),
         }
     }

@@ -16,30 +16,40 @@ use super::{
 const DEAL_SERVICE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Everything an order-service request can fail with.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum OrderError {
     /// The request is malformed; every bad field is named.
+    #[error("invalid argument: {0:?}")]
     InvalidArgument(status::Violations),
     /// No order has that name.
+    #[error("order not found")]
     OrderNotFound,
     /// The order has left PENDING_APPROVAL, so it can no longer be approved, rejected or cancelled.
+    #[error("order not pending but {state:?}")]
     OrderNotPending { state: OrderState },
     /// The deal service refused the reservation (deal unknown, expired, sold out, price changed):
     /// its status and details go to the client as they are.
+    #[error("deal-service refused: {0:?}")]
     DealRefused(Status),
     /// The request id names another order.
+    #[error("request id reused")]
     RequestIdReused,
     /// The order could not be recorded in time after its units were reserved; they were (or will be)
     /// given back, and nothing was ordered.
+    #[error("order abandoned")]
     OrderAbandoned,
     /// The deal service did not answer in time or could not be reached.
+    #[error("deal-service unavailable ({code:?})")]
     DealServiceUnavailable { code: Code },
     /// The call's deadline passed before its order was recorded; whatever was held for it is given
     /// back.
+    #[error("deadline exceeded")]
     DeadlineExceeded,
     /// Something that should not happen; the cause is logged, not sent.
+    #[error("internal error: {0}")]
     Internal(String),
     /// The database failed; the cause is logged, not sent.
+    #[error("database: {0}")]
     Database(Arc<sqlx::Error>),
 }
 

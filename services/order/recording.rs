@@ -15,6 +15,7 @@ use crate::shared::{coalesce::Coalescer, metrics};
 
 use super::{
     domain::Order,
+    error::OrderError,
     store::{self, OrderInsert},
 };
 
@@ -49,8 +50,11 @@ impl Recorder {
     }
 
     /// Records `order` with the next batch.
-    pub async fn record(&self, order: OrderInsert) -> Outcome {
-        self.batches.submit((), order).await.unwrap_or_else(|| Err(Arc::new(sqlx::Error::WorkerCrashed)))
+    pub async fn record(&self, order: OrderInsert) -> Result<Recorded, OrderError> {
+        match self.batches.submit((), order).await {
+            Some(outcome) => Ok(outcome?),
+            None => Err(OrderError::Internal("the batch recording this order crashed".into())),
+        }
     }
 }
 

@@ -14,24 +14,15 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Errors of start-up; the URL is never part of them, since it may hold a password.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// The database never answered within the start-up patience.
+    #[error("database unreachable: {0}")]
     Unreachable(sqlx::Error),
     /// A migration failed.
+    #[error("migration failed: {0}")]
     Migrate(MigrateError),
 }
-
-impl std::fmt::Display for StartupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Unreachable(err) => write!(f, "database unreachable: {err}"),
-            Self::Migrate(err) => write!(f, "migration failed: {err}"),
-        }
-    }
-}
-
-impl std::error::Error for StartupError {}
 
 /// Connects to `database_url`, retrying while the database starts, then applies pending migrations.
 pub async fn connect_and_migrate(database_url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
@@ -66,11 +57,6 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
 /// shutting down or starting (57P01–57P03), deadlocks and serialization failures (40P01, 40001).
 fn is_transient_sqlstate(code: &str) -> bool {
     code.starts_with("08") || matches!(code, "53300" | "57P01" | "57P02" | "57P03" | "40P01" | "40001")
-}
-
-/// True when the error is a violation of a unique index or primary key.
-pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 #[cfg(test)]

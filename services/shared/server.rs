@@ -148,29 +148,14 @@ impl ServerSettings {
 }
 
 /// Why a server stopped serving before it was asked to.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The descriptors for reflection could not be loaded.
-    Reflection(tonic_reflection::server::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     /// The transport failed.
+    #[error("transport: {0}")]
     Transport(tonic::transport::Error),
-}
-
-impl std::fmt::Display for ServeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Reflection(err) => write!(f, "reflection: {err}"),
-            Self::Transport(err) => write!(f, "transport: {err}"),
-        }
-    }
-}
-
-impl std::error::Error for ServeError {}
-
-impl From<tonic_reflection::server::Error> for ServeError {
-    fn from(err: tonic_reflection::server::Error) -> Self {
-        Self::Reflection(err)
-    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then reports NOT_SERVING and lets the
