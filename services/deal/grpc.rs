@@ -178,17 +178,11 @@ impl DealApi {
                 return Ok(pb::ListDealsResponse { deals, next_page_token });
             }
         }
-        // One row more than the page tells whether another page follows.
         let mut deals = store::list_deals(&self.pool, filter, after, limit + 1).await?;
-        let next_page_token = if deals.len() as i64 > limit {
-            deals.truncate(limit as usize);
-            deals
-                .last()
-                .map(|last| paging::Cursor { at: last.terms.expire_time, id: last.id }.to_token(filter_key))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::cut_page(&mut deals, limit, filter_key, |last| paging::Cursor {
+            at: last.terms.expire_time,
+            id: last.id,
+        });
         Ok(pb::ListDealsResponse { deals: deals.iter().map(deal_to_proto).collect(), next_page_token })
     }
 

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::shared::{money::Price, paging::Cursor};
+use crate::shared::{money::Price, paging::Cursor, reservations::restore_released_units};
 
 use super::domain::{Deal, DealState, DealTerms, Reservation, ReservationState};
 
@@ -321,11 +321,9 @@ pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sql
              returning ",
         reservation_columns!(),
         "
-         ), restored as (
-             update deals set available_units = available_units + released.quantity, update_time = now()
-               from released
-              where deals.id = released.deal_id
-         )
+         ), ",
+        restore_released_units!(),
+        "
          select * from released"
     ))
     .bind(id)

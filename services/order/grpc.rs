@@ -160,17 +160,11 @@ impl OrderApi {
         let after = paging::Cursor::from_token("page_token", &request.page_token, &filter_key, &mut violations);
         violations.into_result(())?;
 
-        // One row more than the page tells whether another page follows.
         let mut orders = store::list_orders(&self.pool, customer_id.as_deref(), state, after, limit + 1).await?;
-        let next_page_token = if orders.len() as i64 > limit {
-            orders.truncate(limit as usize);
-            orders
-                .last()
-                .map(|last| paging::Cursor { at: last.create_time, id: last.id }.to_token(&filter_key))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::cut_page(&mut orders, limit, &filter_key, |last| paging::Cursor {
+            at: last.create_time,
+            id: last.id,
+        });
         Ok(pb::ListOrdersResponse { orders: orders.iter().map(order_to_proto).collect(), next_page_token })
     }
 

@@ -25,6 +25,18 @@ pub fn page_size(field: &str, requested: i32, violations: &mut Violations) -> i6
     }
 }
 
+/// Cuts `rows`, read with a limit of `page_size + 1`, to one page: the row past the page only says
+/// that another page follows. Returns the token of that next page (empty when none follows), made
+/// from the page's last row by `cursor_of` and bound to `filter`.
+pub fn cut_page<T>(rows: &mut Vec<T>, page_size: i64, filter: &str, cursor_of: impl Fn(&T) -> Cursor) -> String {
+    let page_size = usize::try_from(page_size).unwrap_or(0);
+    if rows.len() <= page_size {
+        return String::new();
+    }
+    rows.truncate(page_size);
+    rows.last().map(|last| cursor_of(last).to_token(filter)).unwrap_or_default()
+}
+
 /// Where the previous page ended, in the list's sort order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -84,6 +96,18 @@ fn decode_hex(token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_is_cut_at_its_size_and_the_row_past_it_only_says_more_follow() {
+        let at = |seconds| Cursor { at: DateTime::from_timestamp(seconds, 0).unwrap(), id: Uuid::nil() };
+        let mut three = vec![1, 2, 3];
+        let token = cut_page(&mut three, 2, "live", |&row| at(row));
+        assert_eq!(three, [1, 2]);
+        assert_eq!(token, at(2).to_token("live"), "the token names the page's last row");
+        let mut two = vec![1, 2];
+        assert_eq!(cut_page(&mut two, 2, "live", |&row| at(row)), "", "no row past the page: no next page");
+        assert_eq!(two, [1, 2]);
+    }
 
     #[test]
     fn page_size_defaults_caps_and_refuses_negatives() {

@@ -10,7 +10,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 
-use crate::shared::reservations::HOLD_TIMEOUT;
+use crate::shared::reservations::{HOLD_TIMEOUT, restore_released_units};
 
 /// How many rows one pass settles at most; the next tick takes the rest.
 const BATCH: i64 = 1000;
@@ -66,7 +66,7 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
     .bind(&claimed)
     .fetch_all(&mut *tx)
     .await?;
-    let settled = sqlx::query_as(
+    let settled = sqlx::query_as(concat!(
         "with due as (
              select r.id, o.state as order_state
                from reservations r left join orders o on o.id = r.id
@@ -82,13 +82,11 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
               where reservations.id = due.id
                 and (due.order_state is null or due.order_state in ('rejected', 'cancelled'))
              returning reservations.deal_id, reservations.quantity
-         ), restored as (
-             update deals set available_units = available_units + back.units, update_time = now()
-               from (select deal_id, sum(quantity)::integer as units from released group by deal_id) back
-              where deals.id = back.deal_id
-         )
+         ), ",
+        restore_released_units!(),
+        "
          select (select count(*) from confirmed), (select count(*) from released)",
-    )
+    ))
     .bind(&locked)
     .fetch_one(&mut *tx)
     .await?;
@@ -99,7 +97,7 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
 /// Rejected or cancelled orders, decided before `cutoff`, whose release did not complete: their
 /// reservation is released (if it still holds units) and the order marked, in one statement.
 async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar(concat!(
         "with due as (
              select id from orders
               where state in ('rejected', 'cancelled') and not units_released and update_time <= $1
@@ -111,15 +109,13 @@ async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sq
                from due
               where reservations.id = due.id and reservations.state in ('reserved', 'confirmed')
              returning reservations.deal_id, reservations.quantity
-         ), restored as (
-             update deals set available_units = available_units + back.units, update_time = now()
-               from (select deal_id, sum(quantity)::integer as units from released group by deal_id) back
-              where deals.id = back.deal_id
-         ), marked as (
+         ), ",
+        restore_released_units!(),
+        ", marked as (
              update orders set units_released = true from due where orders.id = due.id returning 1
          )
          select count(*) from released",
-    )
+    ))
     .bind(cutoff)
     .bind(BATCH)
     .fetch_one(pool)
