@@ -1,7 +1,12 @@
 //! topkart: operator commands. `topkart token` mints a token for local use and grpcurl;
-//! `topkart descriptors` writes the contracts' descriptor set for gateways.
+//! `topkart jwk` prints a private key's public JWK, for a JWKS file; `topkart descriptors` writes the
+//! contracts' descriptor set for gateways.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use topkart::shared::{
@@ -39,6 +44,28 @@ enum Command {
         /// The algorithm of `--jwt-private-key-file`.
         #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value_t = KeyAlgorithm::Rs256)]
         jwt_algorithm: KeyAlgorithm,
+        /// The key id to put in the header, naming the key in the services' `--jwks-file`.
+        #[arg(long)]
+        kid: Option<String>,
+        /// The issuer to put in `iss` (the services' `--jwt-issuer`).
+        #[arg(long)]
+        iss: Option<String>,
+        /// The audience to put in `aud` (the services' `--jwt-audience`).
+        #[arg(long)]
+        aud: Option<String>,
+    },
+    /// Prints the public JWK of a private key, one line of JSON, for a JWKS file
+    /// (`{"keys": [...]}`): `topkart jwk --jwt-private-key-file key.pem --jwt-algorithm ed-dsa --kid k1`.
+    Jwk {
+        /// The PEM private key (RSA for RS256, Ed25519 for EdDSA).
+        #[arg(long, env = "JWT_PRIVATE_KEY_FILE")]
+        jwt_private_key_file: PathBuf,
+        /// Its algorithm.
+        #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value_t = KeyAlgorithm::Rs256)]
+        jwt_algorithm: KeyAlgorithm,
+        /// The key id tokens signed with it will carry (`topkart token --kid`).
+        #[arg(long)]
+        kid: String,
     },
     /// Writes the FileDescriptorSet of proto/ (with imports and comments), as `buf build -o` would,
     /// for a gateway such as Envoy's gRPC-JSON transcoder.
@@ -64,8 +91,12 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let result = match Args::parse().command {
-        Command::Token { role, sub, ttl, jwt_secret, jwt_private_key_file, jwt_algorithm } => {
-            token(role, &sub, ttl, jwt_secret, jwt_private_key_file, jwt_algorithm).map(|token| println!("{token}"))
+        Command::Token { role, sub, ttl, jwt_secret, jwt_private_key_file, jwt_algorithm, kid, iss, aud } => {
+            let claims = TokenClaims { role, sub, ttl, kid, iss, aud };
+            token(&claims, jwt_secret, jwt_private_key_file, jwt_algorithm).map(|token| println!("{token}"))
+        }
+        Command::Jwk { jwt_private_key_file, jwt_algorithm, kid } => {
+            jwk(&jwt_private_key_file, jwt_algorithm, kid).map(|jwk| println!("{jwk}"))
         }
         Command::Descriptors { out } => std::fs::write(&out, topkart::proto::FILE_DESCRIPTOR_SET)
             .map_err(|err| format!("cannot write {}: {err}", out.display()).into()),
@@ -79,16 +110,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// A token for `sub` in `role`, signed with the HS256 secret or the private key.
-fn token(
+/// What `topkart token` puts in a token.
+struct TokenClaims {
     role: Role,
-    sub: &str,
+    sub: String,
     ttl: Duration,
+    kid: Option<String>,
+    iss: Option<String>,
+    aud: Option<String>,
+}
+
+/// A token of `claims`, signed with the HS256 secret or the private key.
+fn token(
+    claims: &TokenClaims,
     jwt_secret: Option<String>,
     jwt_private_key_file: Option<PathBuf>,
     jwt_algorithm: KeyAlgorithm,
 ) -> Result<String, cli::MainError> {
-    let signer = match (jwt_secret, jwt_private_key_file) {
+    let mut signer = match (jwt_secret, jwt_private_key_file) {
         (Some(secret), _) => {
             auth::check_secret(&secret)?;
             Signer::hs256(secret.as_bytes())
@@ -96,5 +135,20 @@ fn token(
         (None, Some(path)) => Signer::from_private_pem(&cli::read(&path)?, jwt_algorithm)?,
         (None, None) => return Err("set JWT_SECRET or --jwt-private-key-file".into()),
     };
-    Ok(signer.token(sub, role, ttl)?)
+    if let Some(kid) = &claims.kid {
+        signer = signer.with_key_id(kid);
+    }
+    if let Some(iss) = &claims.iss {
+        signer = signer.with_issuer(iss);
+    }
+    if let Some(aud) = &claims.aud {
+        signer = signer.with_audience(aud);
+    }
+    Ok(signer.token(&claims.sub, claims.role, claims.ttl)?)
+}
+
+/// The public JWK of the private key at `path`, as JSON.
+fn jwk(path: &Path, algorithm: KeyAlgorithm, kid: String) -> Result<String, cli::MainError> {
+    let jwk = Signer::from_private_pem(&cli::read(path)?, algorithm)?.with_key_id(kid).public_jwk()?;
+    Ok(serde_json::to_string(&jwk)?)
 }

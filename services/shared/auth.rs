@@ -2,16 +2,18 @@
 //! (`layers::callers`), shared by every service, and the roles the handlers authorize against.
 //!
 //! Tokens are signed with HS256 (a shared secret) or verified against an RS256 or EdDSA public key,
-//! and carry `sub`, `role` (`admin`, `customer` or `service`) and `exp`. Health and reflection are
-//! passed by it untouched and stay open. No token or key is ever logged.
+//! one given as PEM or several in a JWKS file chosen by the token's `kid` (`auth_jwks.rs`). They carry
+//! `sub`, `role` (`admin`, `customer` or `service`) and `exp`; `nbf` and `iat` are honoured, and `iss`
+//! and `aud` are required and checked when configured. [`Signer`] (`auth_signer.rs`) mints them.
+//! Health and reflection are passed by it untouched and stay open. No token or key is ever logged.
 
 use std::{
     path::PathBuf,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Request, Status, metadata::MetadataMap};
 
@@ -23,7 +25,7 @@ pub const DOMAIN: &str = "auth.topkart.com";
 pub const MIN_SECRET_BYTES: usize = 32;
 /// The longest subject a token may carry, in characters (a customer id's limit).
 pub const MAX_SUBJECT_CHARS: usize = 128;
-/// Clock skew tolerated on `exp`, in seconds.
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
 const LEEWAY_SECS: u64 = 5;
 
 /// What a caller may do.
@@ -61,6 +63,25 @@ pub struct Claims {
     /// Issue time, in seconds since the Unix epoch (0 when the issuer left it out).
     #[serde(default)]
     pub iat: u64,
+    /// Not valid before, in seconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nbf: Option<u64>,
+    /// Who issued the token; checked when `--jwt-issuer` is set.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub iss: Option<String>,
+    /// Whom the token is for; checked when `--jwt-audience` is set.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub aud: Option<Audience>,
+}
+
+/// A token's `aud`: one name or several, as RFC 7519 allows both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// A single audience, `"aud": "deals"`.
+    One(String),
+    /// Several, `"aud": ["deals", "orders"]`.
+    Many(Vec<String>),
 }
 
 /// The caller of a request, as the callers layer established it.
@@ -96,23 +117,49 @@ impl Caller {
     }
 }
 
-/// How tokens are checked.
+/// How tokens are checked. Cheap to clone: every connection's call stack holds one.
 #[derive(Clone)]
 pub enum Authenticator {
-    /// Every request must carry a token that this key verifies.
-    Verify(Arc<(DecodingKey, Validation)>),
+    /// Every request must carry a token that the verifier accepts.
+    Verify(Arc<Verifier>),
     /// No checks at all. Development only.
     Insecure,
 }
 
+/// What verifies tokens: one key, or the keys of a JWKS file.
+pub struct Verifier(Keys);
+
+enum Keys {
+    /// An HS256 secret or a PEM public key: every token is checked against it.
+    Single(KeyCheck),
+    /// Keys chosen by the token's `kid`, re-read when the file changes.
+    Jwks(jwks::JwksFile),
+}
+
 impl std::fmt::Debug for Authenticator {
-    // The key stays out of logs.
+    // The keys stay out of logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Verify(verifier) => write!(f, "Authenticator::Verify({:?})", verifier.1.algorithms),
+            Self::Verify(verifier) => match &verifier.0 {
+                Keys::Single(key) => write!(f, "Authenticator::Verify({:?})", key.validation.algorithms),
+                Keys::Jwks(file) => write!(f, "Authenticator::Verify(jwks {})", file.path().display()),
+            },
             Self::Insecure => write!(f, "Authenticator::Insecure"),
         }
     }
+}
+
+/// One key and the checks a token verified by it must pass (only the key's algorithm among them).
+struct KeyCheck {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// What `iss` and `aud` must be, where configured.
+#[derive(Debug, Clone, Default)]
+struct Expected {
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 /// Authentication settings, shared by every binary.
@@ -129,6 +176,20 @@ pub struct AuthArgs {
     /// The algorithm of `--jwt-public-key-file`.
     #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value_t = KeyAlgorithm::Rs256)]
     pub jwt_algorithm: KeyAlgorithm,
+
+    /// JWKS file (`{"keys": [...]}`) of RSA (RS256) and Ed25519 (EdDSA) public keys, each with a `kid`;
+    /// a token's `kid` picks its key. Re-read when it changes, so keys can rotate without a restart.
+    #[arg(long, env = "JWKS_FILE", conflicts_with_all = ["jwt_secret", "jwt_public_key_file"])]
+    pub jwks_file: Option<PathBuf>,
+
+    /// The issuer tokens must name in `iss`. Unset, `iss` is not checked.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The audience tokens must name in `aud`. Unset, `aud` is not checked at all; set it wherever the
+    /// identity provider also issues tokens for other services, or theirs are accepted here.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
 
     /// Serve without authentication: anyone who reaches the port may do anything. Development only.
     #[arg(long, env = "INSECURE_NO_AUTH")]
@@ -160,9 +221,10 @@ impl AuthArgs {
     /// The authenticator these settings describe; refuses to run without a key unless authentication
     /// is explicitly turned off.
     pub fn authenticator(&self) -> Result<Authenticator, AuthConfigError> {
+        let expected = self.expected()?;
         if let Some(secret) = &self.jwt_secret {
             check_secret(secret)?;
-            return Ok(Authenticator::hs256(secret.as_bytes()));
+            return Ok(Authenticator::single(DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256, &expected));
         }
         if let Some(path) = &self.jwt_public_key_file {
             let pem =
@@ -173,7 +235,11 @@ impl AuthArgs {
             };
             let key =
                 key.map_err(|err| AuthConfigError(format!("{} is not a usable public key: {err}", path.display())))?;
-            return Ok(Authenticator::with_key(key, algorithm));
+            return Ok(Authenticator::single(key, algorithm, &expected));
+        }
+        if let Some(path) = &self.jwks_file {
+            let file = jwks::JwksFile::open(path.clone(), expected)?;
+            return Ok(Authenticator::Verify(Arc::new(Verifier(Keys::Jwks(file)))));
         }
         if self.insecure_no_auth {
             tracing::warn!(
@@ -183,8 +249,20 @@ impl AuthArgs {
             return Ok(Authenticator::Insecure);
         }
         Err(AuthConfigError(
-            "no token key: set JWT_SECRET or JWT_PUBLIC_KEY_FILE (or --insecure-no-auth for local development)".into(),
+            "no token key: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWKS_FILE (or --insecure-no-auth for local development)"
+                .into(),
         ))
+    }
+
+    fn expected(&self) -> Result<Expected, AuthConfigError> {
+        let named = |value: &Option<String>, flag: &str| match value.as_deref() {
+            Some("") => Err(AuthConfigError(format!("{flag} must not be empty"))),
+            other => Ok(other.map(str::to_owned)),
+        };
+        Ok(Expected {
+            issuer: named(&self.jwt_issuer, "--jwt-issuer")?,
+            audience: named(&self.jwt_audience, "--jwt-audience")?,
+        })
     }
 }
 
@@ -199,19 +277,16 @@ pub fn check_secret(secret: &str) -> Result<(), AuthConfigError> {
 }
 
 impl Authenticator {
-    /// Verifies HS256 tokens signed with `secret`.
+    /// Verifies HS256 tokens signed with `secret`, with no issuer or audience required.
     pub fn hs256(secret: &[u8]) -> Self {
-        Self::with_key(DecodingKey::from_secret(secret), Algorithm::HS256)
+        Self::single(DecodingKey::from_secret(secret), Algorithm::HS256, &Expected::default())
     }
 
-    fn with_key(key: DecodingKey, algorithm: Algorithm) -> Self {
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Self::Verify(Arc::new((key, validation)))
+    fn single(key: DecodingKey, algorithm: Algorithm, expected: &Expected) -> Self {
+        Self::Verify(Arc::new(Verifier(Keys::Single(KeyCheck::new(key, algorithm, expected)))))
     }
 
-    /// The caller that `metadata` proves, or UNAUTHENTICATED. Only the one configured algorithm is
+    /// The caller that `metadata` proves, or UNAUTHENTICATED. Only the key's own algorithm is
     /// accepted, so `alg: none` and algorithm-confusion tokens fail.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         self.authenticate_headers(metadata.as_ref())
@@ -222,18 +297,10 @@ impl Authenticator {
         let Self::Verify(verifier) = self else {
             return Ok(Caller::Trusted);
         };
-        let header = headers.get("authorization").ok_or_else(|| unauthenticated("missing bearer token"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or_else(|| unauthenticated("the authorization header must be `Bearer <token>`"))?;
-        let (key, validation) = verifier.as_ref();
-        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
-            .map_err(|err| unauthenticated(&format!("invalid token: {}", describe(&err))))?
-            .claims;
+        let claims = match &verifier.0 {
+            Keys::Single(key) => key.verify(bearer_token(headers)?)?,
+            Keys::Jwks(file) => file.verify(bearer_token(headers)?)?,
+        };
         // Subjects name customers, admins and services: 1 to 128 printable characters.
         let subject_ok =
             (1..=MAX_SUBJECT_CHARS).contains(&claims.sub.chars().count()) && !claims.sub.chars().any(char::is_control);
@@ -244,14 +311,73 @@ impl Authenticator {
     }
 }
 
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer_token(headers: &http::HeaderMap) -> Result<&str, Status> {
+    let header = headers.get("authorization").ok_or_else(|| unauthenticated("missing bearer token"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or_else(|| unauthenticated("the authorization header must be `Bearer <token>`"))
+}
+
+impl KeyCheck {
+    fn new(key: DecodingKey, algorithm: Algorithm, expected: &Expected) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &expected.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &expected.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            // jsonwebtoken would otherwise refuse every token that names any audience at all.
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        Self { key, validation }
+    }
+
+    /// The claims of `token` if this key signed it and they hold now.
+    fn verify(&self, token: &str) -> Result<Claims, Status> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|err| unauthenticated(&format!("invalid token: {}", describe(&err))))?
+            .claims;
+        // jsonwebtoken leaves `iat` alone; one in the future means a broken clock at the issuer, or a
+        // token made to look fresher than it is.
+        if claims.iat > unix_now().saturating_add(LEEWAY_SECS) {
+            return Err(unauthenticated("invalid token: issued in the future"));
+        }
+        Ok(claims)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
+}
+
 /// What was wrong with a token, without echoing any of it.
 fn describe(err: &jsonwebtoken::errors::Error) -> &'static str {
     use jsonwebtoken::errors::ErrorKind;
     match err.kind() {
         ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::ImmatureSignature => "not yet valid",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
         ErrorKind::InvalidSignature => "bad signature",
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm not accepted",
-        ErrorKind::MissingRequiredClaim(_) => "missing claim",
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "iss" => "missing issuer",
+            "aud" => "missing audience",
+            _ => "missing claim",
+        },
         _ => "malformed",
     }
 }
@@ -266,48 +392,25 @@ pub fn authorize<'r, T>(request: &'r Request<T>, roles: &[Role], domain: &str) -
     if caller.is_any(roles) { Ok(caller) } else { Err(permission_denied(domain, roles)) }
 }
 
-/// PERMISSION_DENIED for a caller lacking every one of `roles`, in `domain`.
+/// PERMISSION_DENIED for a caller lacking every one of `roles`, in `domain`. The `required_roles`
+/// metadata lists them for programs (`admin,service`); the message, for people.
 pub fn permission_denied(domain: &str, roles: &[Role]) -> Status {
-    let roles = roles.iter().map(|role| role.as_str()).collect::<Vec<_>>().join(" or ");
+    let names = roles.iter().map(|role| role.as_str()).collect::<Vec<_>>();
     status::with_reason(
         Code::PermissionDenied,
         domain,
         "PERMISSION_DENIED",
-        format!("this call needs the {roles} role"),
-        [("required_roles", roles.clone())],
+        format!("this call needs the {} role", names.join(" or ")),
+        [("required_roles", names.join(","))],
     )
 }
 
-/// How tokens are signed.
-pub struct Signer {
-    key: EncodingKey,
-    algorithm: Algorithm,
-}
+#[path = "auth_jwks.rs"]
+mod jwks;
 
-impl Signer {
-    /// Signs HS256 tokens with `secret`.
-    pub fn hs256(secret: &[u8]) -> Self {
-        Self { key: EncodingKey::from_secret(secret), algorithm: Algorithm::HS256 }
-    }
-
-    /// Signs with a PEM private key (RSA for RS256, Ed25519 for EdDSA).
-    pub fn from_private_pem(pem: &[u8], algorithm: KeyAlgorithm) -> Result<Self, AuthConfigError> {
-        let (key, algorithm) = match algorithm {
-            KeyAlgorithm::Rs256 => (EncodingKey::from_rsa_pem(pem), Algorithm::RS256),
-            KeyAlgorithm::EdDsa => (EncodingKey::from_ed_pem(pem), Algorithm::EdDSA),
-        };
-        let key = key.map_err(|err| AuthConfigError(format!("not a usable private key: {err}")))?;
-        Ok(Self { key, algorithm })
-    }
-
-    /// A token for `subject` in `role`, valid for `ttl` from now.
-    pub fn token(&self, subject: &str, role: Role, ttl: Duration) -> Result<String, AuthConfigError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
-        let claims = Claims { sub: subject.to_owned(), role, iat: now, exp: now.saturating_add(ttl.as_secs()) };
-        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
-            .map_err(|err| AuthConfigError(format!("cannot sign: {err}")))
-    }
-}
+#[path = "auth_signer.rs"]
+mod signer;
+pub use signer::Signer;
 
 #[cfg(test)]
 #[path = "auth_tests.rs"]

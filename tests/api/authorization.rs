@@ -54,7 +54,15 @@ fn bearer(who: Who) -> Bearer {
         Who::Service => Bearer::of(&token(Role::Service, "order-service")),
         Who::Expired => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-            let claims = Claims { sub: "alice".into(), role: Role::Admin, iat: now - 7200, exp: now - 3600 };
+            let claims = Claims {
+                sub: "alice".into(),
+                role: Role::Admin,
+                iat: now - 7200,
+                exp: now - 3600,
+                nbf: None,
+                iss: None,
+                aud: None,
+            };
             let key = jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes());
             Bearer::of(&jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap())
         }
@@ -199,7 +207,7 @@ async fn customers_see_only_their_own_orders_and_buy_as_themselves(pool: PgPool)
         let request = orderpb::ListOrdersRequest { customer_id: customer_id.into(), ..Default::default() };
         async move { orders.list_orders(request).await.unwrap().into_inner().orders }
     };
-    assert_eq!(list(app.orders.clone(), "").await, [alices.clone()]);
+    assert_eq!(list(app.orders.clone(), "").await, std::slice::from_ref(&alices));
     assert!(list(app.orders_as("bob"), "").await.is_empty());
     assert!(list(app.orders_as("bob"), "alice").await.is_empty(), "a customer's filter cannot reach another's orders");
     assert_eq!(list(app.admin_orders.clone(), "alice").await, [alices]);

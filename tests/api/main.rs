@@ -8,6 +8,7 @@ mod deals;
 mod end_to_end;
 mod helpers;
 mod hostile;
+mod jwks;
 mod malformed;
 mod orders;
 mod postgres_restart;
