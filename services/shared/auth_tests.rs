@@ -348,3 +348,24 @@ fn a_changed_jwks_file_is_reread_and_a_broken_one_keeps_the_keys() {
     std::fs::remove_file(&file.0).unwrap();
     assert_eq!(verdict(&authenticator, &b, &claims()), Ok(()), "the previous keys stay while the file is gone");
 }
+
+/// A 2048-bit RSA key made with `openssl genpkey` for these tests alone (ring cannot make RSA keys).
+const RSA_TEST_KEY: &[u8] = include_bytes!("../../tests/fixtures/rsa-test-only.key.pem");
+
+#[test]
+fn rs256_tokens_verify_against_the_pem_public_key_and_the_jwk_derived_from_the_private_key() {
+    let signer = Signer::from_private_pem(RSA_TEST_KEY, KeyAlgorithm::Rs256).unwrap().with_key_id("r");
+    let public_pem =
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa-test-only.pub.pem"));
+    let by_pem = AuthArgs { jwt_public_key_file: Some(public_pem), jwt_algorithm: KeyAlgorithm::Rs256, ..args() }
+        .authenticator()
+        .unwrap();
+    assert_eq!(verdict(&by_pem, &signer, &claims()), Ok(()));
+
+    let file = JwksPath::new();
+    file.write(&[serde_json::to_value(signer.public_jwk().unwrap()).unwrap()]);
+    let by_jwks = file.authenticator().unwrap();
+    assert_eq!(verdict(&by_jwks, &signer, &claims()), Ok(()));
+    let (eddsa, _) = ed25519("r");
+    assert_eq!(refusal(&by_jwks, &eddsa.sign(&claims()).unwrap()), "invalid token: algorithm not accepted");
+}
