@@ -95,6 +95,7 @@ impl From<ReservationRow> for Reservation {
 }
 
 /// Inserts a new deal with all its units available.
+#[tracing::instrument(name = "sql.insert_deal", skip_all, fields(deal = %id))]
 pub async fn insert_deal(pool: &PgPool, id: Uuid, terms: &DealTerms, state: DealState) -> Result<Deal, sqlx::Error> {
     let row: DealRow = sqlx::query_as(concat!(
         "insert into deals (id, product_name, currency_code, actual_price_micros, final_price_micros, \
@@ -118,6 +119,7 @@ pub async fn insert_deal(pool: &PgPool, id: Uuid, terms: &DealTerms, state: Deal
 }
 
 /// One deal, if it exists.
+#[tracing::instrument(name = "sql.get_deal", skip_all, fields(deal = %id))]
 pub async fn get_deal(pool: &PgPool, id: Uuid) -> Result<Option<Deal>, sqlx::Error> {
     let row: Option<DealRow> = sqlx::query_as(concat!("select ", deal_columns!(), " from deals where id = $1"))
         .bind(id)
@@ -127,6 +129,7 @@ pub async fn get_deal(pool: &PgPool, id: Uuid) -> Result<Option<Deal>, sqlx::Err
 }
 
 /// One deal, locked until the transaction ends so that no reservation slips in while it is updated.
+#[tracing::instrument(name = "sql.lock_deal", skip_all, fields(deal = %id))]
 pub async fn lock_deal(conn: &mut PgConnection, id: Uuid) -> Result<Option<Deal>, sqlx::Error> {
     let row: Option<DealRow> =
         sqlx::query_as(concat!("select ", deal_columns!(), " from deals where id = $1 for update"))
@@ -138,6 +141,7 @@ pub async fn lock_deal(conn: &mut PgConnection, id: Uuid) -> Result<Option<Deal>
 
 /// Writes new terms to a locked deal. Available units move by as much as total units do, so the
 /// units reserved stay the same; the check constraint refuses anything below zero.
+#[tracing::instrument(name = "sql.update_deal", skip_all, fields(deal = %id))]
 pub async fn update_deal(conn: &mut PgConnection, id: Uuid, terms: &DealTerms) -> Result<Deal, sqlx::Error> {
     let row: DealRow = sqlx::query_as(concat!(
         "update deals
@@ -173,6 +177,7 @@ pub enum DealFilter {
 }
 
 /// A page of deals ordered by expiry then id, after `after`.
+#[tracing::instrument(name = "sql.list_deals", skip_all, fields(filter = ?filter, limit))]
 pub async fn list_deals(
     pool: &PgPool,
     filter: DealFilter,
@@ -227,6 +232,7 @@ pub async fn list_deals(
 /// The lock is taken by a statement of its own first, so that the read starts only once the lock is
 /// ours: its `statement_timestamp()` is then the instant of the sale. (With `now()`, fixed when the
 /// transaction starts, a batch queued on the lock across the expiry would still pass.)
+#[tracing::instrument(name = "sql.lock_deal_for_sale", skip_all, fields(deal = %id))]
 pub async fn lock_deal_for_sale(
     conn: &mut PgConnection,
     id: Uuid,
@@ -255,6 +261,7 @@ struct SaleRow {
 }
 
 /// The reservations among `ids` that exist.
+#[tracing::instrument(name = "sql.reservations_by_id", skip_all, fields(rows = ids.len()))]
 pub async fn reservations_by_id(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Reservation>, sqlx::Error> {
     let rows: Vec<ReservationRow> =
         sqlx::query_as(concat!("select ", reservation_columns!(), " from reservations where id = any($1)"))
@@ -268,6 +275,7 @@ pub async fn reservations_by_id(conn: &mut PgConnection, ids: &[Uuid]) -> Result
 /// price, stamped `at`, and takes their units, in one statement. Returns the reservations inserted:
 /// an id some other transaction inserted first (another instance serving a retry) is skipped, and
 /// only the units of the inserted ones are taken.
+#[tracing::instrument(name = "sql.take_units", skip_all, fields(deal = %deal_id, rows = takes.len()))]
 pub async fn take_units(
     conn: &mut PgConnection,
     deal_id: Uuid,
@@ -301,6 +309,7 @@ pub async fn take_units(
 }
 
 /// One reservation, if it exists.
+#[tracing::instrument(name = "sql.get_reservation", skip_all, fields(reservation = %id))]
 pub async fn get_reservation(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
     let row: Option<ReservationRow> =
         sqlx::query_as(concat!("select ", reservation_columns!(), " from reservations where id = $1"))
@@ -313,6 +322,7 @@ pub async fn get_reservation(pool: &PgPool, id: Uuid) -> Result<Option<Reservati
 /// Gives a reservation's units back, in one statement: only the call that moves it to 'released'
 /// restores units, so a retried release gives nothing back twice. Returns `None` when there was
 /// nothing to release.
+#[tracing::instrument(name = "sql.release", skip_all, fields(reservation = %id))]
 pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
     let row: Option<ReservationRow> = sqlx::query_as(concat!(
         "with released as (
@@ -334,6 +344,7 @@ pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sql
 
 /// Confirms the held reservations among `ids`, in one statement. Returns those it confirmed; the
 /// others were not held (confirmed before, released, or unknown).
+#[tracing::instrument(name = "sql.confirm", skip_all, fields(rows = ids.len()))]
 pub async fn confirm(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Reservation>, sqlx::Error> {
     let rows: Vec<ReservationRow> = sqlx::query_as(concat!(
         "update reservations set state = 'confirmed', update_time = now()

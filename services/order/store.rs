@@ -78,6 +78,7 @@ pub struct OrderInsert {
 ///   nothing: `order_abandoned` is volatile, so it reads with a snapshot taken after the lock.
 ///
 /// An order recorded here always keeps its units.
+#[tracing::instrument(name = "sql.insert_orders", skip_all, fields(rows = orders.len()))]
 pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<Order>, sqlx::Error> {
     let mut sorted: Vec<&OrderInsert> = orders.iter().collect();
     sorted.sort_by_key(|order| order.id);
@@ -116,6 +117,7 @@ pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<
 }
 
 /// The orders among `ids` that exist.
+#[tracing::instrument(name = "sql.get_orders", skip_all, fields(rows = ids.len()))]
 pub async fn get_orders(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Order>, sqlx::Error> {
     let rows: Vec<OrderRow> = sqlx::query_as(concat!("select ", order_columns!(), " from orders where id = any($1)"))
         .bind(ids)
@@ -125,6 +127,7 @@ pub async fn get_orders(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Order>, sqlx:
 }
 
 /// One order, if it exists.
+#[tracing::instrument(name = "sql.get_order", skip_all, fields(order = %id))]
 pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     let row: Option<OrderRow> = sqlx::query_as(concat!("select ", order_columns!(), " from orders where id = $1"))
         .bind(id)
@@ -136,6 +139,7 @@ pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::E
 /// Moves a pending order to `state`, in one conditional statement: of concurrent decisions on one
 /// order exactly one finds it pending. `None` when it was not pending (or does not exist).
 /// With an `owner`, only that customer's order moves.
+#[tracing::instrument(name = "sql.decide", skip_all, fields(order = %id, state = state.as_str()))]
 pub async fn decide(
     pool: &PgPool,
     id: Uuid,
@@ -157,12 +161,14 @@ pub async fn decide(
 }
 
 /// Notes that a rejected or cancelled order's units are back with the deal.
+#[tracing::instrument(name = "sql.mark_units_released", skip_all, fields(order = %id))]
 pub async fn mark_units_released(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("update orders set units_released = true where id = $1").bind(id).execute(pool).await?;
     Ok(())
 }
 
 /// A page of orders, newest first, after `after`, optionally of one customer and in one state.
+#[tracing::instrument(name = "sql.list_orders", skip_all, fields(state = state.map(OrderState::as_str), limit))]
 pub async fn list_orders(
     pool: &PgPool,
     customer_id: Option<&str>,

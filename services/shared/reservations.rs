@@ -54,6 +54,7 @@ pub(crate) use restore_released_units;
 /// each decides in a statement that starts after the lock is granted (so it sees what the other
 /// committed). Either the order was committed first, and it stays with its hold; or the abandonment
 /// was, and the insert finds the tombstone and records nothing.
+#[tracing::instrument(name = "sql.abandon", skip_all, fields(order = %id))]
 pub async fn abandon(pool: &PgPool, id: Uuid) -> Result<Abandoned, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(id).execute(&mut *tx).await?;

@@ -47,6 +47,7 @@ pub async fn settle_holds(pool: &PgPool, now: DateTime<Utc>) -> Result<HoldRepor
 /// Then a second statement, whose snapshot is taken after the locks, looks for the orders: any order
 /// committed before a lock was granted is seen, and none can be inserted after it (its write window
 /// has long passed).
+#[tracing::instrument(name = "sql.resolve_stale_holds", skip_all, fields(cutoff = %cutoff))]
 async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i64, i64), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let claimed: Vec<uuid::Uuid> = sqlx::query_scalar(
@@ -96,6 +97,7 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
 
 /// Rejected or cancelled orders, decided before `cutoff`, whose release did not complete: their
 /// reservation is released (if it still holds units) and the order marked, in one statement.
+#[tracing::instrument(name = "sql.finish_releases", skip_all, fields(cutoff = %cutoff))]
 async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(concat!(
         "with due as (
@@ -127,6 +129,7 @@ async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sq
 const ABANDONED_KEPT: TimeDelta = TimeDelta::hours(1);
 
 /// Forgets abandoned attempts older than [`ABANDONED_KEPT`], a bounded batch per tick.
+#[tracing::instrument(name = "sql.forget_abandoned", skip_all, fields(now = %now))]
 async fn forget_abandoned(pool: &PgPool, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "delete from abandoned_orders
