@@ -81,29 +81,14 @@ pub fn same_reservation(existing: Reservation, deal_id: Uuid, request: &UnitRequ
 
 #[cfg(test)]
 mod tests {
-    use chrono::{TimeDelta, TimeZone, Utc};
+    use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::deal::domain::{DealState, DealTerms};
+    use crate::deal::domain::DealState;
 
     fn deal(available_units: i32, state: DealState) -> Deal {
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
-        let price = Price::from_stored("INR".into(), 600_000_000);
-        Deal {
-            id: Uuid::new_v4(),
-            terms: DealTerms {
-                product_name: "Phone".into(),
-                actual_price: Price::from_stored("INR".into(), 1_000_000_000),
-                final_price: price,
-                total_units: 50,
-                start_time: now,
-                expire_time: now + TimeDelta::hours(2),
-            },
-            available_units,
-            state,
-            create_time: now,
-            update_time: now,
-        }
+        Deal { available_units, state, ..domain::sample_deal(now) }
     }
 
     fn request(quantity: i32) -> UnitRequest {

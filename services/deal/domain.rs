@@ -18,7 +18,7 @@ pub const MAX_TOTAL_UNITS: i32 = 1_000_000;
 /// The longest product name, in characters.
 pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
 /// How far in the past a start time may be, to allow for clocks and latency.
-const START_TIME_TOLERANCE: TimeDelta = TimeDelta::minutes(1);
+pub const START_TIME_TOLERANCE: TimeDelta = TimeDelta::minutes(1);
 
 /// What a deal is at a given instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +160,7 @@ pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms
 }
 
 /// The fields `UpdateDeal` may change, as named in an update mask.
-const UPDATABLE_FIELDS: [&str; 6] =
+pub const UPDATABLE_FIELDS: [&str; 6] =
     ["product_name", "actual_price", "final_price", "total_units", "start_time", "expire_time"];
 
 /// Applies an `UpdateDeal` request to `current`, read at `now`, and returns the new terms.
@@ -360,10 +360,26 @@ fn not_in_the_past(field: &str, start: DateTime<Utc>, now: DateTime<Utc>, violat
     ok
 }
 
+/// The deal unit tests start from: 50 phones at ₹600 (₹1,000 before), live from `start` for two
+/// hours with every unit left. Tests change what they are about with struct update syntax.
 #[cfg(test)]
-#[path = "domain_tests.rs"]
-mod tests;
+pub(crate) fn sample_deal(start: DateTime<Utc>) -> Deal {
+    Deal {
+        id: Uuid::new_v4(),
+        terms: DealTerms {
+            product_name: "Phone".into(),
+            actual_price: Price::from_stored("INR".into(), 1_000_000_000),
+            final_price: Price::from_stored("INR".into(), 600_000_000),
+            total_units: 50,
+            start_time: start,
+            expire_time: start + TimeDelta::hours(2),
+        },
+        available_units: 50,
+        state: DealState::Active,
+        create_time: start,
+        update_time: start,
+    }
+}
 
 #[cfg(test)]
-#[path = "domain_props.rs"]
-mod domain_props;
+mod tests;

@@ -111,30 +111,13 @@ fn still_live(deal: &Deal, now: DateTime<Utc>) -> bool {
 #[cfg(test)]
 mod tests {
     use chrono::{TimeDelta, TimeZone};
-    use uuid::Uuid;
 
     use super::*;
-    use crate::{
-        deal::domain::{DealState, DealTerms},
-        shared::money::Price,
-    };
+    use crate::deal::domain::DealTerms;
 
     fn deal(start: DateTime<Utc>, expire: DateTime<Utc>) -> Deal {
-        Deal {
-            id: Uuid::new_v4(),
-            terms: DealTerms {
-                product_name: "Phone".into(),
-                actual_price: Price::from_stored("INR".into(), 2_000_000),
-                final_price: Price::from_stored("INR".into(), 1_000_000),
-                total_units: 5,
-                start_time: start,
-                expire_time: expire,
-            },
-            available_units: 5,
-            state: DealState::Active,
-            create_time: start,
-            update_time: start,
-        }
+        let deal = domain::sample_deal(start);
+        Deal { terms: DealTerms { expire_time: expire, ..deal.terms }, ..deal }
     }
 
     #[test]

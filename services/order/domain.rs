@@ -255,7 +255,3 @@ mod tests {
         assert!(Decision::Reject.releases_units() && Decision::Cancel.releases_units());
     }
 }
-
-#[cfg(test)]
-#[path = "domain_props.rs"]
-mod domain_props;

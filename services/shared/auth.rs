@@ -2,9 +2,9 @@
 //! (`layers::callers`), shared by every service, and the roles the handlers authorize against.
 //!
 //! Tokens are signed with HS256 (a shared secret) or verified against an RS256 or EdDSA public key,
-//! one given as PEM or several in a JWKS file chosen by the token's `kid` (`auth_jwks.rs`). They carry
+//! one given as PEM or several in a JWKS file chosen by the token's `kid` (`auth/jwks.rs`). They carry
 //! `sub`, `role` (`admin`, `customer` or `service`) and `exp`; `nbf` and `iat` are honoured, and `iss`
-//! and `aud` are required and checked when configured. [`Signer`] (`auth_signer.rs`) mints them.
+//! and `aud` are required and checked when configured. [`Signer`] (`auth/signer.rs`) mints them.
 //! Health and reflection are passed by it untouched and stay open. No token or key is ever logged.
 
 use std::{
@@ -405,13 +405,10 @@ pub fn permission_denied(domain: &str, roles: &[Role]) -> Status {
     )
 }
 
-#[path = "auth_jwks.rs"]
 mod jwks;
 
-#[path = "auth_signer.rs"]
 mod signer;
 pub use signer::Signer;
 
 #[cfg(test)]
-#[path = "auth_tests.rs"]
 mod tests;

@@ -22,6 +22,3 @@ pub mod server;
 pub mod status;
 pub mod telemetry;
 pub mod time;
-
-#[cfg(test)]
-mod decode_fuzz;

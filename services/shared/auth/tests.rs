@@ -350,7 +350,8 @@ fn a_changed_jwks_file_is_reread_and_a_broken_one_keeps_the_keys() {
 }
 
 /// A 2048-bit RSA key made with `openssl genpkey` for these tests alone (ring cannot make RSA keys).
-const RSA_TEST_KEY: &[u8] = include_bytes!("../../tests/fixtures/rsa-test-only.key.pem");
+const RSA_TEST_KEY: &[u8] =
+    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa-test-only.key.pem"));
 
 #[test]
 fn rs256_tokens_verify_against_the_pem_public_key_and_the_jwk_derived_from_the_private_key() {

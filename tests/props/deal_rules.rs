@@ -8,8 +8,16 @@ use chrono::{Datelike, NaiveTime, TimeZone};
 use proptest::{prelude::*, strategy::ValueTree, test_runner::TestRunner};
 use prost_types::Timestamp;
 
-use super::*;
-use crate::{proto::Money, shared::money::MAX_PRICE_UNITS};
+use chrono::{DateTime, TimeDelta, Utc};
+use topkart::{
+    deal::{domain::*, error::DealError},
+    proto::{Money, deal as pb},
+    shared::{
+        money::{MAX_PRICE_UNITS, Price},
+        time,
+    },
+};
+use uuid::Uuid;
 
 const CASES: u32 = 512;
 

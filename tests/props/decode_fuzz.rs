@@ -18,7 +18,7 @@ use prost::Message;
 use prost_types::{FieldMask, Timestamp};
 use uuid::Uuid;
 
-use crate::{
+use topkart::{
     deal::{
         self,
         domain::{Deal, DealState, DealTerms, ReservationState},
@@ -245,10 +245,10 @@ fn reserve_units(request: &dealpb::ReserveUnitsRequest) {
     let mut violations = Violations::default();
     let deal_id = names::parse("deal", names::DEALS, &request.deal, &mut violations);
     let id = names::parse_uuid("reservation_id", &request.reservation_id, &mut violations);
-    let quantity = crate::shared::quantity::quantity("quantity", request.quantity, &mut violations);
+    let quantity = topkart::shared::quantity::quantity("quantity", request.quantity, &mut violations);
     let expected = request.expected_unit_price.as_ref().and_then(|money| price("expected_unit_price", Some(money)));
     if let (Some(_), Some(_), Some(quantity)) = (deal_id, id, quantity) {
-        assert!((1..=crate::shared::quantity::MAX_QUANTITY).contains(&quantity));
+        assert!((1..=topkart::shared::quantity::MAX_QUANTITY).contains(&quantity));
         for now in nows() {
             for state in [DealState::Scheduled, DealState::Active, DealState::Expired] {
                 let _ = deal::domain::refusal(&stored(now, state), quantity, expected.as_ref());

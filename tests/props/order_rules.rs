@@ -5,8 +5,16 @@
 
 use proptest::{prelude::*, strategy::ValueTree, test_runner::TestRunner};
 
-use super::*;
-use crate::{proto::Money, shared::money::MAX_PRICE_UNITS};
+use topkart::{
+    order::domain::*,
+    proto::{Money, order as pb},
+    shared::{
+        money::{MAX_PRICE_UNITS, Price},
+        names,
+        status::Violations,
+    },
+};
+use uuid::Uuid;
 
 fn config() -> ProptestConfig {
     ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() }
