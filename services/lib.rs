@@ -5,12 +5,10 @@
 //! - [`order`]: customers place, track and cancel orders; admins approve or reject them.
 //! - [`worker`]: expires deals every few seconds and performs the daily 00:00 UTC reset.
 //! - [`invariants`]: the checks behind `invariant-check`.
-//! - [`loadgen`]: the load generator behind `loadgen` and the benchmarks.
 //! - [`shared`]: what every binary needs: database, server plumbing, error details, conversions.
 
 pub mod deal;
 pub mod invariants;
-pub mod loadgen;
 pub mod order;
 pub mod proto;
 pub mod shared;

@@ -1,13 +1,17 @@
 //! loadgen: drives the running services with one scenario and reports throughput, latency and
 //! statuses; exits 1 when a check after the run fails (errors, oversold units, broken invariants).
 
+mod discard;
+mod report;
+mod scenario;
+mod setup;
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use topkart::{
-    loadgen::{self, Options, Scenario},
-    shared::{auth::Signer, cli, telemetry},
-};
+use topkart::shared::{auth::Signer, cli, telemetry};
+
+use scenario::{Options, Scenario};
 
 /// Load generator for the Topkart services.
 #[derive(Debug, Parser)]
@@ -97,7 +101,7 @@ async fn run(args: Args) -> Result<bool, cli::MainError> {
         signer: args.jwt_secret.map(|secret| Signer::hs256(secret.as_bytes())),
         database,
     };
-    let report = loadgen::run(scenario, options).await.map_err(|err| err.to_string())?;
+    let report = scenario::run(scenario, options).await.map_err(|err| err.to_string())?;
     print!("{}", report.to_text());
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use tonic::{Request, transport::Channel};
 
-use crate::{
+use topkart::{
     proto::{
         Money,
         deal::{self as pb, deal_service_client::DealServiceClient},
@@ -14,7 +14,10 @@ use crate::{
     shared::{auth::Signer, time},
 };
 
-use super::{Authorization, LoadError, Scenario, authorization, report::Check};
+use crate::{
+    report::Check,
+    scenario::{self, Authorization, LoadError, Scenario, authorization},
+};
 
 /// The admin's client of deal-service.
 pub(super) struct Admin {
@@ -26,13 +29,13 @@ pub(super) struct Admin {
 impl Admin {
     pub(super) fn new(channel: Channel, signer: Option<&Signer>, deadline: Duration) -> Result<Self, LoadError> {
         let authorization = signer
-            .map(|signer| authorization(signer, crate::shared::auth::Role::Admin, "loadgen-admin"))
+            .map(|signer| authorization(signer, topkart::shared::auth::Role::Admin, "loadgen-admin"))
             .transpose()?;
         Ok(Self { deals: DealServiceClient::new(channel), authorization, deadline })
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        super::request(message, self.deadline, self.authorization.as_ref())
+        scenario::request(message, self.deadline, self.authorization.as_ref())
     }
 
     /// A live deal with `units` units, running for two hours or until the daily reset, if sooner.

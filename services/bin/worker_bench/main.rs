@@ -5,11 +5,8 @@
 //!
 //! Both functions change the deals they find, so every timed run starts from freshly seeded deals.
 
-#[path = "worker_bench/plans.rs"]
 mod plans;
-#[path = "worker_bench/report.rs"]
 mod report;
-#[path = "worker_bench/scenario.rs"]
 mod scenario;
 
 use std::{

@@ -1,4 +1,4 @@
-//! The load generator: many concurrent gRPC clients driving the real services in one scenario for a
+//! A load-generator run: many concurrent gRPC clients driving the real services in one scenario for a
 //! fixed time after a warm-up, then a report (throughput, latency percentiles, counts by status) and
 //! checks of what the load left behind (units accounted for, the invariant checker).
 //!
@@ -16,10 +16,6 @@
 //!   clients honouring server pushback do. Latencies of shed and admitted calls are reported apart;
 //!   one second after the run every hold must belong to an order or be released.
 
-mod discard;
-pub mod report;
-mod setup;
-
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -30,7 +26,7 @@ use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::HealthCheckRequest;
 use uuid::Uuid;
 
-use crate::{
+use topkart::{
     proto::{
         deal::{self as dealpb, deal_service_client::DealServiceClient},
         order::{self as orderpb, order_service_client::OrderServiceClient},
@@ -38,7 +34,11 @@ use crate::{
     shared::auth::{Role, Signer},
 };
 
-use report::{Check, Recorder, Report};
+use crate::{
+    discard,
+    report::{Check, Recorder, Report},
+    setup,
+};
 
 /// What to run; on the command line in kebab case (`hot-deal-sell-out`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,15 +167,15 @@ fn buyer_authorization(signer: Option<&Signer>, index: usize) -> Result<Option<A
     signer.map(|signer| authorization(signer, Role::Customer, &format!("loadgen-buyer-{index}"))).transpose()
 }
 
-type Authorization = MetadataValue<tonic::metadata::Ascii>;
+pub(crate) type Authorization = MetadataValue<tonic::metadata::Ascii>;
 
-fn authorization(signer: &Signer, role: Role, subject: &str) -> Result<Authorization, LoadError> {
+pub(crate) fn authorization(signer: &Signer, role: Role, subject: &str) -> Result<Authorization, LoadError> {
     let token = signer.token(subject, role, Duration::from_secs(3600))?;
     Ok(MetadataValue::try_from(format!("Bearer {token}"))?)
 }
 
 /// A request with a deadline and, when the services check tokens, an `authorization` header.
-fn request<T>(message: T, deadline: Duration, authorization: Option<&Authorization>) -> Request<T> {
+pub(crate) fn request<T>(message: T, deadline: Duration, authorization: Option<&Authorization>) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(deadline);
     if let Some(authorization) = authorization {
@@ -229,10 +229,10 @@ impl Client {
             if started >= record_from {
                 outcome.recorder.record(started.elapsed(), code);
             }
-            if let (Scenario::Surge, Err(status)) = (self.scenario, &result) {
-                if let Some(delay) = retry_delay(status) {
-                    tokio::time::sleep(delay.min(end.saturating_duration_since(Instant::now()))).await;
-                }
+            if let (Scenario::Surge, Err(status)) = (self.scenario, &result)
+                && let Some(delay) = retry_delay(status)
+            {
+                tokio::time::sleep(delay.min(end.saturating_duration_since(Instant::now()))).await;
             }
         }
     }
@@ -244,7 +244,7 @@ impl Client {
             Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge => Call::Order(0),
             Scenario::ListDeals => Call::List,
             Scenario::HealthCheck => Call::Health,
-            Scenario::Browse if roll % 2 == 0 => Call::List,
+            Scenario::Browse if roll.is_multiple_of(2) => Call::List,
             Scenario::Browse => Call::Get(deal),
             Scenario::Mixed => match roll % 10 {
                 0 | 1 => Call::Order(deal),
@@ -375,7 +375,7 @@ async fn holds_settled(pool: &PgPool) -> Result<Check, LoadError> {
 }
 
 async fn invariants(pool: &PgPool) -> Result<Check, LoadError> {
-    let violations = crate::invariants::check(pool).await?;
+    let violations = topkart::invariants::check(pool).await?;
     let detail = match violations.first() {
         None => "every invariant holds".to_owned(),
         Some(first) => format!("{} violations, first: {first}", violations.len()),
