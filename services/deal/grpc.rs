@@ -19,6 +19,7 @@ use crate::{
 use super::{
     allocation::UnitRequest,
     batching::Batches,
+    changes,
     convert::{deal_state_from_proto, deal_to_proto, reservation_to_proto},
     domain::{self, Deal, Reservation},
     error::DealError,
@@ -121,12 +122,8 @@ fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&
 
 impl DealApi {
     async fn create(&self, request: pb::CreateDealRequest) -> Result<Deal, DealError> {
-        let now = Utc::now();
-        let terms = domain::new_deal(request.deal.as_ref(), now)?;
-        let deal = store::insert_deal(&self.pool, Uuid::new_v4(), &terms, domain::initial_state(&terms, now)).await?;
-        self.live_deals.invalidate();
-        tracing::info!(deal = %deal.id, "deal created");
-        Ok(deal)
+        let terms = domain::new_deal(request.deal.as_ref(), Utc::now())?;
+        changes::create(&self.pool, &self.live_deals, &terms).await
     }
 
     async fn update(&self, request: pb::UpdateDealRequest) -> Result<Deal, DealError> {
@@ -136,15 +133,7 @@ impl DealApi {
         let mask = request.update_mask.map(|mask| mask.paths).unwrap_or_default();
         domain::check_update_mask(&mask, &mut violations);
         let id = violations.into_result(id)?.ok_or(DealError::DealNotFound)?;
-
-        let mut tx = self.pool.begin().await?;
-        let current = store::lock_deal(&mut tx, id).await?.ok_or(DealError::DealNotFound)?;
-        let terms = domain::update_deal(&current, &patch, &mask, Utc::now())?;
-        let deal = store::update_deal(&mut tx, id, &terms).await?;
-        tx.commit().await?;
-        self.live_deals.invalidate();
-        tracing::info!(deal = %deal.id, fields = ?mask, "deal updated");
-        Ok(deal)
+        changes::update(&self.pool, &self.live_deals, id, &patch, &mask).await
     }
 
     async fn get(&self, name: &str) -> Result<Deal, DealError> {

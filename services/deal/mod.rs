@@ -1,13 +1,15 @@
 //! deal-service: admins create and update deals, customers read them, and order-service reserves
 //! and releases their units.
 //!
-//! Layers: [`grpc`] decodes, validates, calls and maps errors; [`domain`] and [`allocation`] hold
-//! the rules; [`convert`] turns domain values into messages and back; [`store`] holds the SQL; [`error`] is the one error type and its mapping to gRPC
-//! status. Two parts make the hot paths fast: [`batching`] coalesces the reservations of one deal,
-//! [`live_deals`] serves the first page of live deals from a snapshot.
+//! Layers: [`grpc`] decodes, validates, calls and maps errors, with [`convert`] turning domain
+//! values into messages and back; [`domain`] and [`allocation`] hold the rules, [`changes`] and
+//! [`batching`] apply them in transactions; [`store`] holds the SQL; [`error`] is the one error type
+//! and its mapping to gRPC status. Two parts make the hot paths fast: [`batching`] coalesces the
+//! reservations of one deal, [`live_deals`] serves the first page of live deals from a snapshot.
 
 pub mod allocation;
 pub mod batching;
+pub mod changes;
 pub mod convert;
 pub mod domain;
 pub mod error;

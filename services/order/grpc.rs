@@ -18,6 +18,7 @@ use crate::{
 use super::{
     convert::{order_state_from_proto, order_to_proto},
     deals::DealsClient,
+    deciding::{Deciding, visible_to},
     domain::{self, Decision, Order, OrderState},
     error::OrderError,
     faults::Faults,
@@ -26,15 +27,11 @@ use super::{
     store,
 };
 
-/// How long the release of a rejected or cancelled order's units may take before it is left to
-/// the expiry worker.
-const RELEASE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// The order API over one database pool and a client of deal-service.
 pub struct OrderApi {
     pool: PgPool,
-    deals: DealsClient,
     placing: Placing,
+    deciding: Deciding,
 }
 
 impl OrderApi {
@@ -42,7 +39,7 @@ impl OrderApi {
     pub fn new(pool: PgPool, deals: DealsClient, faults: Faults) -> Self {
         let placing =
             Placing { pool: pool.clone(), deals: deals.clone(), recorder: Recorder::new(pool.clone()), faults };
-        Self { pool, deals, placing }
+        Self { deciding: Deciding { pool: pool.clone(), deals }, pool, placing }
     }
 }
 
@@ -73,20 +70,20 @@ impl OrderService for OrderApi {
     #[tracing::instrument(skip_all, fields(order = %request.get_ref().name))]
     async fn approve_order(&self, request: Request<pb::ApproveOrderRequest>) -> Result<Response<pb::Order>, Status> {
         authorize(&request, ADMINS)?;
-        reply(self.decide(&request.get_ref().name, Decision::Approve, None).await.map(|order| order_to_proto(&order)))
+        reply(self.decide(&request.get_ref().name, Decision::Approve, None).await)
     }
 
     #[tracing::instrument(skip_all, fields(order = %request.get_ref().name))]
     async fn reject_order(&self, request: Request<pb::RejectOrderRequest>) -> Result<Response<pb::Order>, Status> {
         authorize(&request, ADMINS)?;
-        reply(self.decide(&request.get_ref().name, Decision::Reject, None).await.map(|order| order_to_proto(&order)))
+        reply(self.decide(&request.get_ref().name, Decision::Reject, None).await)
     }
 
     #[tracing::instrument(skip_all, fields(order = %request.get_ref().name))]
     async fn cancel_order(&self, request: Request<pb::CancelOrderRequest>) -> Result<Response<pb::Order>, Status> {
         let caller = authorize(&request, BUYERS)?;
         let owner = caller.customer();
-        reply(self.decide(&request.get_ref().name, Decision::Cancel, owner).await.map(|order| order_to_proto(&order)))
+        reply(self.decide(&request.get_ref().name, Decision::Cancel, owner).await)
     }
 }
 
@@ -104,14 +101,6 @@ const READERS: &[Role] = &[Role::Customer, Role::Admin];
 /// The request's caller, if it has one of `roles`.
 fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&'r Caller, Status> {
     auth::authorize(request, roles, super::DOMAIN)
-}
-
-/// Another customer's order is NOT_FOUND, so order ids reveal nothing.
-fn visible_to(order: Order, customer: Option<&str>) -> Result<Order, OrderError> {
-    match customer {
-        Some(customer) if customer != order.customer_id => Err(OrderError::OrderNotFound),
-        _ => Ok(order),
-    }
 }
 
 impl OrderApi {
@@ -167,40 +156,12 @@ impl OrderApi {
         });
         Ok(pb::ListOrdersResponse { orders: orders.iter().map(order_to_proto).collect(), next_page_token })
     }
+}
 
-    /// Approves, rejects or cancels a pending order. The state moves first, in one conditional
-    /// statement, so of concurrent decisions exactly one passes and no lock is held across the call
-    /// to deal-service. Rejected and cancelled orders then give their units back; if that call
-    /// fails, the decision stands and the expiry worker completes the release (a release is
-    /// idempotent, so it happens exactly once).
-    ///
-    /// With an `owner`, only that customer's order can be decided; another's is NOT_FOUND.
-    async fn decide(&self, name: &str, decision: Decision, owner: Option<&str>) -> Result<Order, OrderError> {
-        let id = order_id(name)?;
-        let mut attempts = 0;
-        let order = loop {
-            if let Some(order) = store::decide(&self.pool, id, decision.outcome(), owner).await? {
-                break order;
-            }
-            let current = store::get_order(&self.pool, id).await?.ok_or(OrderError::OrderNotFound)?;
-            let current = visible_to(current, owner)?;
-            decision.check(current.state)?;
-            // Pending after all: the order was recorded between the two statements. Decide again.
-            attempts += 1;
-            if attempts == 3 {
-                return Err(OrderError::Internal("order kept changing while being decided".into()));
-            }
-        };
-        if decision.releases_units() {
-            match self.deals.release(&CallContext::detached(RELEASE_DEADLINE), id).await {
-                Ok(()) => store::mark_units_released(&self.pool, id).await?,
-                Err(err) => {
-                    tracing::warn!(order = %id, error = ?err, "units not released; the expiry worker will release them")
-                }
-            }
-        }
-        tracing::debug!(order = %id, state = order.state.as_str(), "order decided");
-        Ok(order)
+impl OrderApi {
+    async fn decide(&self, name: &str, decision: Decision, owner: Option<&str>) -> Result<pb::Order, OrderError> {
+        let order = self.deciding.decide(order_id(name)?, decision, owner).await?;
+        Ok(order_to_proto(&order))
     }
 }
 

@@ -1,13 +1,15 @@
 //! order-service: customers place, track and cancel orders; admins approve or reject them. Units
 //! come from deal-service over gRPC, never from its tables.
 //!
-//! Layers: [`grpc`] decodes, validates, calls and maps errors; [`domain`] holds the rules and
-//! [`convert`] the conversions between its types and the API's messages;
-//! [`store`] holds the SQL, and [`recording`] coalesces the order inserts; [`deals`] is the client
-//! of deal-service; [`error`] is the one error type and its mapping to gRPC status.
+//! Layers: [`grpc`] decodes, validates, calls and maps errors, with [`convert`] turning domain
+//! values into messages and back; [`domain`] holds the rules, [`placing`] (the CreateOrder
+//! protocol) and [`deciding`] (approve, reject, cancel) apply them; [`store`] holds the SQL, and
+//! [`recording`] coalesces the order inserts; [`deals`] is the client of deal-service; [`error`] is
+//! the one error type and its mapping to gRPC status.
 
 pub mod convert;
 pub mod deals;
+pub mod deciding;
 pub mod domain;
 pub mod error;
 pub mod faults;
