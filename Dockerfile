@@ -10,10 +10,11 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 
-# Only what the four binaries are compiled from: build.rs generates the gRPC code from proto/ with
+# Only what the binaries are compiled from: build.rs generates the gRPC code from proto/ with
 # protox (pure Rust, so no protoc), and sqlx::migrate!("./migrations") embeds the migrations at
 # compile time. tests/ is left out on purpose: cargo reads an explicit [[test]] path only when it
-# builds that target, so `build --bins` does not need it, and test edits do not rerun this stage.
+# builds that target, so building the binaries does not need it, and test edits do not rerun this
+# stage. The benchmark tools (loadgen, worker-bench) are not built into the image.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY migrations ./migrations
@@ -24,7 +25,9 @@ COPY services ./services
 # of target/ in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    cargo build --release --locked \
+        --bin deal-service --bin order-service --bin expiry-worker \
+        --bin health-probe --bin topkart --bin invariant-check \
  && mkdir -p /out \
  && cp target/release/deal-service \
        target/release/order-service \
@@ -37,13 +40,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- runtime -------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 
-# The binaries need only glibc, libm and libgcc_s (no OpenSSL: nothing here speaks TLS today);
-# ca-certificates is for a TLS database or upstream URL later.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 topkart \
+# The binaries need only glibc, libm and libgcc_s: TLS (--tls-cert-file and friends) is rustls,
+# compiled in, and trusts only the certificates it is given, so neither OpenSSL nor a CA bundle is
+# installed.
+RUN groupadd --system --gid 10001 topkart \
  && useradd --system --uid 10001 --gid topkart --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin topkart
 
@@ -52,9 +52,10 @@ COPY --from=build /out/ /usr/local/bin/
 # Numeric, so a runtime that insists on a non-root user (runAsNonRoot) can check it.
 USER 10001:10001
 
-# deal-service, order-service, expiry-worker (health only). Each binary listens on 127.0.0.1 unless
-# LISTEN_ADDR says otherwise: in a container it must be 0.0.0.0:<port>.
-EXPOSE 50051 50052 50053
+# gRPC of deal-service, order-service, expiry-worker (health only), then their /metrics as
+# docker-compose.yml sets them. Each binary listens on 127.0.0.1 unless LISTEN_ADDR (and
+# METRICS_ADDR) say otherwise: in a container it must be 0.0.0.0:<port>.
+EXPOSE 50051 50052 50053 9101 9102 9103
 
 # The binaries run as PID 1 and shut down gracefully on SIGTERM themselves, so no init is needed.
 # A default only: compose sets the command for each service.

@@ -14,7 +14,6 @@ use tonic_types::StatusExt;
 
 use tonic::{
     Code, Request, Status,
-    metadata::MetadataValue,
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 use uuid::Uuid;
@@ -22,7 +21,7 @@ use uuid::Uuid;
 use crate::{
     proto::deal::{self as pb, deal_service_client::DealServiceClient},
     shared::{
-        auth::{Role, Signer},
+        auth::{self, Role, Signer},
         call::CallContext,
         money::Price,
         names,
@@ -235,8 +234,8 @@ impl DealsClient {
             request.set_timeout(left);
             context.propagate(request.metadata_mut());
             if let Some(token) = self.credentials.bearer()? {
-                let value = MetadataValue::try_from(format!("Bearer {token}"))
-                    .map_err(|_| OrderError::Internal("the service token is not a valid header".into()))?;
+                let value = auth::bearer(&token)
+                    .ok_or_else(|| OrderError::Internal("the service token is not a valid header".into()))?;
                 request.metadata_mut().insert("authorization", value);
             }
             let status = match tokio::time::timeout(left, send(self.client(), request)).await {

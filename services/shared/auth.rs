@@ -392,6 +392,12 @@ pub fn authorize<'r, T>(request: &'r Request<T>, roles: &[Role], domain: &str) -
     if caller.is_any(roles) { Ok(caller) } else { Err(permission_denied(domain, roles)) }
 }
 
+/// The `authorization` header value that presents `token`: `Bearer <token>`. `None` when the token
+/// holds characters no header may (ours never do).
+pub fn bearer(token: &str) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).ok()
+}
+
 /// PERMISSION_DENIED for a caller lacking every one of `roles`, in `domain`. The `required_roles`
 /// metadata lists them for programs (`admin,service`); the message, for people.
 pub fn permission_denied(domain: &str, roles: &[Role]) -> Status {

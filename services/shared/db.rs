@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use sqlx::{PgPool, migrate::MigrateError, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    migrate::MigrateError,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 /// The schema, embedded at build time. sqlx takes a Postgres advisory lock while it migrates, so
 /// several services starting at once apply each migration exactly once.
@@ -22,14 +26,23 @@ pub enum StartupError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(MigrateError),
+    /// DATABASE_URL is not a Postgres connection URL (the URL itself is not repeated).
+    #[error("DATABASE_URL is not a postgres:// URL")]
+    BadUrl,
 }
 
 /// Connects to `database_url`, retrying while the database starts, then applies pending migrations.
 pub async fn connect_and_migrate(database_url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
+    let connect: PgConnectOptions = database_url.parse().map_err(|_| StartupError::BadUrl)?;
+    connect_and_migrate_with(connect, max_connections).await
+}
+
+/// [`connect_and_migrate`] with options already parsed (a benchmark's own database, say).
+pub async fn connect_and_migrate_with(connect: PgConnectOptions, max_connections: u32) -> Result<PgPool, StartupError> {
     let options = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT);
     let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
     let pool = loop {
-        match options.clone().connect(database_url).await {
+        match options.clone().connect_with(connect.clone()).await {
             Ok(pool) => break pool,
             Err(err) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %err, "database not reachable yet, retrying");

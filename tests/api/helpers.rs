@@ -45,7 +45,7 @@ pub struct Bearer(Option<MetadataValue<Ascii>>);
 impl Bearer {
     /// `Bearer <token>`.
     pub fn of(token: &str) -> Self {
-        Self(Some(MetadataValue::try_from(format!("Bearer {token}")).unwrap()))
+        Self(Some(topkart::shared::auth::bearer(token).expect("a token is a valid header")))
     }
 
     /// No header at all.

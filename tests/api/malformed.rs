@@ -10,7 +10,6 @@ use sqlx::PgPool;
 use tonic::{
     Code, Request, Status,
     codec::{DecodeBuf, Decoder, EncodeBuf, Encoder},
-    metadata::MetadataValue,
     transport::Channel,
 };
 use tonic_types::StatusExt;
@@ -130,8 +129,8 @@ async fn call_raw(channel: &Channel, role: Role, path: &str, body: Vec<u8>) -> R
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.expect("the channel is ready");
     let mut request = Request::new(body);
-    let bearer = format!("Bearer {}", token(role, "alice"));
-    request.metadata_mut().insert("authorization", MetadataValue::try_from(bearer).unwrap());
+    let bearer = topkart::shared::auth::bearer(&token(role, "alice")).unwrap();
+    request.metadata_mut().insert("authorization", bearer);
     let path = http::uri::PathAndQuery::try_from(path).unwrap();
     grpc.unary(request, path, RawCodec).await.map(drop)
 }

@@ -31,7 +31,7 @@ use topkart::{
         deal::{self as dealpb, deal_service_client::DealServiceClient},
         order::{self as orderpb, order_service_client::OrderServiceClient},
     },
-    shared::auth::{Role, Signer},
+    shared::auth::{self, Role, Signer},
 };
 
 use crate::{
@@ -171,7 +171,7 @@ pub(crate) type Authorization = MetadataValue<tonic::metadata::Ascii>;
 
 pub(crate) fn authorization(signer: &Signer, role: Role, subject: &str) -> Result<Authorization, LoadError> {
     let token = signer.token(subject, role, Duration::from_secs(3600))?;
-    Ok(MetadataValue::try_from(format!("Bearer {token}"))?)
+    Ok(auth::bearer(&token).ok_or("the token is not a valid header")?)
 }
 
 /// A request with a deadline and, when the services check tokens, an `authorization` header.

@@ -16,7 +16,10 @@ use std::{
 };
 
 use clap::Parser;
-use sqlx::{AssertSqlSafe, PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    AssertSqlSafe, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 use topkart::{
     shared::db,
     worker::{daily_reset, sweep::SweepReport, sweep_once},
@@ -86,13 +89,14 @@ async fn main() -> ExitCode {
 
 /// Creates the benchmark's database, measures, and drops the database unless `--keep`.
 async fn run(args: &Args) -> Result<Report, BenchError> {
-    let server = PgPoolOptions::new().max_connections(1).connect(&args.database_url).await?;
+    let server_options: PgConnectOptions =
+        args.database_url.parse().map_err(|_| "DATABASE_URL must be a postgres:// URL")?;
+    let server = PgPoolOptions::new().max_connections(1).connect_with(server_options.clone()).await?;
     let name = format!("topkart_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     // Safe: the name is ours, letters, digits and underscores.
     sqlx::raw_sql(AssertSqlSafe(format!("create database {name}"))).execute(&server).await?;
     eprintln!("worker-bench: created database {name}");
-    let url = with_database(&args.database_url, &name).ok_or("DATABASE_URL must be a postgres:// URL")?;
-    let measured = measure(args, &url).await;
+    let measured = measure(args, server_options.database(&name)).await;
     if args.keep {
         eprintln!("worker-bench: kept database {name}");
     } else {
@@ -106,10 +110,10 @@ async fn run(args: &Args) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-async fn measure(args: &Args, url: &str) -> Result<Report, BenchError> {
+async fn measure(args: &Args, database: PgConnectOptions) -> Result<Report, BenchError> {
     // One connection, as the worker's ticks have in effect: every statement runs on it again and
     // again, so a plan Postgres switches to after some runs is measured too.
-    let pool = db::connect_and_migrate(url, 1).await?;
+    let pool = db::connect_and_migrate_with(database, 1).await?;
     let postgres: String = sqlx::query_scalar("select version()").fetch_one(&pool).await?;
     let mut bench = Bench {
         pool: &pool,
@@ -225,30 +229,5 @@ fn check(function: &str, as_expected: bool, report: &impl std::fmt::Debug) -> Re
         Ok(())
     } else {
         Err(format!("{function} did not do what the scenario expects: {report:?}").into())
-    }
-}
-
-/// `url` with its database replaced by `database`, its query kept.
-fn with_database(url: &str, database: &str) -> Option<String> {
-    let (url, query) = url.split_once('?').map_or((url, None), |(url, query)| (url, Some(query)));
-    let authority = url.find("://")? + 3;
-    let server = url[authority..].find('/').map_or(url, |slash| &url[..authority + slash]);
-    Some(match query {
-        Some(query) => format!("{server}/{database}?{query}"),
-        None => format!("{server}/{database}"),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_database_of_a_url_is_replaced_and_its_query_kept() {
-        let replaced = |url| with_database(url, "bench");
-        assert_eq!(replaced("postgres://u:p@h:5432/postgres").as_deref(), Some("postgres://u:p@h:5432/bench"));
-        assert_eq!(replaced("postgres://h").as_deref(), Some("postgres://h/bench"));
-        assert_eq!(replaced("postgres://h/db?sslmode=require").as_deref(), Some("postgres://h/bench?sslmode=require"));
-        assert_eq!(replaced("host=h dbname=db"), None);
     }
 }

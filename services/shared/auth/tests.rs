@@ -9,7 +9,7 @@ const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
 
 fn with_bearer(token: &str) -> MetadataMap {
     let mut metadata = MetadataMap::new();
-    metadata.insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
+    metadata.insert("authorization", bearer(token).unwrap());
     metadata
 }
 
