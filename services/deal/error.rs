@@ -4,11 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Code, Status};
 
-use crate::shared::{
-    auth::{self, Role},
-    money::Price,
-    status,
-};
+use crate::shared::{auth, money::Price, status};
 
 use super::DOMAIN;
 
@@ -20,8 +16,8 @@ pub enum DealError {
     #[error("invalid argument: {0:?}")]
     InvalidArgument(status::Violations),
     /// The caller has none of these roles.
-    #[error("permission denied")]
-    PermissionDenied(&'static [Role]),
+    #[error("refused: {0}")]
+    Refused(#[from] auth::Refusal),
     /// No deal has that name.
     #[error("deal not found")]
     DealNotFound,
@@ -79,7 +75,8 @@ impl DealError {
         use DealError::*;
         match self {
             InvalidArgument(_) => "INVALID_ARGUMENT",
-            PermissionDenied(_) => "PERMISSION_DENIED",
+            Refused(auth::Refusal::NoCredentials) => "UNAUTHENTICATED",
+            Refused(auth::Refusal::LacksRole(_)) => "PERMISSION_DENIED",
             DealNotFound => "DEAL_NOT_FOUND",
             ReservationNotFound => "RESERVATION_NOT_FOUND",
             DealExpired => "DEAL_EXPIRED",
@@ -103,7 +100,7 @@ impl From<DealError> for Status {
         let reason = |code, _reason: &str, message: &str| status::with_reason(code, DOMAIN, name, message, []);
         match err {
             InvalidArgument(violations) => violations.into_status(DOMAIN),
-            PermissionDenied(roles) => auth::permission_denied(DOMAIN, roles),
+            Refused(refusal) => refusal.into_status(DOMAIN),
             DealNotFound => reason(Code::NotFound, "DEAL_NOT_FOUND", "no deal has that name"),
             ReservationNotFound => reason(Code::NotFound, "RESERVATION_NOT_FOUND", "no reservation has that id"),
             DealExpired => reason(Code::FailedPrecondition, "DEAL_EXPIRED", "the deal has expired"),

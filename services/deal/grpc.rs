@@ -116,8 +116,8 @@ const READERS: &[Role] = &[Role::Customer, Role::Admin];
 const SERVICES: &[Role] = &[Role::Service];
 
 /// The request's caller, if it has one of `roles`.
-fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&'r Caller, Status> {
-    auth::authorize(request, roles, super::DOMAIN)
+fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&'r Caller, DealError> {
+    Ok(auth::authorize(request, roles)?)
 }
 
 impl DealApi {
@@ -155,8 +155,10 @@ impl DealApi {
         };
         let filter_key = match filter {
             DealFilter::Live => "live",
-            DealFilter::InState(_) if !caller.is_any(ADMINS) => return Err(DealError::PermissionDenied(ADMINS)),
-            DealFilter::InState(state) => state.as_str(),
+            DealFilter::InState(state) => {
+                caller.require(ADMINS)?;
+                state.as_str()
+            }
         };
         let after = paging::Cursor::from_token("page_token", &request.page_token, filter_key, &mut violations);
         violations.into_result(())?;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Code, Status};
 
-use crate::shared::status;
+use crate::shared::{auth, status};
 
 use super::{
     DOMAIN,
@@ -21,6 +21,9 @@ pub enum OrderError {
     /// The request is malformed; every bad field is named.
     #[error("invalid argument: {0:?}")]
     InvalidArgument(status::Violations),
+    /// The caller may not make this call.
+    #[error("refused: {0}")]
+    Refused(#[from] auth::Refusal),
     /// No order has that name.
     #[error("order not found")]
     OrderNotFound,
@@ -82,6 +85,7 @@ impl From<OrderError> for Status {
     fn from(err: OrderError) -> Self {
         match err {
             OrderError::InvalidArgument(violations) => violations.into_status(DOMAIN),
+            OrderError::Refused(refusal) => refusal.into_status(DOMAIN),
             OrderError::OrderNotFound => {
                 status::with_reason(Code::NotFound, DOMAIN, "ORDER_NOT_FOUND", "no order has that name", [])
             }

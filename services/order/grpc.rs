@@ -99,8 +99,8 @@ const BUYERS: &[Role] = &[Role::Customer];
 const READERS: &[Role] = &[Role::Customer, Role::Admin];
 
 /// The request's caller, if it has one of `roles`.
-fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&'r Caller, Status> {
-    auth::authorize(request, roles, super::DOMAIN)
+fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&'r Caller, OrderError> {
+    Ok(auth::authorize(request, roles)?)
 }
 
 impl OrderApi {

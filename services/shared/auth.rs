@@ -95,9 +95,9 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The caller of `request`; a request that did not pass the callers layer has none.
-    pub fn of<T>(request: &Request<T>) -> Result<&Caller, Status> {
-        request.extensions().get::<Caller>().ok_or_else(|| unauthenticated("no credentials"))
+    /// Refuses a caller with none of `roles`.
+    pub fn require(&self, roles: &'static [Role]) -> Result<(), Refusal> {
+        if self.is_any(roles) { Ok(()) } else { Err(Refusal::LacksRole(roles)) }
     }
 
     /// Whether the caller has one of `roles` (a trusted caller has them all).
@@ -386,10 +386,33 @@ fn unauthenticated(message: &str) -> Status {
     status::with_reason(Code::Unauthenticated, DOMAIN, "UNAUTHENTICATED", message, [])
 }
 
-/// The caller of `request`, if it has one of `roles`; else PERMISSION_DENIED in `domain`.
-pub fn authorize<'r, T>(request: &'r Request<T>, roles: &[Role], domain: &str) -> Result<&'r Caller, Status> {
-    let caller = Caller::of(request)?;
-    if caller.is_any(roles) { Ok(caller) } else { Err(permission_denied(domain, roles)) }
+/// Why a caller may not make a call. Each service's error type carries it, so every refusal reaches
+/// the client through that service's one mapping to a status ([`Refusal::into_status`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The request did not pass the callers layer, which a server always puts first: UNAUTHENTICATED.
+    #[error("no credentials")]
+    NoCredentials,
+    /// The caller has none of these roles: PERMISSION_DENIED.
+    #[error("needs one of the roles {0:?}")]
+    LacksRole(&'static [Role]),
+}
+
+impl Refusal {
+    /// The status a client gets, PERMISSION_DENIED in `domain`.
+    pub fn into_status(self, domain: &str) -> Status {
+        match self {
+            Self::NoCredentials => unauthenticated("no credentials"),
+            Self::LacksRole(roles) => permission_denied(domain, roles),
+        }
+    }
+}
+
+/// The caller of `request`, if it has one of `roles`.
+pub fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&'r Caller, Refusal> {
+    let caller = request.extensions().get::<Caller>().ok_or(Refusal::NoCredentials)?;
+    caller.require(roles)?;
+    Ok(caller)
 }
 
 /// The `authorization` header value that presents `token`: `Bearer <token>`. `None` when the token
@@ -400,7 +423,7 @@ pub fn bearer(token: &str) -> Option<tonic::metadata::MetadataValue<tonic::metad
 
 /// PERMISSION_DENIED for a caller lacking every one of `roles`, in `domain`. The `required_roles`
 /// metadata lists them for programs (`admin,service`); the message, for people.
-pub fn permission_denied(domain: &str, roles: &[Role]) -> Status {
+fn permission_denied(domain: &str, roles: &[Role]) -> Status {
     let names = roles.iter().map(|role| role.as_str()).collect::<Vec<_>>();
     status::with_reason(
         Code::PermissionDenied,

@@ -198,7 +198,7 @@ fn without_a_configured_audience_any_aud_is_accepted() {
 
 #[test]
 fn permission_denied_lists_the_required_roles_for_programs() {
-    let status = permission_denied("deals.topkart.com", &[Role::Admin, Role::Service]);
+    let status = Refusal::LacksRole(&[Role::Admin, Role::Service]).into_status("deals.topkart.com");
     assert_eq!(status.code(), Code::PermissionDenied);
     let info = status.get_error_details().error_info().cloned().expect("an ErrorInfo");
     assert_eq!(info.metadata.get("required_roles").map(String::as_str), Some("admin,service"));
