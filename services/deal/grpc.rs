@@ -163,11 +163,11 @@ impl DealApi {
         let after = paging::Cursor::from_token("page_token", &request.page_token, filter_key, &mut violations);
         violations.into_result(())?;
 
-        if let (DealFilter::Live, None) = (filter, after) {
-            if let Some((deals, next)) = self.live_deals.first_page(limit as usize).await? {
-                let next_page_token = next.map(|cursor| cursor.to_token(filter_key)).unwrap_or_default();
-                return Ok(pb::ListDealsResponse { deals, next_page_token });
-            }
+        if let (DealFilter::Live, None) = (filter, after)
+            && let Some((deals, next)) = self.live_deals.first_page(limit as usize).await?
+        {
+            let next_page_token = next.map(|cursor| cursor.to_token(filter_key)).unwrap_or_default();
+            return Ok(pb::ListDealsResponse { deals, next_page_token });
         }
         let mut deals = store::list_deals(&self.pool, filter, after, limit + 1).await?;
         let next_page_token = paging::cut_page(&mut deals, limit, filter_key, |last| paging::Cursor {

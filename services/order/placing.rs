@@ -106,11 +106,11 @@ impl Placing {
     /// deal-service says now (its hold released by a cancel, the deal expired, deal-service down).
     /// A refusal held nothing; a failure in transit may have left a hold, which is abandoned.
     async fn after_refusal(&self, attempt: &mut Attempt, new: &NewOrder, err: OrderError) -> Result<Order, OrderError> {
-        if new.request_id.is_some() {
-            if let Some(existing) = store::get_order(&self.pool, attempt.id).await? {
-                attempt.recorded();
-                return placed_by(new, existing);
-            }
+        if new.request_id.is_some()
+            && let Some(existing) = store::get_order(&self.pool, attempt.id).await?
+        {
+            attempt.recorded();
+            return placed_by(new, existing);
         }
         Err(match err {
             OrderError::DealRefused(status) => {

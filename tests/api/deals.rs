@@ -206,7 +206,7 @@ async fn list_deals_shows_changes_within_its_documented_staleness(pool: PgPool) 
     let names = |page: pb::ListDealsResponse| page.deals.into_iter().map(|deal| deal.name).collect::<Vec<_>>();
     assert_eq!(
         names(client.list_deals(pb::ListDealsRequest::default()).await.unwrap().into_inner()),
-        [first.name.clone()]
+        std::slice::from_ref(&first.name)
     );
 
     let second = app.create_deal(10).await;

@@ -49,7 +49,7 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     let created =
         deals.create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(10)) }).await.unwrap().into_inner();
     let live = deals.list_deals(dealpb::ListDealsRequest::default()).await.unwrap().into_inner();
-    assert_eq!(live.deals, [created.clone()]);
+    assert_eq!(live.deals, std::slice::from_ref(&created));
     let shown_price = live.deals[0].final_price.clone();
     let order_req = orderpb::Order { unit_price: shown_price, ..order_request(&created.name, 2) };
     let placed = orders

@@ -78,13 +78,12 @@ where
         };
         let verdict = self.auth.authenticate_headers(request.headers());
         // Calls between our services are not limited: order-service's own limit bounds them.
-        if let Some(limiter) = self.limiter.as_ref().filter(|_| !method.internal) {
-            if let Some(key) = rate_limit_key(&verdict, &request) {
-                if let Err(wait) = limiter.check(&key) {
-                    metrics::call_rate_limited(method);
-                    return Box::pin(refuse::<S::Error>(rate_limited(wait)));
-                }
-            }
+        if let Some(limiter) = self.limiter.as_ref().filter(|_| !method.internal)
+            && let Some(key) = rate_limit_key(&verdict, &request)
+            && let Err(wait) = limiter.check(&key)
+        {
+            metrics::call_rate_limited(method);
+            return Box::pin(refuse::<S::Error>(rate_limited(wait)));
         }
         match verdict {
             Ok(caller) => {
