@@ -1,7 +1,7 @@
 //! Every SQL statement of deal-service. Statements that keep an invariant say how beside them.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, postgres::PgArguments, query::QueryAs};
 use uuid::Uuid;
 
 use crate::shared::{money::Price, paging::Cursor, reservations::restore_released_units};
@@ -94,27 +94,34 @@ impl From<ReservationRow> for Reservation {
     }
 }
 
+/// Binds `terms` as parameters $2 to $8: product name, currency, actual and final price, total units,
+/// start and expiry (insert and update share the order).
+fn bind_terms<'q>(
+    query: QueryAs<'q, Postgres, DealRow, PgArguments>,
+    terms: &'q DealTerms,
+) -> QueryAs<'q, Postgres, DealRow, PgArguments> {
+    query
+        .bind(&terms.product_name)
+        .bind(terms.final_price.currency_code())
+        .bind(terms.actual_price.micros())
+        .bind(terms.final_price.micros())
+        .bind(terms.total_units)
+        .bind(terms.start_time)
+        .bind(terms.expire_time)
+}
+
 /// Inserts a new deal with all its units available.
 #[tracing::instrument(name = "sql.insert_deal", skip_all, fields(deal = %id))]
 pub async fn insert_deal(pool: &PgPool, id: Uuid, terms: &DealTerms, state: DealState) -> Result<Deal, sqlx::Error> {
-    let row: DealRow = sqlx::query_as(concat!(
+    let query = sqlx::query_as(concat!(
         "insert into deals (id, product_name, currency_code, actual_price_micros, final_price_micros, \
                             total_units, available_units, start_time, expire_time, state)
          values ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)
          returning ",
         deal_columns!()
     ))
-    .bind(id)
-    .bind(&terms.product_name)
-    .bind(terms.final_price.currency_code())
-    .bind(terms.actual_price.micros())
-    .bind(terms.final_price.micros())
-    .bind(terms.total_units)
-    .bind(terms.start_time)
-    .bind(terms.expire_time)
-    .bind(state.as_str())
-    .fetch_one(pool)
-    .await?;
+    .bind(id);
+    let row: DealRow = bind_terms(query, terms).bind(state.as_str()).fetch_one(pool).await?;
     Ok(row.into())
 }
 
@@ -143,7 +150,7 @@ pub async fn lock_deal(conn: &mut PgConnection, id: Uuid) -> Result<Option<Deal>
 /// units reserved stay the same; the check constraint refuses anything below zero.
 #[tracing::instrument(name = "sql.update_deal", skip_all, fields(deal = %id))]
 pub async fn update_deal(conn: &mut PgConnection, id: Uuid, terms: &DealTerms) -> Result<Deal, sqlx::Error> {
-    let row: DealRow = sqlx::query_as(concat!(
+    let query = sqlx::query_as(concat!(
         "update deals
             set product_name = $2, currency_code = $3, actual_price_micros = $4, final_price_micros = $5,
                 available_units = available_units + ($6 - total_units), total_units = $6,
@@ -154,16 +161,8 @@ pub async fn update_deal(conn: &mut PgConnection, id: Uuid, terms: &DealTerms) -
          returning ",
         deal_columns!()
     ))
-    .bind(id)
-    .bind(&terms.product_name)
-    .bind(terms.final_price.currency_code())
-    .bind(terms.actual_price.micros())
-    .bind(terms.final_price.micros())
-    .bind(terms.total_units)
-    .bind(terms.start_time)
-    .bind(terms.expire_time)
-    .fetch_one(conn)
-    .await?;
+    .bind(id);
+    let row: DealRow = bind_terms(query, terms).fetch_one(conn).await?;
     Ok(row.into())
 }
 
