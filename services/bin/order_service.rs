@@ -65,9 +65,9 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
     let settings = cli::server_settings(&args.auth, &args.limits, &args.tls)?;
-    let credentials = match (&args.deal_service_token, &args.auth.jwt_secret) {
+    let credentials = match (&args.deal_service_token, args.auth.secret_signer()) {
         (Some(token), _) => Credentials::Token(token.clone()),
-        (None, Some(secret)) => Credentials::minted(auth::Signer::hs256(secret.as_bytes())),
+        (None, Some(signer)) => Credentials::minted(signer),
         (None, None) if args.auth.insecure_no_auth => Credentials::None,
         (None, None) => {
             return Err("set DEAL_SERVICE_TOKEN: with a public key, order-service cannot mint its own".into());

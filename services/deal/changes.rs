@@ -1,7 +1,7 @@
 //! An admin's changes to a deal: the rules applied to the stored deal under its row lock, in one
 //! transaction, and the first page of live deals dropped so this instance shows the change at once.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -14,9 +14,14 @@ use super::{
     store,
 };
 
-/// Stores a new deal of `terms`, scheduled or live by its start time.
-pub async fn create(pool: &PgPool, live_deals: &LiveDeals, terms: &DealTerms) -> Result<Deal, DealError> {
-    let state = domain::initial_state(terms, Utc::now());
+/// Stores a new deal of `terms`, validated at `now`: scheduled or live by its start time then.
+pub async fn create(
+    pool: &PgPool,
+    live_deals: &LiveDeals,
+    terms: &DealTerms,
+    now: DateTime<Utc>,
+) -> Result<Deal, DealError> {
+    let state = domain::initial_state(terms, now);
     let deal = store::insert_deal(pool, Uuid::new_v4(), terms, state).await?;
     live_deals.invalidate();
     tracing::info!(deal = %deal.id, "deal created");

@@ -122,8 +122,9 @@ fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&
 
 impl DealApi {
     async fn create(&self, request: pb::CreateDealRequest) -> Result<Deal, DealError> {
-        let terms = domain::new_deal(request.deal.as_ref(), Utc::now())?;
-        changes::create(&self.pool, &self.live_deals, &terms).await
+        let now = Utc::now();
+        let terms = domain::new_deal(request.deal.as_ref(), now)?;
+        changes::create(&self.pool, &self.live_deals, &terms, now).await
     }
 
     async fn update(&self, request: pb::UpdateDealRequest) -> Result<Deal, DealError> {

@@ -176,7 +176,7 @@ pub enum DealFilter {
 }
 
 /// A page of deals ordered by expiry then id, after `after`.
-#[tracing::instrument(name = "sql.list_deals", skip_all, fields(filter = ?filter, limit))]
+#[tracing::instrument(name = "sql.list_deals", skip_all, fields(filter = ?filter, limit = limit))]
 pub async fn list_deals(
     pool: &PgPool,
     filter: DealFilter,

@@ -168,7 +168,7 @@ pub async fn mark_units_released(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Er
 }
 
 /// A page of orders, newest first, after `after`, optionally of one customer and in one state.
-#[tracing::instrument(name = "sql.list_orders", skip_all, fields(state = state.map(OrderState::as_str), limit))]
+#[tracing::instrument(name = "sql.list_orders", skip_all, fields(state = state.map(OrderState::as_str), limit = limit))]
 pub async fn list_orders(
     pool: &PgPool,
     customer_id: Option<&str>,

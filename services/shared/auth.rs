@@ -254,6 +254,21 @@ impl AuthArgs {
         ))
     }
 
+    /// A signer of tokens these settings accept, when they name a shared secret: HS256 with that
+    /// secret, and the issuer and audience they require. order-service mints its deal-service token
+    /// with it, so the token passes whatever deal-service checks.
+    pub fn secret_signer(&self) -> Option<Signer> {
+        let secret = self.jwt_secret.as_ref()?;
+        let mut signer = Signer::hs256(secret.as_bytes());
+        if let Some(issuer) = &self.jwt_issuer {
+            signer = signer.with_issuer(issuer);
+        }
+        if let Some(audience) = &self.jwt_audience {
+            signer = signer.with_audience(audience);
+        }
+        Some(signer)
+    }
+
     fn expected(&self) -> Result<Expected, AuthConfigError> {
         let named = |value: &Option<String>, flag: &str| match value.as_deref() {
             Some("") => Err(AuthConfigError(format!("{flag} must not be empty"))),

@@ -67,6 +67,7 @@ impl<U: Message + Name + Default> Decoder for MessageDecoder<U> {
 fn undecodable(message_type: &str, err: &prost::DecodeError) -> Status {
     let (field, what) = describe(err);
     let Some(domain) = methods::request_domain(message_type) else {
+        let field = if field.is_empty() { field } else { format!("{field}: ") };
         return Status::internal(format!("the reply is not a valid {message_type}: {field}{what}"));
     };
     tracing::debug!(message_type, field, error = what, "request does not decode");

@@ -8,10 +8,17 @@ use sqlx::PgPool;
 use tonic::Code;
 use topkart::{
     proto::{deal as dealpb, order as orderpb},
-    shared::{auth::Role, time},
+    shared::{
+        auth::{Role, Signer},
+        time,
+    },
 };
 
 use crate::{helpers::*, processes::*};
+
+/// The issuer and audience the binaries of the README's flow require.
+const ISSUER: &str = "https://id.topkart.test";
+const AUDIENCE: &str = "topkart-deals";
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
@@ -20,16 +27,23 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     // Both APIs log at debug level into files, which must never show a token or the secret.
     let logs = std::env::temp_dir().join(format!("topkart-e2e-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&logs).unwrap();
+    // Both APIs require an issuer and an audience: order-service's own token to deal-service must
+    // carry them too, or no order could be placed.
+    let claims = ["--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE];
     let deal = Process::start_logging_to(
         env!("CARGO_BIN_EXE_deal-service"),
         &url,
-        &["--listen-addr", &deal_addr.to_string()],
+        &[&["--listen-addr", &deal_addr.to_string()][..], &claims].concat(),
         &logs.join("deal-service.log"),
     );
     let order = Process::start_logging_to(
         env!("CARGO_BIN_EXE_order-service"),
         &url,
-        &["--listen-addr", &order_addr.to_string(), "--deal-service-url", &format!("http://{deal_addr}")],
+        &[
+            &["--listen-addr", &order_addr.to_string(), "--deal-service-url", &format!("http://{deal_addr}")][..],
+            &claims,
+        ]
+        .concat(),
         &logs.join("order-service.log"),
     );
     let worker = Process::start(
@@ -40,7 +54,14 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     for addr in [deal_addr, order_addr, worker_addr] {
         wait_serving(addr).await;
     }
+    let signer = Signer::hs256(TEST_SECRET.as_bytes()).with_issuer(ISSUER).with_audience(AUDIENCE);
+    let token = |role, subject| signer.token(subject, role, Duration::from_secs(600)).unwrap();
     let (admin_token, alice_token) = (token(Role::Admin, "admin"), token(Role::Customer, "alice"));
+    let unscoped = deals_with(&channel(deal_addr).await, Bearer::of(&crate::helpers::token(Role::Admin, "admin")))
+        .list_deals(dealpb::ListDealsRequest::default())
+        .await
+        .expect_err("a token without the issuer and audience is refused");
+    assert_eq!(unscoped.code(), Code::Unauthenticated);
     let mut deals = deals_with(&channel(deal_addr).await, Bearer::of(&admin_token));
     let mut orders = orders_with(&channel(order_addr).await, Bearer::of(&alice_token));
     let mut admin_orders = orders_with(&channel(order_addr).await, Bearer::of(&admin_token));

@@ -58,6 +58,14 @@ struct Args {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
 
+    /// The issuer the services require (their JWT_ISSUER), put in every token minted.
+    #[arg(long, env = "JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+
+    /// The audience the services require (their JWT_AUDIENCE), put in every token minted.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+
     /// The services' database, for the invariant checker after the run. Never logged.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -98,7 +106,17 @@ async fn run(args: Args) -> Result<bool, cli::MainError> {
         duration: Duration::from_secs_f64(args.duration),
         units: args.units.unwrap_or(default_units),
         deadline: Duration::from_millis(args.deadline_ms),
-        signer: args.jwt_secret.map(|secret| Signer::hs256(secret.as_bytes())),
+        signer: args.jwt_secret.map(|secret| {
+            let signer = Signer::hs256(secret.as_bytes());
+            let signer = match args.jwt_issuer {
+                Some(issuer) => signer.with_issuer(issuer),
+                None => signer,
+            };
+            match args.jwt_audience {
+                Some(audience) => signer.with_audience(audience),
+                None => signer,
+            }
+        }),
         database,
     };
     let report = scenario::run(scenario, options).await.map_err(|err| err.to_string())?;

@@ -370,3 +370,21 @@ fn rs256_tokens_verify_against_the_pem_public_key_and_the_jwk_derived_from_the_p
     let (eddsa, _) = ed25519("r");
     assert_eq!(refusal(&by_jwks, &eddsa.sign(&claims()).unwrap()), "invalid token: algorithm not accepted");
 }
+
+#[test]
+fn the_signer_of_the_shared_secret_mints_tokens_its_own_settings_accept() {
+    let settings = AuthArgs {
+        jwt_secret: Some(SECRET.into()),
+        jwt_issuer: Some("https://id.topkart.com".into()),
+        jwt_audience: Some("deals".into()),
+        ..args()
+    };
+    let authenticator = settings.authenticator().unwrap();
+    let token =
+        settings.secret_signer().unwrap().token("order-service", Role::Service, Duration::from_secs(60)).unwrap();
+    let caller = authenticator.authenticate(&with_bearer(&token)).unwrap();
+    assert_eq!(caller, Caller::Token { subject: "order-service".into(), role: Role::Service });
+    let bare = Signer::hs256(SECRET.as_bytes()).token("order-service", Role::Service, Duration::from_secs(60)).unwrap();
+    assert_eq!(authenticator.authenticate(&with_bearer(&bare)).unwrap_err().code(), Code::Unauthenticated);
+    assert!(args().secret_signer().is_none(), "no secret, no signer");
+}
