@@ -5,11 +5,11 @@
 //! against the deal as the requests before it left it, so a batch gives exactly the answers the
 //! same requests would have got one transaction each.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use crate::shared::money::Price;
+use crate::shared::{money::Price, status::Violations};
 
 use super::{
     domain::{self, Deal, Reservation, ReservationState},
@@ -24,6 +24,14 @@ pub struct UnitRequest {
     pub quantity: i32,
     /// The unit price the buyer was shown, if the caller said.
     pub expected_price: Option<Price>,
+    /// The customer the units are for, if the caller said; required by a per-customer limit.
+    pub customer: Option<String>,
+}
+
+/// Whether `existing` was reserved for another customer than `request` names. A reservation made
+/// before customers were recorded has none, and matches any.
+fn other_customer(existing: &Reservation, request: &UnitRequest) -> bool {
+    existing.customer.is_some() && existing.customer != request.customer
 }
 
 /// What becomes of one request of a batch.
@@ -40,10 +48,18 @@ pub enum Allocation {
 }
 
 /// Decides every request of a batch against `deal`, read under its row lock at the instant of the
-/// sale. `existing` holds the ids among the requests that were reserved before.
-pub fn allocate(deal: &Deal, requests: &[UnitRequest], existing: &HashSet<Uuid>) -> Vec<Allocation> {
+/// sale. `existing` holds the ids among the requests that were reserved before; `held` the units
+/// each customer of the batch held of the deal before it (held and confirmed reservations), which
+/// the deal's per-customer limit counts together with what the batch gives them.
+pub fn allocate(
+    deal: &Deal,
+    requests: &[UnitRequest],
+    existing: &HashSet<Uuid>,
+    held: &HashMap<String, i32>,
+) -> Vec<Allocation> {
     let mut left = deal.clone();
     let mut taken = HashSet::new();
+    let mut held = held.clone();
     requests
         .iter()
         .map(|request| {
@@ -53,22 +69,39 @@ pub fn allocate(deal: &Deal, requests: &[UnitRequest], existing: &HashSet<Uuid>)
                 Allocation::SameAsEarlier
             } else if let Some(refusal) = domain::refusal(&left, request.quantity, request.expected_price.as_ref()) {
                 Allocation::Refused(refusal)
+            } else if let Some(refusal) = over_limit(&left, request, &held) {
+                Allocation::Refused(refusal)
             } else {
                 left.available_units -= request.quantity;
                 taken.insert(request.id);
+                if let Some(customer) = &request.customer {
+                    *held.entry(customer.clone()).or_default() += request.quantity;
+                }
                 Allocation::Take
             }
         })
         .collect()
 }
 
+/// Why `request` would take its customer past the deal's per-customer limit, if it would.
+fn over_limit(deal: &Deal, request: &UnitRequest, held: &HashMap<String, i32>) -> Option<DealError> {
+    let limit = deal.terms.max_units_per_customer?;
+    let Some(customer) = &request.customer else {
+        let mut violations = Violations::default();
+        violations.add("customer_id", "is required: the deal limits the units one customer may hold");
+        return Some(violations.into());
+    };
+    let remaining = domain::units_left_to_customer(deal, held.get(customer).copied().unwrap_or(0))?;
+    (request.quantity > remaining).then_some(DealError::PerCustomerLimitExceeded { limit, remaining })
+}
+
 /// The answer to `request` when a reservation with its id already exists: the reservation itself
-/// for a retry; a refusal for an id used for another deal or quantity, for a retry that expects
+/// for a retry; a refusal for an id used for another deal, quantity or customer, for a retry that expects
 /// another price than the one the units were taken at, and for a retry after the reservation was
 /// released (its units went back; taking them again under the same id could revive a cancelled
 /// order's hold).
 pub fn same_reservation(existing: Reservation, deal_id: Uuid, request: &UnitRequest) -> Result<Reservation, DealError> {
-    if existing.deal_id != deal_id || existing.quantity != request.quantity {
+    if existing.deal_id != deal_id || existing.quantity != request.quantity || other_customer(&existing, request) {
         Err(DealError::ReservationIdReused)
     } else if existing.state == ReservationState::Released {
         Err(DealError::ReservationReleased)
@@ -84,7 +117,7 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::deal::domain::DealState;
+    use crate::deal::domain::{DealState, DealTerms};
 
     fn deal(available_units: i32, state: DealState) -> Deal {
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
@@ -92,7 +125,11 @@ mod tests {
     }
 
     fn request(quantity: i32) -> UnitRequest {
-        UnitRequest { id: Uuid::new_v4(), quantity, expected_price: None }
+        UnitRequest { id: Uuid::new_v4(), quantity, expected_price: None, customer: None }
+    }
+
+    fn by(customer: &str, quantity: i32) -> UnitRequest {
+        UnitRequest { customer: Some(customer.into()), ..request(quantity) }
     }
 
     fn kinds(allocations: &[Allocation]) -> Vec<&'static str> {
@@ -105,6 +142,8 @@ mod tests {
                 Allocation::Refused(DealError::InsufficientUnits { .. }) => "sold out",
                 Allocation::Refused(DealError::PriceChanged { .. }) => "price",
                 Allocation::Refused(DealError::DealExpired) => "expired",
+                Allocation::Refused(DealError::PerCustomerLimitExceeded { .. }) => "limit",
+                Allocation::Refused(DealError::InvalidArgument(_)) => "invalid",
                 Allocation::Refused(other) => panic!("unexpected refusal {other:?}"),
             })
             .collect()
@@ -113,7 +152,7 @@ mod tests {
     #[test]
     fn requests_take_units_in_arrival_order_until_too_few_are_left() {
         let requests = [request(2), request(2), request(3), request(1)];
-        let allocations = allocate(&deal(5, DealState::Active), &requests, &HashSet::new());
+        let allocations = allocate(&deal(5, DealState::Active), &requests, &HashSet::new(), &HashMap::new());
         // The third asks for more than the one unit left; the fourth still gets that unit.
         assert_eq!(kinds(&allocations), ["take", "take", "sold out", "take"]);
         match &allocations[2] {
@@ -130,20 +169,44 @@ mod tests {
         let first = request(1);
         let repeated = UnitRequest { id: first.id, ..request(1) };
         let requests = [retried.clone(), first, repeated, request(1)];
-        let allocations = allocate(&deal(2, DealState::Active), &requests, &HashSet::from([retried.id]));
+        let allocations =
+            allocate(&deal(2, DealState::Active), &requests, &HashSet::from([retried.id]), &HashMap::new());
         assert_eq!(kinds(&allocations), ["existing", "take", "same", "take"]);
     }
 
     #[test]
     fn an_expired_deal_refuses_the_whole_batch() {
-        let allocations = allocate(&deal(10, DealState::Expired), &[request(1), request(1)], &HashSet::new());
+        let allocations =
+            allocate(&deal(10, DealState::Expired), &[request(1), request(1)], &HashSet::new(), &HashMap::new());
         assert_eq!(kinds(&allocations), ["expired", "expired"]);
     }
 
     #[test]
     fn a_request_expecting_another_price_is_refused_alone() {
         let shown = UnitRequest { expected_price: Some(Price::from_stored("INR".into(), 500_000_000)), ..request(1) };
-        let allocations = allocate(&deal(10, DealState::Active), &[shown, request(1)], &HashSet::new());
+        let allocations =
+            allocate(&deal(10, DealState::Active), &[shown, request(1)], &HashSet::new(), &HashMap::new());
         assert_eq!(kinds(&allocations), ["price", "take"]);
+    }
+
+    #[test]
+    fn a_customer_gets_units_up_to_the_limit_counting_what_it_held_before_and_what_the_batch_gave_it() {
+        let limited = Deal {
+            terms: DealTerms { max_units_per_customer: Some(5), ..deal(50, DealState::Active).terms },
+            ..deal(50, DealState::Active)
+        };
+        let held = HashMap::from([("alice".to_owned(), 2)]);
+        let requests = [by("alice", 2), by("bob", 5), by("alice", 2), by("alice", 1), by("bob", 1), request(1)];
+        let allocations = allocate(&limited, &requests, &HashSet::new(), &held);
+        // alice: 2 held + 2 = 4, then 2 more would be 6 (refused with 1 remaining), then 1 is 5.
+        assert_eq!(kinds(&allocations), ["take", "take", "limit", "take", "limit", "invalid"]);
+        match &allocations[2] {
+            Allocation::Refused(DealError::PerCustomerLimitExceeded { limit, remaining }) => {
+                assert_eq!((*limit, *remaining), (5, 1));
+            }
+            other => panic!("expected the limit, got {other:?}"),
+        }
+        let unlimited = allocate(&deal(50, DealState::Active), &[by("alice", 100), request(1)], &HashSet::new(), &held);
+        assert_eq!(kinds(&unlimited), ["sold out", "take"], "without a limit only the units left count");
     }
 }

@@ -97,12 +97,24 @@ async fn try_reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest
         .map(|reservation| (reservation.id, reservation))
         .collect();
     let existing_ids: HashSet<Uuid> = existing.keys().copied().collect();
-    let allocations = allocation::allocate(&deal, requests, &existing_ids);
-    let takes: Vec<(Uuid, i32)> = requests
+    let held = if deal.terms.max_units_per_customer.is_some() {
+        let mut customers: Vec<&str> = requests.iter().filter_map(|request| request.customer.as_deref()).collect();
+        customers.sort_unstable();
+        customers.dedup();
+        store::units_held_by_customers(&mut tx, deal_id, &customers).await?
+    } else {
+        HashMap::new()
+    };
+    let allocations = allocation::allocate(&deal, requests, &existing_ids, &held);
+    let takes: Vec<store::Take<'_>> = requests
         .iter()
         .zip(&allocations)
         .filter(|(_, allocation)| matches!(allocation, Allocation::Take))
-        .map(|(request, _)| (request.id, request.quantity))
+        .map(|(request, _)| store::Take {
+            id: request.id,
+            quantity: request.quantity,
+            customer: request.customer.as_deref(),
+        })
         .collect();
     let made: HashMap<Uuid, Reservation> = if takes.is_empty() {
         HashMap::new()

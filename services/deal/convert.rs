@@ -22,6 +22,7 @@ pub fn deal_to_proto(deal: &Deal) -> pb::Deal {
         state: deal_state_to_proto(deal.state).into(),
         create_time: Some(time::to_proto(deal.create_time)),
         update_time: Some(time::to_proto(deal.update_time)),
+        max_units_per_customer: deal.terms.max_units_per_customer,
     }
 }
 

@@ -80,6 +80,8 @@ impl ReservationState {
 pub struct Reservation {
     pub id: Uuid,
     pub deal_id: Uuid,
+    /// The customer the units are for, when the caller said.
+    pub customer: Option<String>,
     pub quantity: i32,
     pub unit_price: Price,
     pub state: ReservationState,
@@ -96,6 +98,8 @@ pub struct DealTerms {
     pub total_units: i32,
     pub start_time: DateTime<Utc>,
     pub expire_time: DateTime<Utc>,
+    /// The most units one customer may hold of the deal; `None`: no limit but an order's.
+    pub max_units_per_customer: Option<i32>,
 }
 
 /// A deal as stored, with its state at the instant it was read.
@@ -143,6 +147,8 @@ pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms
         None => Some(now),
     };
     let expire_time = required_time("deal.expire_time", deal.expire_time.as_ref(), &mut violations);
+    let max_units_per_customer =
+        per_customer_limit("deal.max_units_per_customer", deal.max_units_per_customer, &mut violations);
     let (
         Some(product_name),
         Some(actual_price),
@@ -154,14 +160,29 @@ pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms
     else {
         return Err(violations.into());
     };
-    let terms = DealTerms { product_name, actual_price, final_price, total_units, start_time, expire_time };
+    let terms = DealTerms {
+        product_name,
+        actual_price,
+        final_price,
+        total_units,
+        start_time,
+        expire_time,
+        max_units_per_customer,
+    };
     check_whole(&terms, now, &mut violations);
     Ok(violations.into_result(terms)?)
 }
 
 /// The fields `UpdateDeal` may change, as named in an update mask.
-pub const UPDATABLE_FIELDS: [&str; 6] =
-    ["product_name", "actual_price", "final_price", "total_units", "start_time", "expire_time"];
+pub const UPDATABLE_FIELDS: [&str; 7] = [
+    "product_name",
+    "actual_price",
+    "final_price",
+    "total_units",
+    "start_time",
+    "expire_time",
+    "max_units_per_customer",
+];
 
 /// Applies an `UpdateDeal` request to `current`, read at `now`, and returns the new terms.
 pub fn update_deal(
@@ -200,6 +221,10 @@ pub fn update_deal(
             }
             "expire_time" => {
                 set(&mut terms.expire_time, required_time(&path, patch.expire_time.as_ref(), &mut violations))
+            }
+            // Unset in the patch removes the limit.
+            "max_units_per_customer" => {
+                terms.max_units_per_customer = per_customer_limit(&path, patch.max_units_per_customer, &mut violations)
             }
             // check_update_mask has refused every other path.
             _ => {}
@@ -320,6 +345,22 @@ pub fn is_visible(c: char) -> bool {
     !c.is_whitespace() && !c.is_control() && !DEFAULT_IGNORABLE.iter().any(|&(first, last)| (first..=last).contains(&c))
 }
 
+/// Validates an optional per-customer limit for `field`: unset, or 1 to [`MAX_TOTAL_UNITS`].
+fn per_customer_limit(field: &str, limit: Option<i32>, violations: &mut Violations) -> Option<i32> {
+    let limit = limit?;
+    if (1..=MAX_TOTAL_UNITS).contains(&limit) {
+        Some(limit)
+    } else {
+        violations.add(field, format!("must be between 1 and {MAX_TOTAL_UNITS} when set"));
+        None
+    }
+}
+
+/// How many more units a customer holding `held` units of `deal` may take, when the deal limits it.
+pub fn units_left_to_customer(deal: &Deal, held: i32) -> Option<i32> {
+    deal.terms.max_units_per_customer.map(|limit| (limit - held).max(0))
+}
+
 fn total_units(field: &str, units: i32, violations: &mut Violations) -> Option<i32> {
     if (1..=MAX_TOTAL_UNITS).contains(&units) {
         Some(units)
@@ -373,6 +414,7 @@ pub(crate) fn sample_deal(start: DateTime<Utc>) -> Deal {
             total_units: 50,
             start_time: start,
             expire_time: start + TimeDelta::hours(2),
+            max_units_per_customer: None,
         },
         available_units: 50,
         state: DealState::Active,

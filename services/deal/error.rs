@@ -33,6 +33,10 @@ pub enum DealError {
     /// Fewer units are left than were asked for.
     #[error("{requested} units requested, {available} left")]
     InsufficientUnits { requested: i32, available: i32 },
+    /// The customer would hold more of the deal than its per-customer limit; `remaining` more
+    /// units are allowed.
+    #[error("per-customer limit {limit} reached, {remaining} left")]
+    PerCustomerLimitExceeded { limit: i32, remaining: i32 },
     /// The deal's price is not the one the customer was shown.
     #[error("price changed to {current}")]
     PriceChanged { current: Price },
@@ -83,6 +87,7 @@ impl DealError {
             DealNotStarted => "DEAL_NOT_STARTED",
             InsufficientUnits { .. } => "INSUFFICIENT_UNITS",
             PriceChanged { .. } => "PRICE_CHANGED",
+            PerCustomerLimitExceeded { .. } => "PER_CUSTOMER_LIMIT_EXCEEDED",
             TotalUnitsBelowSold { .. } => "TOTAL_UNITS_BELOW_SOLD",
             StartTimeLocked => "START_TIME_LOCKED",
             ReservationIdReused => "RESERVATION_ID_REUSED",
@@ -118,6 +123,13 @@ impl From<DealError> for Status {
                 name,
                 format!("the deal's price is now {current}"),
                 [("current_price", current.to_string())],
+            ),
+            PerCustomerLimitExceeded { limit, remaining } => status::with_reason(
+                Code::FailedPrecondition,
+                DOMAIN,
+                name,
+                format!("a customer may hold at most {limit} units of this deal; {remaining} more are allowed"),
+                [("limit", limit.to_string()), ("remaining", remaining.to_string())],
             ),
             TotalUnitsBelowSold { sold } => status::with_reason(
                 Code::FailedPrecondition,

@@ -10,6 +10,7 @@ use crate::{
     proto::deal::{self as pb, deal_service_server::DealService},
     shared::{
         auth::{self, Caller, Role},
+        customers,
         money::Price,
         names, paging, quantity,
         status::Violations,
@@ -187,12 +188,15 @@ impl DealApi {
             .expected_unit_price
             .as_ref()
             .map(|price| Price::parse("expected_unit_price", Some(price), &mut violations));
+        let customer = (!request.customer_id.is_empty())
+            .then(|| customers::customer_id("customer_id", &request.customer_id, &mut violations))
+            .flatten();
         let (Some(deal_id), Some(id), Some(quantity)) = (deal_id, id, quantity) else {
             return Err(violations.into());
         };
         violations.into_result(())?;
         let expected_price = expected_price.flatten();
-        self.batches.reserve(deal_id, UnitRequest { id, quantity, expected_price }).await
+        self.batches.reserve(deal_id, UnitRequest { id, quantity, expected_price, customer }).await
     }
 
     async fn confirm(&self, reservation_id: &str) -> Result<Reservation, DealError> {

@@ -1,5 +1,7 @@
 //! Every SQL statement of deal-service. Statements that keep an invariant say how beside them.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, postgres::PgArguments, query::QueryAs};
 use uuid::Uuid;
@@ -17,7 +19,7 @@ macro_rules! deal_columns {
     ($at:literal) => {
         concat!(
             "id, product_name, currency_code, actual_price_micros, final_price_micros, total_units, \
-             available_units, start_time, expire_time, deal_state_at(deals, ",
+             available_units, start_time, expire_time, max_units_per_customer, deal_state_at(deals, ",
             $at,
             ") as state, create_time, update_time"
         )
@@ -26,7 +28,7 @@ macro_rules! deal_columns {
 
 macro_rules! reservation_columns {
     () => {
-        "id, deal_id, quantity, currency_code, unit_price_micros, state, create_time, update_time"
+        "id, deal_id, customer_id, quantity, currency_code, unit_price_micros, state, create_time, update_time"
     };
 }
 
@@ -41,6 +43,7 @@ struct DealRow {
     available_units: i32,
     start_time: DateTime<Utc>,
     expire_time: DateTime<Utc>,
+    max_units_per_customer: Option<i32>,
     state: String,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
@@ -57,6 +60,7 @@ impl From<DealRow> for Deal {
                 total_units: row.total_units,
                 start_time: row.start_time,
                 expire_time: row.expire_time,
+                max_units_per_customer: row.max_units_per_customer,
             },
             available_units: row.available_units,
             // deal_state_at only ever returns the three names.
@@ -71,6 +75,7 @@ impl From<DealRow> for Deal {
 struct ReservationRow {
     id: Uuid,
     deal_id: Uuid,
+    customer_id: Option<String>,
     quantity: i32,
     currency_code: String,
     unit_price_micros: i64,
@@ -84,6 +89,7 @@ impl From<ReservationRow> for Reservation {
         Reservation {
             id: row.id,
             deal_id: row.deal_id,
+            customer: row.customer_id,
             quantity: row.quantity,
             unit_price: Price::from_stored(row.currency_code, row.unit_price_micros),
             // The check constraint allows only the three names.
@@ -94,8 +100,8 @@ impl From<ReservationRow> for Reservation {
     }
 }
 
-/// Binds `terms` as parameters $2 to $8: product name, currency, actual and final price, total units,
-/// start and expiry (insert and update share the order).
+/// Binds `terms` as parameters $2 to $9: product name, currency, actual and final price, total units,
+/// start, expiry and the per-customer limit (insert and update share the order).
 fn bind_terms<'q>(
     query: QueryAs<'q, Postgres, DealRow, PgArguments>,
     terms: &'q DealTerms,
@@ -108,6 +114,7 @@ fn bind_terms<'q>(
         .bind(terms.total_units)
         .bind(terms.start_time)
         .bind(terms.expire_time)
+        .bind(terms.max_units_per_customer)
 }
 
 /// Inserts a new deal with all its units available.
@@ -115,8 +122,8 @@ fn bind_terms<'q>(
 pub async fn insert_deal(pool: &PgPool, id: Uuid, terms: &DealTerms, state: DealState) -> Result<Deal, sqlx::Error> {
     let query = sqlx::query_as(concat!(
         "insert into deals (id, product_name, currency_code, actual_price_micros, final_price_micros, \
-                            total_units, available_units, start_time, expire_time, state)
-         values ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)
+                            total_units, available_units, start_time, expire_time, max_units_per_customer, state)
+         values ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10)
          returning ",
         deal_columns!()
     ))
@@ -154,7 +161,7 @@ pub async fn update_deal(conn: &mut PgConnection, id: Uuid, terms: &DealTerms) -
         "update deals
             set product_name = $2, currency_code = $3, actual_price_micros = $4, final_price_micros = $5,
                 available_units = available_units + ($6 - total_units), total_units = $6,
-                start_time = $7, expire_time = $8,
+                start_time = $7, expire_time = $8, max_units_per_customer = $9,
                 state = case when state = 'scheduled' and $7 <= now() then 'active' else state end,
                 update_time = now()
           where id = $1
@@ -279,14 +286,18 @@ pub async fn take_units(
     conn: &mut PgConnection,
     deal_id: Uuid,
     at: DateTime<Utc>,
-    takes: &[(Uuid, i32)],
+    takes: &[Take<'_>],
 ) -> Result<Vec<Reservation>, sqlx::Error> {
-    let (ids, quantities): (Vec<Uuid>, Vec<i32>) = takes.iter().copied().unzip();
+    let ids: Vec<Uuid> = takes.iter().map(|take| take.id).collect();
+    let quantities: Vec<i32> = takes.iter().map(|take| take.quantity).collect();
+    let customers: Vec<Option<&str>> = takes.iter().map(|take| take.customer).collect();
     let rows: Vec<ReservationRow> = sqlx::query_as(concat!(
         "with taken as (
-             insert into reservations (id, deal_id, quantity, currency_code, unit_price_micros, create_time, update_time)
-             select take.id, deals.id, take.quantity, deals.currency_code, deals.final_price_micros, $2, $2
-               from unnest($3::uuid[], $4::integer[]) as take (id, quantity), deals
+             insert into reservations (id, deal_id, customer_id, quantity, currency_code, unit_price_micros,
+                                       create_time, update_time)
+             select take.id, deals.id, take.customer_id, take.quantity, deals.currency_code,
+                    deals.final_price_micros, $2, $2
+               from unnest($3::uuid[], $4::integer[], $5::text[]) as take (id, quantity, customer_id), deals
               where deals.id = $1
              on conflict (id) do nothing
              returning ",
@@ -302,9 +313,39 @@ pub async fn take_units(
     .bind(at)
     .bind(&ids)
     .bind(&quantities)
+    .bind(&customers)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(Reservation::from).collect())
+}
+
+/// The units each of `customers` holds of deal `deal_id`: its held and confirmed reservations.
+/// Read under the deal's row lock, it cannot change before the transaction ends.
+#[tracing::instrument(name = "sql.units_held_by_customers", skip_all, fields(deal = %deal_id, customers = customers.len()))]
+pub async fn units_held_by_customers(
+    conn: &mut PgConnection,
+    deal_id: Uuid,
+    customers: &[&str],
+) -> Result<HashMap<String, i32>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "select customer_id, sum(quantity)
+           from reservations
+          where deal_id = $1 and customer_id = any($2) and state in ('reserved', 'confirmed')
+          group by customer_id",
+    )
+    .bind(deal_id)
+    .bind(customers)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(customer, units)| (customer, i32::try_from(units).unwrap_or(i32::MAX))).collect())
+}
+
+/// One reservation to insert: its id, units and customer.
+#[derive(Debug, Clone, Copy)]
+pub struct Take<'a> {
+    pub id: Uuid,
+    pub quantity: i32,
+    pub customer: Option<&'a str>,
 }
 
 /// One reservation, if it exists.

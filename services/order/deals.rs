@@ -30,7 +30,7 @@ use crate::{
     },
 };
 
-use super::error::OrderError;
+use super::{domain::NewOrder, error::OrderError};
 
 /// Units reserved for an order, at the price they were reserved at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,21 +153,20 @@ impl DealsClient {
         Ok(Self { clients, next: Arc::new(AtomicUsize::new(0)), deadline, credentials: Arc::new(credentials) })
     }
 
-    /// Reserves `quantity` units of `deal_id` under `reservation_id` (the order id), within the
-    /// caller's deadline less [`MARGIN`].
+    /// Reserves the units of `order` under `reservation_id` (the order id), for its customer,
+    /// within the caller's deadline less [`MARGIN`].
     pub async fn reserve(
         &self,
         context: &CallContext,
         reservation_id: Uuid,
-        deal_id: Uuid,
-        quantity: i32,
-        shown_unit_price: Option<&Price>,
+        order: &NewOrder,
     ) -> Result<ReservedUnits, OrderError> {
         let request = pb::ReserveUnitsRequest {
-            deal: names::format(names::DEALS, deal_id),
+            deal: names::format(names::DEALS, order.deal_id),
             reservation_id: reservation_id.to_string(),
-            quantity,
-            expected_unit_price: shown_unit_price.map(Price::to_proto),
+            quantity: order.quantity,
+            expected_unit_price: order.shown_unit_price.as_ref().map(Price::to_proto),
+            customer_id: order.customer_id.clone(),
         };
         let budget = context.remaining().saturating_sub(MARGIN);
         let reservation = self

@@ -6,11 +6,8 @@ use uuid::Uuid;
 
 use crate::{
     proto::order as pb,
-    shared::{money::Price, names, quantity::quantity, status::Violations},
+    shared::{customers::customer_id, money::Price, names, quantity::quantity, status::Violations},
 };
-
-/// The longest customer id, in characters.
-pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
 
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,20 +136,6 @@ pub fn new_order(request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Resul
         }
         _ => Err(violations),
     }
-}
-
-/// Validates a customer id for `field`: 1 to 128 characters, no control characters.
-pub fn customer_id(field: &str, value: &str, violations: &mut Violations) -> Option<String> {
-    if value.is_empty() {
-        violations.add(field, "is required");
-    } else if value.chars().count() > MAX_CUSTOMER_ID_CHARS {
-        violations.add(field, format!("must be at most {MAX_CUSTOMER_ID_CHARS} characters"));
-    } else if value.chars().any(char::is_control) {
-        violations.add(field, "must not contain control characters");
-    } else {
-        return Some(value.to_owned());
-    }
-    None
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::{
     shared::{
         auth::{self, Caller, Role},
         call::CallContext,
-        names, paging,
+        customers, names, paging,
         status::Violations,
     },
 };
@@ -134,7 +134,7 @@ impl OrderApi {
         let customer_id = match customer {
             Some(customer) => Some(customer.to_owned()),
             None => (!request.customer_id.is_empty())
-                .then(|| domain::customer_id("customer_id", &request.customer_id, &mut violations))
+                .then(|| customers::customer_id("customer_id", &request.customer_id, &mut violations))
                 .flatten(),
         };
         let state = match pb::order::State::try_from(request.state) {

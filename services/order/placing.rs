@@ -57,11 +57,10 @@ impl Placing {
         }
         // From here until the order is recorded, a hold may exist that nobody will order.
         let mut attempt = Attempt::begin(self.pool.clone(), id);
-        let reserved =
-            match self.deals.reserve(context, id, new.deal_id, new.quantity, new.shown_unit_price.as_ref()).await {
-                Ok(reserved) => reserved,
-                Err(err) => return self.after_refusal(&mut attempt, new, err).await,
-            };
+        let reserved = match self.deals.reserve(context, id, new).await {
+            Ok(reserved) => reserved,
+            Err(err) => return self.after_refusal(&mut attempt, new, err).await,
+        };
         if let Err(err) = self.faults.after_reserve().await {
             // A simulated crash: nothing after it runs, so nothing abandons; the worker settles it.
             attempt.crashed();

@@ -7,6 +7,7 @@ pub mod call;
 pub mod cli;
 pub mod coalesce;
 pub mod codec;
+pub mod customers;
 pub mod db;
 pub mod layers;
 pub mod methods;

@@ -55,6 +55,7 @@ async fn concurrent_reservations_of_mixed_sizes_and_retries_each_get_an_exact_an
                 reservation_id: id.clone(),
                 quantity: (n % 3) as i32 + 1,
                 expected_unit_price: None,
+                customer_id: String::new(),
             };
             let copies = if n % 10 == 0 { 2 } else { 1 };
             std::iter::repeat_n(request, copies)

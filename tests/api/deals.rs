@@ -286,6 +286,7 @@ async fn reserve_and_release_are_idempotent_by_reservation_id(pool: PgPool) {
         reservation_id: reservation_id.clone(),
         quantity,
         expected_unit_price: Some(inr(600)),
+        customer_id: String::new(),
     };
     let first = client.reserve_units(reserve(3)).await.unwrap().into_inner();
     let again = client.reserve_units(reserve(3)).await.unwrap().into_inner();
@@ -311,6 +312,7 @@ async fn reserve_refuses_with_a_reason_and_takes_nothing(pool: PgPool) {
         reservation_id: uuid::Uuid::new_v4().to_string(),
         quantity,
         expected_unit_price: price.map(inr),
+        customer_id: String::new(),
     };
     assert_refused(
         client.reserve_units(reserve(&deal.name, 6, None)).await,

@@ -6,6 +6,7 @@ mod concurrency;
 mod crashes;
 mod deals;
 mod end_to_end;
+mod fairness;
 mod helpers;
 mod hostile;
 mod jwks;

@@ -216,6 +216,18 @@ struct DealInput {
     state: i32,
     start_time: Option<When>,
     expire_time: Expiry,
+    max_units_per_customer: Option<i32>,
+}
+
+/// A per-customer limit: often unset, mostly valid, sometimes just outside the range or wild.
+fn limit_strategy() -> BoxedStrategy<Option<i32>> {
+    prop_oneof![
+        4 => Just(None),
+        4 => (1i32..=100).prop_map(Some),
+        1 => prop::sample::select(vec![0, -1, 1, MAX_TOTAL_UNITS, MAX_TOTAL_UNITS + 1, i32::MIN, i32::MAX]).prop_map(Some),
+        1 => any::<i32>().prop_map(Some),
+    ]
+    .boxed()
 }
 
 fn total_units_strategy() -> BoxedStrategy<i32> {
@@ -241,20 +253,24 @@ fn arbitrary_deal() -> BoxedStrategy<DealInput> {
         prop::option::of(when()),
         expiry(),
         output_only,
+        limit_strategy(),
     )
-        .prop_map(|(product_name, actual_price, final_price, total_units, start_time, expire_time, output_only)| {
-            DealInput {
-                name: output_only.0,
-                product_name,
-                actual_price,
-                final_price,
-                total_units,
-                available_units: output_only.1,
-                state: output_only.2,
-                start_time,
-                expire_time,
-            }
-        })
+        .prop_map(
+            |(product_name, actual_price, final_price, total_units, start_time, expire_time, output_only, limit)| {
+                DealInput {
+                    name: output_only.0,
+                    product_name,
+                    actual_price,
+                    final_price,
+                    total_units,
+                    available_units: output_only.1,
+                    state: output_only.2,
+                    start_time,
+                    expire_time,
+                    max_units_per_customer: limit,
+                }
+            },
+        )
         .boxed()
 }
 
@@ -297,8 +313,9 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
         prop_oneof![4 => 1i32..=MAX_TOTAL_UNITS, 1 => prop::sample::select(vec![1, MAX_TOTAL_UNITS])],
         start,
         length.prop_map(Expiry::AfterStart),
+        prop::option::of(1i32..=MAX_TOTAL_UNITS),
     )
-        .prop_map(move |(name, a, b, total_units, start_time, expire_time)| DealInput {
+        .prop_map(move |(name, a, b, total_units, start_time, expire_time, limit)| DealInput {
             name: String::new(),
             product_name: format!("x{}x", String::from_iter(name)),
             actual_price: Some(inr(a.max(b))),
@@ -308,6 +325,7 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
             state: 0,
             start_time,
             expire_time,
+            max_units_per_customer: limit,
         });
     let corrupt = 0.08;
     (
@@ -318,14 +336,16 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
         prop::option::weighted(corrupt, total_units_strategy()),
         prop::option::weighted(corrupt, prop::option::of(when())),
         prop::option::weighted(corrupt, expiry()),
+        prop::option::weighted(corrupt, limit_strategy()),
     )
-        .prop_map(|(valid, name, actual, final_, total, start, expire)| DealInput {
+        .prop_map(|(valid, name, actual, final_, total, start, expire, limit)| DealInput {
             product_name: name.unwrap_or(valid.product_name),
             actual_price: actual.unwrap_or(valid.actual_price),
             final_price: final_.unwrap_or(valid.final_price),
             total_units: total.unwrap_or(valid.total_units),
             start_time: start.unwrap_or(valid.start_time),
             expire_time: expire.unwrap_or(valid.expire_time),
+            max_units_per_customer: limit.unwrap_or(valid.max_units_per_customer),
             ..valid
         })
         .boxed()
@@ -357,6 +377,7 @@ impl DealInput {
             available_units: self.available_units,
             start_time,
             expire_time,
+            max_units_per_customer: self.max_units_per_customer,
             state: self.state,
             create_time: None,
             update_time: None,
@@ -439,6 +460,7 @@ fn oracle_new(deal: &pb::Deal, now: DateTime<Utc>) -> Option<DealTerms> {
         Some(start) => oracle_time(start).filter(|start| *start >= now - TimeDelta::minutes(1))?,
     };
     let expire = oracle_time(deal.expire_time.as_ref()?)?;
+    let limit = oracle_limit(deal.max_units_per_customer)?;
     whole_ok(&actual, &final_, start, expire, now).then(|| DealTerms {
         product_name: name,
         actual_price: Price::from_stored(actual.0, actual.1),
@@ -446,7 +468,16 @@ fn oracle_new(deal: &pb::Deal, now: DateTime<Utc>) -> Option<DealTerms> {
         total_units: total,
         start_time: start,
         expire_time: expire,
+        max_units_per_customer: limit,
     })
+}
+
+/// A per-customer limit as the rules read it: `Some(None)` for no limit, `None` when invalid.
+fn oracle_limit(limit: Option<i32>) -> Option<Option<i32>> {
+    match limit {
+        None => Some(None),
+        Some(limit) => (1..=1_000_000).contains(&limit).then_some(Some(limit)),
+    }
 }
 
 /// Every rule a deal's terms must satisfy whatever made them. `new_start` says whether the start
@@ -597,6 +628,7 @@ fn stored_deal(now: DateTime<Utc>) -> BoxedStrategy<Deal> {
                 total_units: total,
                 start_time: start,
                 expire_time: start + TimeDelta::microseconds(length),
+                max_units_per_customer: None,
             };
             let state = if terms.expire_time <= now || daily_reset_after(start) <= now {
                 DealState::Expired
@@ -706,6 +738,12 @@ fn oracle_update(current: &Deal, patch: &pb::Deal, mask: &[String], now: DateTim
     if masked("expire_time") {
         match patch.expire_time.as_ref().and_then(oracle_time) {
             Some(expire) => terms.expire_time = expire,
+            None => valid = false,
+        }
+    }
+    if masked("max_units_per_customer") {
+        match oracle_limit(patch.max_units_per_customer) {
+            Some(limit) => terms.max_units_per_customer = limit,
             None => valid = false,
         }
     }

@@ -114,7 +114,7 @@ fn strings(value: &str) {
         }
     }
     names::parse_uuid("id", value, &mut violations);
-    order::domain::customer_id("customer_id", value, &mut violations);
+    topkart::shared::customers::customer_id("customer_id", value, &mut violations);
     for filter in ["live", "expired", "any|alice", ""] {
         cursor(value, filter);
     }
@@ -172,6 +172,7 @@ fn stored(now: DateTime<Utc>, state: DealState) -> Deal {
         total_units: 10,
         start_time: start,
         expire_time: start + TimeDelta::hours(2),
+        max_units_per_customer: Some(4),
     };
     Deal { id: Uuid::nil(), terms, available_units: 6, state, create_time: now, update_time: now }
 }
@@ -304,7 +305,7 @@ fn create_order(request: &orderpb::CreateOrderRequest) {
 fn list_orders(request: &orderpb::ListOrdersRequest) {
     let mut violations = Violations::default();
     paging::page_size("page_size", request.page_size, &mut violations);
-    let customer = order::domain::customer_id("customer_id", &request.customer_id, &mut violations);
+    let customer = topkart::shared::customers::customer_id("customer_id", &request.customer_id, &mut violations);
     if let Ok(state) = orderpb::order::State::try_from(request.state) {
         let state = order::convert::order_state_from_proto(state);
         let filter = format!("{}|{}", state.map_or("any", OrderState::as_str), customer.as_deref().unwrap_or(""));
@@ -352,6 +353,7 @@ fn seeds() -> Vec<Vec<u8>> {
             reservation_id: id.to_string(),
             quantity: 2,
             expected_unit_price: Some(inr(4_999)),
+            customer_id: "alice".into(),
         }
         .encode_to_vec(),
         dealpb::ReleaseUnitsRequest { reservation_id: id.to_string() }.encode_to_vec(),
@@ -665,9 +667,10 @@ fn hostile_request() -> BoxedStrategy<Vec<u8>> {
         (hostile_i32(), hostile_string(), hostile_i32()).prop_map(|(page_size, page_token, state)| {
             dealpb::ListDealsRequest { page_size, page_token, state }.encode_to_vec()
         }),
-        (hostile_string(), hostile_string(), hostile_i32(), hostile_money()).prop_map(
-            |(deal, reservation_id, quantity, expected_unit_price)| {
-                dealpb::ReserveUnitsRequest { deal, reservation_id, quantity, expected_unit_price }.encode_to_vec()
+        (hostile_string(), hostile_string(), hostile_i32(), hostile_money(), hostile_string()).prop_map(
+            |(deal, reservation_id, quantity, expected_unit_price, customer_id)| {
+                dealpb::ReserveUnitsRequest { deal, reservation_id, quantity, expected_unit_price, customer_id }
+                    .encode_to_vec()
             }
         ),
         hostile_string().prop_map(|reservation_id| dealpb::ReleaseUnitsRequest { reservation_id }.encode_to_vec()),

@@ -9,6 +9,7 @@ use topkart::{
     order::domain::*,
     proto::{Money, order as pb},
     shared::{
+        customers::MAX_CUSTOMER_ID_CHARS,
         money::{MAX_PRICE_UNITS, Price},
         names,
         status::Violations,

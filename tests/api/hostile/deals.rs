@@ -275,6 +275,21 @@ async fn hostile_deal_requests_are_refused_and_write_nothing(pool: PgPool) {
             Invalid(&["deal.product_name"]),
         ),
         case(
+            "a per-customer limit of 0",
+            call.create_deal(Some(dealpb::Deal { max_units_per_customer: Some(0), ..deal(5) })),
+            Invalid(&["deal.max_units_per_customer"]),
+        ),
+        case(
+            "a negative per-customer limit",
+            call.create_deal(Some(dealpb::Deal { max_units_per_customer: Some(i32::MIN), ..deal(5) })),
+            Invalid(&["deal.max_units_per_customer"]),
+        ),
+        case(
+            "a per-customer limit above 1,000,000",
+            call.create_deal(Some(dealpb::Deal { max_units_per_customer: Some(1_000_001), ..deal(5) })),
+            Invalid(&["deal.max_units_per_customer"]),
+        ),
+        case(
             "201 two-byte characters",
             call.create_deal(Some(with_name(&"é".repeat(201)))),
             Invalid(&["deal.product_name"]),
@@ -424,6 +439,14 @@ async fn hostile_deal_requests_are_refused_and_write_nothing(pool: PgPool) {
                 mask(&["product_name", "total_units"]),
             ),
             Invalid(&["deal.product_name", "deal.total_units"]),
+        ),
+        case(
+            "update to a per-customer limit of -1",
+            call.update_deal(
+                live_patch(dealpb::Deal { max_units_per_customer: Some(-1), ..Default::default() }),
+                mask(&["max_units_per_customer"]),
+            ),
+            Invalid(&["deal.max_units_per_customer"]),
         ),
         case(
             "update to a name nobody can see",

@@ -12,6 +12,7 @@ async fn hostile_reservation_requests_are_refused_and_write_nothing(pool: PgPool
         reservation_id: reservation_id.into(),
         quantity,
         expected_unit_price,
+        customer_id: String::new(),
     };
     let fresh = || Uuid::new_v4().to_string();
     let cases = vec![
@@ -30,6 +31,22 @@ async fn hostile_reservation_requests_are_refused_and_write_nothing(pool: PgPool
             "ReserveUnits empty reservation id",
             call.reserve(reserve(&live.name, "", 1, None)),
             Invalid(&["reservation_id"]),
+        ),
+        case(
+            "ReserveUnits customer id holding NUL",
+            call.reserve(dealpb::ReserveUnitsRequest {
+                customer_id: "al\0ice".into(),
+                ..reserve(&live.name, &fresh(), 1, None)
+            }),
+            Invalid(&["customer_id"]),
+        ),
+        case(
+            "ReserveUnits customer id of 129 characters",
+            call.reserve(dealpb::ReserveUnitsRequest {
+                customer_id: "c".repeat(129),
+                ..reserve(&live.name, &fresh(), 1, None)
+            }),
+            Invalid(&["customer_id"]),
         ),
         case("ReserveUnits zero units", call.reserve(reserve(&live.name, &fresh(), 0, None)), Invalid(&["quantity"])),
         case("ReserveUnits 101 units", call.reserve(reserve(&live.name, &fresh(), 101, None)), Invalid(&["quantity"])),

@@ -1,0 +1,132 @@
+//! Fair to buyers: a deal's per-customer limit, decided in the transaction that takes the units,
+//! however many instances the orders arrive through.
+
+use prost_types::FieldMask;
+use sqlx::PgPool;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use topkart::{
+    proto::{deal as dealpb, order as orderpb},
+    shared::auth::Role,
+};
+
+use crate::helpers::*;
+
+/// A deal of `units` units of which one customer may hold at most `limit`.
+async fn limited_deal(deals: &Deals, units: i32, limit: i32) -> dealpb::Deal {
+    let deal = dealpb::Deal { max_units_per_customer: Some(limit), ..deal_request(units) };
+    deals.clone().create_deal(dealpb::CreateDealRequest { deal: Some(deal) }).await.expect("create deal").into_inner()
+}
+
+fn order_of(deal: &str, quantity: i32) -> orderpb::CreateOrderRequest {
+    orderpb::CreateOrderRequest {
+        order: Some(order_request(deal, quantity)),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// The `limit` and `remaining` a PER_CUSTOMER_LIMIT_EXCEEDED refusal carries.
+fn over_the_limit(status: &Status) -> (String, String) {
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let info = status.get_error_details().error_info().cloned().expect("an ErrorInfo");
+    assert_eq!((info.reason.as_str(), info.domain.as_str()), ("PER_CUSTOMER_LIMIT_EXCEEDED", "deal.topkart.com"));
+    (info.metadata["limit"].clone(), info.metadata["remaining"].clone())
+}
+
+async fn units_of(pool: &PgPool, customer: &str) -> i64 {
+    sqlx::query_scalar("select coalesce(sum(quantity), 0)::bigint from orders where customer_id = $1 and state in ('pending_approval', 'approved')")
+        .bind(customer)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn fifty_concurrent_orders_by_one_customer_on_two_instances_take_no_more_than_the_limit(pool: PgPool) {
+    let (deal_a, _stop_deal_a) = spawn_deal_service(pool.clone()).await;
+    let (deal_b, _stop_deal_b) = spawn_deal_service(pool.clone()).await;
+    let (order_a, _stop_order_a) = spawn_order_service(pool.clone(), deals_client(deal_a)).await;
+    let (order_b, _stop_order_b) = spawn_order_service(pool.clone(), deals_client(deal_b)).await;
+    let app = spawn_app(pool.clone()).await;
+    let deal = limited_deal(&app.deals, 100, 5).await;
+    let alice = Bearer::of(&token(Role::Customer, "alice"));
+    let clients = [orders_with(&channel(order_a).await, alice.clone()), orders_with(&channel(order_b).await, alice)];
+
+    let orders = (0..50).map(|n| {
+        let mut client = clients[n % 2].clone();
+        let request = order_of(&deal.name, 1);
+        async move { client.create_order(request).await }
+    });
+    let results = join_all(orders).await;
+
+    let placed = results.iter().filter(|result| result.is_ok()).count();
+    assert_eq!(placed, 5, "exactly the limit is sold to one customer");
+    for refused in results.iter().filter_map(|result| result.as_ref().err()) {
+        assert_eq!(over_the_limit(refused), ("5".into(), "0".into()));
+    }
+    assert_eq!(units_of(&pool, "alice").await, 5);
+
+    // order-service always says whom units are for; a reservation for no one cannot be limited.
+    let anonymous = app
+        .reservations
+        .clone()
+        .reserve_units(dealpb::ReserveUnitsRequest {
+            deal: deal.name.clone(),
+            reservation_id: uuid::Uuid::new_v4().to_string(),
+            quantity: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no customer named");
+    assert_eq!(anonymous.code(), Code::InvalidArgument);
+    let fields: Vec<_> =
+        anonymous.get_error_details().bad_request().unwrap().field_violations.iter().map(|v| v.field.clone()).collect();
+    assert_eq!(fields, ["customer_id"]);
+
+    // Another customer has a limit of their own.
+    let bob = app.orders_as("bob");
+    let (mut bob_a, mut bob_b) = (bob.clone(), bob);
+    bob_a.create_order(order_of(&deal.name, 3)).await.expect("bob's first order");
+    let refused = bob_b.create_order(order_of(&deal.name, 3)).await.expect_err("bob's second order passes his limit");
+    assert_eq!(over_the_limit(&refused), ("5".into(), "2".into()), "2 of bob's 5 are left");
+    bob_b.create_order(order_of(&deal.name, 2)).await.expect("bob's last 2 units");
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 90);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn lowering_the_limit_keeps_existing_orders_and_limits_new_ones(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = limited_deal(&app.deals, 100, 5).await;
+    let mut alice = app.orders.clone();
+    let first = alice.create_order(order_of(&deal.name, 4)).await.expect("4 of 5").into_inner();
+    assert_eq!(app.get_deal(&deal.name).await.max_units_per_customer, Some(5));
+
+    let set_limit = |limit: Option<i32>| {
+        let mut deals = app.deals.clone();
+        let patch = dealpb::Deal { name: deal.name.clone(), max_units_per_customer: limit, ..Default::default() };
+        let mask = FieldMask { paths: vec!["max_units_per_customer".into()] };
+        async move {
+            deals
+                .update_deal(dealpb::UpdateDealRequest { deal: Some(patch), update_mask: Some(mask) })
+                .await
+                .expect("update the limit")
+                .into_inner()
+        }
+    };
+    assert_eq!(set_limit(Some(2)).await.max_units_per_customer, Some(2));
+    let order = alice.get_order(orderpb::GetOrderRequest { name: first.name.clone() }).await.unwrap().into_inner();
+    assert_eq!((order.state(), order.quantity), (orderpb::order::State::PendingApproval, 4), "the order stands");
+    let refused = alice.create_order(order_of(&deal.name, 1)).await.expect_err("over the lowered limit");
+    assert_eq!(over_the_limit(&refused), ("2".into(), "0".into()));
+
+    // A cancelled order's units no longer count.
+    alice.cancel_order(orderpb::CancelOrderRequest { name: first.name }).await.expect("cancel");
+    alice.create_order(order_of(&deal.name, 2)).await.expect("2 of the new 2");
+
+    // Unset in the mask removes the limit.
+    assert_eq!(set_limit(None).await.max_units_per_customer, None);
+    alice.create_order(order_of(&deal.name, 10)).await.expect("no limit left");
+    assert_eq!(units_of(&pool, "alice").await, 12);
+    assert_invariants(&pool).await;
+}
