@@ -42,7 +42,7 @@ const CHECKS: [(&str, &str); 6] = [
            from orders o left join reservations r on r.id = o.id
           where (o.state in ('pending_approval', 'approved')
                  and (r.id is null or r.state = 'released' or r.quantity <> o.quantity or r.deal_id <> o.deal_id))
-             or (o.state in ('rejected', 'cancelled') and o.units_released and r.state is distinct from 'released')",
+             or (o.state in ('rejected', 'cancelled', 'expired') and o.units_released and r.state is distinct from 'released')",
     ),
     (
         "no two orders share a request_id (an order's id is its request_id)",

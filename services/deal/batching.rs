@@ -138,7 +138,9 @@ async fn try_reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest
                 },
             },
         };
-        answers.push(answer);
+        // The order being placed takes its approve deadline from the deal's window as it is now.
+        let window = deal.terms.approval_window_seconds;
+        answers.push(answer.map(|reservation| Reservation { approval_window_seconds: window, ..reservation }));
     }
     Ok(answers)
 }

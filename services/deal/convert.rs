@@ -23,6 +23,7 @@ pub fn deal_to_proto(deal: &Deal) -> pb::Deal {
         create_time: Some(time::to_proto(deal.create_time)),
         update_time: Some(time::to_proto(deal.update_time)),
         max_units_per_customer: deal.terms.max_units_per_customer,
+        approval_window: deal.terms.approval_window_seconds.map(seconds),
     }
 }
 
@@ -37,6 +38,7 @@ pub fn reservation_to_proto(reservation: &Reservation) -> pb::Reservation {
         state: state.into(),
         create_time: Some(time::to_proto(reservation.create_time)),
         update_time: Some(time::to_proto(reservation.update_time)),
+        approval_window: reservation.approval_window_seconds.map(seconds),
     }
 }
 
@@ -66,4 +68,9 @@ pub fn reservation_state_to_proto(state: ReservationState) -> pb::reservation::S
         ReservationState::Confirmed => pb::reservation::State::Confirmed,
         ReservationState::Released => pb::reservation::State::Released,
     }
+}
+
+/// A duration of whole `seconds`.
+fn seconds(seconds: i32) -> prost_types::Duration {
+    prost_types::Duration { seconds: i64::from(seconds), nanos: 0 }
 }

@@ -82,6 +82,8 @@ pub struct Reservation {
     pub deal_id: Uuid,
     /// The customer the units are for, when the caller said.
     pub customer: Option<String>,
+    /// In the answer to a reservation: the deal's approval window then, in seconds.
+    pub approval_window_seconds: Option<i32>,
     pub quantity: i32,
     pub unit_price: Price,
     pub state: ReservationState,
@@ -100,6 +102,8 @@ pub struct DealTerms {
     pub expire_time: DateTime<Utc>,
     /// The most units one customer may hold of the deal; `None`: no limit but an order's.
     pub max_units_per_customer: Option<i32>,
+    /// How long an order may wait for approval, in seconds; `None`: as long as it takes.
+    pub approval_window_seconds: Option<i32>,
 }
 
 /// A deal as stored, with its state at the instant it was read.
@@ -149,6 +153,8 @@ pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms
     let expire_time = required_time("deal.expire_time", deal.expire_time.as_ref(), &mut violations);
     let max_units_per_customer =
         per_customer_limit("deal.max_units_per_customer", deal.max_units_per_customer, &mut violations);
+    let approval_window_seconds =
+        approval_window("deal.approval_window", deal.approval_window.as_ref(), &mut violations);
     let (
         Some(product_name),
         Some(actual_price),
@@ -168,13 +174,14 @@ pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms
         start_time,
         expire_time,
         max_units_per_customer,
+        approval_window_seconds,
     };
     check_whole(&terms, now, &mut violations);
     Ok(violations.into_result(terms)?)
 }
 
 /// The fields `UpdateDeal` may change, as named in an update mask.
-pub const UPDATABLE_FIELDS: [&str; 7] = [
+pub const UPDATABLE_FIELDS: [&str; 8] = [
     "product_name",
     "actual_price",
     "final_price",
@@ -182,6 +189,7 @@ pub const UPDATABLE_FIELDS: [&str; 7] = [
     "start_time",
     "expire_time",
     "max_units_per_customer",
+    "approval_window",
 ];
 
 /// Applies an `UpdateDeal` request to `current`, read at `now`, and returns the new terms.
@@ -225,6 +233,9 @@ pub fn update_deal(
             // Unset in the patch removes the limit.
             "max_units_per_customer" => {
                 terms.max_units_per_customer = per_customer_limit(&path, patch.max_units_per_customer, &mut violations)
+            }
+            "approval_window" => {
+                terms.approval_window_seconds = approval_window(&path, patch.approval_window.as_ref(), &mut violations)
             }
             // check_update_mask has refused every other path.
             _ => {}
@@ -356,6 +367,22 @@ fn per_customer_limit(field: &str, limit: Option<i32>, violations: &mut Violatio
     }
 }
 
+/// The shortest and longest approval window, in seconds.
+pub const APPROVAL_WINDOW_SECONDS: std::ops::RangeInclusive<i32> = 60..=43_200;
+
+/// Validates an optional approval window for `field`: unset, or whole seconds from 1 minute to 12
+/// hours.
+fn approval_window(field: &str, window: Option<&prost_types::Duration>, violations: &mut Violations) -> Option<i32> {
+    let window = window?;
+    match i32::try_from(window.seconds) {
+        Ok(seconds) if window.nanos == 0 && APPROVAL_WINDOW_SECONDS.contains(&seconds) => Some(seconds),
+        _ => {
+            violations.add(field, "must be whole seconds from 1 minute to 12 hours when set");
+            None
+        }
+    }
+}
+
 /// How many more units a customer holding `held` units of `deal` may take, when the deal limits it.
 pub fn units_left_to_customer(deal: &Deal, held: i32) -> Option<i32> {
     deal.terms.max_units_per_customer.map(|limit| (limit - held).max(0))
@@ -415,6 +442,7 @@ pub(crate) fn sample_deal(start: DateTime<Utc>) -> Deal {
             start_time: start,
             expire_time: start + TimeDelta::hours(2),
             max_units_per_customer: None,
+            approval_window_seconds: None,
         },
         available_units: 50,
         state: DealState::Active,

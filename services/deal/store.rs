@@ -19,7 +19,8 @@ macro_rules! deal_columns {
     ($at:literal) => {
         concat!(
             "id, product_name, currency_code, actual_price_micros, final_price_micros, total_units, \
-             available_units, start_time, expire_time, max_units_per_customer, deal_state_at(deals, ",
+             available_units, start_time, expire_time, max_units_per_customer, approval_window_seconds, \
+             deal_state_at(deals, ",
             $at,
             ") as state, create_time, update_time"
         )
@@ -44,6 +45,7 @@ struct DealRow {
     start_time: DateTime<Utc>,
     expire_time: DateTime<Utc>,
     max_units_per_customer: Option<i32>,
+    approval_window_seconds: Option<i32>,
     state: String,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
@@ -61,6 +63,7 @@ impl From<DealRow> for Deal {
                 start_time: row.start_time,
                 expire_time: row.expire_time,
                 max_units_per_customer: row.max_units_per_customer,
+                approval_window_seconds: row.approval_window_seconds,
             },
             available_units: row.available_units,
             // deal_state_at only ever returns the three names.
@@ -90,6 +93,7 @@ impl From<ReservationRow> for Reservation {
             id: row.id,
             deal_id: row.deal_id,
             customer: row.customer_id,
+            approval_window_seconds: None,
             quantity: row.quantity,
             unit_price: Price::from_stored(row.currency_code, row.unit_price_micros),
             // The check constraint allows only the three names.
@@ -100,8 +104,9 @@ impl From<ReservationRow> for Reservation {
     }
 }
 
-/// Binds `terms` as parameters $2 to $9: product name, currency, actual and final price, total units,
-/// start, expiry and the per-customer limit (insert and update share the order).
+/// Binds `terms` as parameters $2 to $10: product name, currency, actual and final price, total
+/// units, start, expiry, the per-customer limit and the approval window (insert and update share
+/// the order).
 fn bind_terms<'q>(
     query: QueryAs<'q, Postgres, DealRow, PgArguments>,
     terms: &'q DealTerms,
@@ -115,6 +120,7 @@ fn bind_terms<'q>(
         .bind(terms.start_time)
         .bind(terms.expire_time)
         .bind(terms.max_units_per_customer)
+        .bind(terms.approval_window_seconds)
 }
 
 /// Inserts a new deal with all its units available.
@@ -122,8 +128,9 @@ fn bind_terms<'q>(
 pub async fn insert_deal(pool: &PgPool, id: Uuid, terms: &DealTerms, state: DealState) -> Result<Deal, sqlx::Error> {
     let query = sqlx::query_as(concat!(
         "insert into deals (id, product_name, currency_code, actual_price_micros, final_price_micros, \
-                            total_units, available_units, start_time, expire_time, max_units_per_customer, state)
-         values ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10)
+                            total_units, available_units, start_time, expire_time, max_units_per_customer, \
+                            approval_window_seconds, state)
+         values ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11)
          returning ",
         deal_columns!()
     ))
@@ -161,7 +168,7 @@ pub async fn update_deal(conn: &mut PgConnection, id: Uuid, terms: &DealTerms) -
         "update deals
             set product_name = $2, currency_code = $3, actual_price_micros = $4, final_price_micros = $5,
                 available_units = available_units + ($6 - total_units), total_units = $6,
-                start_time = $7, expire_time = $8, max_units_per_customer = $9,
+                start_time = $7, expire_time = $8, max_units_per_customer = $9, approval_window_seconds = $10,
                 state = case when state = 'scheduled' and $7 <= now() then 'active' else state end,
                 update_time = now()
           where id = $1

@@ -19,6 +19,7 @@ pub fn order_to_proto(order: &Order) -> pb::Order {
         state: order_state_to_proto(order.state).into(),
         create_time: Some(time::to_proto(order.create_time)),
         update_time: Some(time::to_proto(order.update_time)),
+        approve_deadline: order.approve_deadline.map(time::to_proto),
     }
 }
 
@@ -29,6 +30,7 @@ pub fn order_state_to_proto(state: OrderState) -> pb::order::State {
         OrderState::Approved => pb::order::State::Approved,
         OrderState::Rejected => pb::order::State::Rejected,
         OrderState::Cancelled => pb::order::State::Cancelled,
+        OrderState::Expired => pb::order::State::Expired,
     }
 }
 
@@ -40,5 +42,6 @@ pub fn order_state_from_proto(state: pb::order::State) -> Option<OrderState> {
         pb::order::State::Approved => Some(OrderState::Approved),
         pb::order::State::Rejected => Some(OrderState::Rejected),
         pb::order::State::Cancelled => Some(OrderState::Cancelled),
+        pb::order::State::Expired => Some(OrderState::Expired),
     }
 }

@@ -39,6 +39,8 @@ pub struct ReservedUnits {
     /// When the hold was made, by the database clock: the order must be recorded within
     /// `ORDER_WRITE_WINDOW` of it.
     pub hold_time: DateTime<Utc>,
+    /// How long the order may wait for approval, if its deal says.
+    pub approval_window: Option<chrono::TimeDelta>,
 }
 
 /// How many times a call that failed as UNAVAILABLE (deal-service down, a connection reset, a
@@ -175,8 +177,17 @@ impl DealsClient {
         let mut violations = Violations::default();
         let unit_price = Price::parse("unit_price", reservation.unit_price.as_ref(), &mut violations);
         let hold_time = reservation.create_time.as_ref().and_then(|at| time::parse("create_time", at, &mut violations));
+        let approval_window = reservation
+            .approval_window
+            .as_ref()
+            .and_then(|window| chrono::TimeDelta::try_seconds(window.seconds).filter(|_| window.nanos == 0));
+        if reservation.approval_window.is_some() && approval_window.is_none() {
+            violations.add("approval_window", "must be whole seconds");
+        }
         match (unit_price, hold_time) {
-            (Some(unit_price), Some(hold_time)) => Ok(ReservedUnits { unit_price, hold_time }),
+            (Some(unit_price), Some(hold_time)) if violations.is_empty() => {
+                Ok(ReservedUnits { unit_price, hold_time, approval_window })
+            }
             _ => Err(OrderError::Internal(format!("deal-service sent an invalid reservation: {violations:?}"))),
         }
     }

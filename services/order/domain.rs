@@ -20,6 +20,8 @@ pub enum OrderState {
     Rejected,
     /// Cancelled by the customer, units given back. Final.
     Cancelled,
+    /// Not approved by its deadline, units given back. Final.
+    Expired,
 }
 
 impl OrderState {
@@ -30,12 +32,13 @@ impl OrderState {
             Self::Approved => "approved",
             Self::Rejected => "rejected",
             Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
     }
 
     /// Reads the name the database uses.
     pub fn from_db(name: &str) -> Option<Self> {
-        [Self::PendingApproval, Self::Approved, Self::Rejected, Self::Cancelled]
+        [Self::PendingApproval, Self::Approved, Self::Rejected, Self::Cancelled, Self::Expired]
             .into_iter()
             .find(|state| state.as_str() == name)
     }
@@ -109,6 +112,8 @@ pub struct Order {
     pub state: OrderState,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    /// When it expires unless approved; `None` when its deal has no approval window.
+    pub approve_deadline: Option<DateTime<Utc>>,
 }
 
 /// Validates a `CreateOrder` request placed by `buyer` (the token's subject), or, without
@@ -218,6 +223,7 @@ mod tests {
             state: OrderState::PendingApproval,
             create_time: Utc::now(),
             update_time: Utc::now(),
+            approve_deadline: None,
         };
         assert!(new.placed(&placed));
         assert!(!new.placed(&Order { quantity: 3, ..placed.clone() }));

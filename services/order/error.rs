@@ -34,6 +34,9 @@ pub enum OrderError {
     /// its status and details go to the client as they are.
     #[error("deal-service refused: {0:?}")]
     DealRefused(Status),
+    /// The order was not approved by its deadline: it expired, and can no longer change.
+    #[error("order expired")]
+    OrderExpired,
     /// The request id names another order.
     #[error("request id reused")]
     RequestIdReused,
@@ -71,7 +74,10 @@ impl From<Arc<sqlx::Error>> for OrderError {
 
 impl From<NotPending> for OrderError {
     fn from(NotPending(state): NotPending) -> Self {
-        Self::OrderNotPending { state }
+        match state {
+            OrderState::Expired => Self::OrderExpired,
+            state => Self::OrderNotPending { state },
+        }
     }
 }
 
@@ -95,6 +101,13 @@ impl From<OrderError> for Status {
                 "ORDER_NOT_PENDING",
                 format!("the order is {} and can no longer change", order_state_to_proto(state).as_str_name()),
                 [("state", order_state_to_proto(state).as_str_name().to_owned())],
+            ),
+            OrderError::OrderExpired => status::with_reason(
+                Code::FailedPrecondition,
+                DOMAIN,
+                "ORDER_EXPIRED",
+                "the order was not approved by its approve_deadline and expired; its units went back to the deal",
+                [],
             ),
             OrderError::DealRefused(status) => status,
             OrderError::RequestIdReused => status::with_reason(

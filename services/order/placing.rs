@@ -82,6 +82,7 @@ impl Placing {
             total_price,
             placed_at: reserved.hold_time,
             write_by: reserved.hold_time + ORDER_WRITE_WINDOW,
+            approve_deadline: reserved.approval_window.map(|window| reserved.hold_time + window),
         };
         match self.recorder.record(insert).await? {
             Recorded::New(order) => {

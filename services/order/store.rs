@@ -8,10 +8,21 @@ use crate::shared::{money::Price, paging::Cursor};
 
 use super::domain::{Order, OrderState};
 
+/// An order's state as of the statement: a pending order past its approve deadline is expired
+/// already, before the worker marks it, as a deal past its expiry is.
+macro_rules! order_state {
+    () => {
+        "(case when state = 'pending_approval' and approve_deadline <= now() then 'expired' else state end)"
+    };
+}
+
 macro_rules! order_columns {
     () => {
-        "id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros, state, \
-         create_time, update_time"
+        concat!(
+            "id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros, ",
+            order_state!(),
+            " as state, create_time, update_time, approve_deadline"
+        )
     };
 }
 
@@ -27,6 +38,7 @@ struct OrderRow {
     state: String,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
+    approve_deadline: Option<DateTime<Utc>>,
 }
 
 impl From<OrderRow> for Order {
@@ -38,10 +50,11 @@ impl From<OrderRow> for Order {
             quantity: row.quantity,
             unit_price: Price::from_stored(row.currency_code.clone(), row.unit_price_micros),
             total_price: Price::from_stored(row.currency_code, row.total_price_micros),
-            // The check constraint allows only the four names.
+            // The check constraint allows only the five names.
             state: OrderState::from_db(&row.state).unwrap_or(OrderState::PendingApproval),
             create_time: row.create_time,
             update_time: row.update_time,
+            approve_deadline: row.approve_deadline,
         }
     }
 }
@@ -60,6 +73,8 @@ pub struct OrderInsert {
     pub placed_at: DateTime<Utc>,
     /// The hold's time plus the write window, by the database clock.
     pub write_by: DateTime<Utc>,
+    /// `placed_at` plus the deal's approval window, if it has one.
+    pub approve_deadline: Option<DateTime<Utc>>,
 }
 
 /// Records placed orders, pending approval, in one statement, each unless the database clock has
@@ -86,16 +101,16 @@ pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<
         "with attempt as materialized (
              select attempt.*, pg_advisory_xact_lock(hold_lock_key(attempt.id))
                from unnest($1::uuid[], $2::uuid[], $3::text[], $4::integer[], $5::text[], $6::bigint[],
-                           $7::bigint[], $8::timestamptz[], $9::timestamptz[])
+                           $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
                     with ordinality
                     as attempt (id, deal_id, customer_id, quantity, currency_code, unit_price_micros,
-                                total_price_micros, write_by, placed_at, position)
+                                total_price_micros, write_by, placed_at, approve_deadline, position)
               order by attempt.position
          )
          insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, \
-                             total_price_micros, state, create_time)
+                             total_price_micros, state, create_time, approve_deadline)
          select id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros,
-                'pending_approval', placed_at
+                'pending_approval', placed_at, approve_deadline
            from attempt
           where clock_timestamp() < write_by and not order_abandoned(attempt.id)
          on conflict (id) do nothing
@@ -111,6 +126,7 @@ pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<
     .bind(sorted.iter().map(|order| order.total_price.micros()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|order| order.write_by).collect::<Vec<_>>())
     .bind(sorted.iter().map(|order| order.placed_at).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|order| order.approve_deadline).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(Order::from).collect())
@@ -137,8 +153,10 @@ pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::E
 }
 
 /// Moves a pending order to `state`, in one conditional statement: of concurrent decisions on one
-/// order exactly one finds it pending. `None` when it was not pending (or does not exist).
-/// With an `owner`, only that customer's order moves.
+/// order exactly one finds it pending. `None` when it was not pending (or does not exist), or its
+/// approve deadline has come by the database clock: then it is expired, and the worker's expiry
+/// (which takes the row's lock too) and a decision never both pass. With an `owner`, only that
+/// customer's order moves.
 #[tracing::instrument(name = "sql.decide", skip_all, fields(order = %id, state = state.as_str()))]
 pub async fn decide(
     pool: &PgPool,
@@ -149,6 +167,7 @@ pub async fn decide(
     let row: Option<OrderRow> = sqlx::query_as(concat!(
         "update orders set state = $2, update_time = now()
           where id = $1 and state = 'pending_approval' and ($3::text is null or customer_id = $3)
+            and (approve_deadline is null or approve_deadline > now())
          returning ",
         order_columns!()
     ))
@@ -182,7 +201,9 @@ pub async fn list_orders(
         " from orders
           where ($1::timestamptz is null or (create_time, id) < ($1, $2))
             and ($3::text is null or customer_id = $3)
-            and ($4::text is null or state = $4)
+            and ($4::text is null or ",
+        order_state!(),
+        " = $4)
           order by create_time desc, id desc
           limit $5"
     ))

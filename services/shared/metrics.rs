@@ -17,6 +17,7 @@
 //! | `topkart_sweep_seconds`, `topkart_daily_reset_seconds` | histogram | |
 //! | `topkart_sweeps_total`, `topkart_daily_resets_total` | counter | `outcome` (`ok`, `failed`) |
 //! | `topkart_deals_expired_total`, `topkart_deals_started_total` | counter | |
+//! | `topkart_orders_expired_total` | counter | |
 //! | `topkart_holds_settled_total` | counter | `outcome` (`confirmed`, `released`, `finished_release`, `abandoned`) |
 
 use std::{convert::Infallible, net::SocketAddr, sync::OnceLock, time::Duration};
@@ -98,6 +99,7 @@ fn describe() {
         "Daily-reset passes (a no-op once the day's reset is done), by outcome."
     );
     describe_counter!("topkart_deals_expired_total", "Deals the sweep marked expired.");
+    describe_counter!("topkart_orders_expired_total", "Pending orders the worker expired past their approve deadline.");
     describe_counter!("topkart_deals_started_total", "Scheduled deals the sweep started.");
     describe_counter!(
         "topkart_holds_settled_total",
@@ -243,6 +245,11 @@ pub enum WorkerPass {
 pub fn deals_swept(expired: u64, started: u64) {
     counter!("topkart_deals_expired_total").increment(expired);
     counter!("topkart_deals_started_total").increment(started);
+}
+
+/// Pending orders the worker expired.
+pub fn orders_expired(count: u64) {
+    counter!("topkart_orders_expired_total").increment(count);
 }
 
 /// `count` holds settled with `outcome`.

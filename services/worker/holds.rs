@@ -81,7 +81,7 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
              update reservations set state = 'released', update_time = now()
                from due
               where reservations.id = due.id
-                and (due.order_state is null or due.order_state in ('rejected', 'cancelled'))
+                and (due.order_state is null or due.order_state in ('rejected', 'cancelled', 'expired'))
              returning reservations.deal_id, reservations.quantity
          ), ",
         restore_released_units!(),

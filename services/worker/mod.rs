@@ -1,9 +1,11 @@
 //! expiry-worker: every few seconds it performs the daily reset if the UTC day has turned, sweeps
-//! expired and newly started deals, and settles the holds the order protocol left behind. It
+//! expired and newly started deals, expires orders not approved in time, and settles the holds the
+//! order protocol left behind. It
 //! serves gRPC health so orchestrators can probe it.
 
 pub mod daily_reset;
 pub mod holds;
+pub mod order_expiry;
 pub mod sweep;
 
 use std::{
@@ -23,6 +25,7 @@ use crate::shared::{
 
 pub use daily_reset::daily_reset;
 pub use holds::settle_holds;
+pub use order_expiry::expire_orders;
 pub use sweep::sweep_once;
 
 /// The name under which the worker reports its health, besides the server's "".
@@ -96,6 +99,15 @@ async fn tick(pool: &PgPool, now: DateTime<Utc>) {
         }
         Ok(_) => {}
         Err(err) => tracing::warn!(error = %err, "sweep failed; retrying next tick"),
+    }
+    match expire_orders(pool, now).await {
+        Ok(expired) => {
+            metrics::orders_expired(expired.max(0) as u64);
+            if expired > 0 {
+                tracing::info!(expired, "orders not approved in time expired");
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "expiring orders failed; retrying next tick"),
     }
     let settled = settle_holds(pool, now).await;
     if let Ok(report) = &settled {

@@ -130,3 +130,134 @@ async fn lowering_the_limit_keeps_existing_orders_and_limits_new_ones(pool: PgPo
     assert_eq!(units_of(&pool, "alice").await, 12);
     assert_invariants(&pool).await;
 }
+
+/// A deal of `units` units whose orders wait at most `window_seconds` for an admin.
+async fn windowed_deal(deals: &Deals, units: i32, window_seconds: i64) -> dealpb::Deal {
+    let window = prost_types::Duration { seconds: window_seconds, nanos: 0 };
+    let deal = dealpb::Deal { approval_window: Some(window), ..deal_request(units) };
+    deals.clone().create_deal(dealpb::CreateDealRequest { deal: Some(deal) }).await.expect("create deal").into_inner()
+}
+
+/// Moves order `name`'s approve deadline `offset` from the database's now, as if time had passed.
+async fn deadline_in(pool: &PgPool, name: &str, offset_ms: i64) {
+    sqlx::query("update orders set approve_deadline = now() + $2 * interval '1 millisecond' where id = $1")
+        .bind(uuid(name))
+        .bind(offset_ms as f64)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+fn reason(status: &Status) -> String {
+    status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn an_order_not_approved_within_the_window_expires_and_its_units_go_back(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = windowed_deal(&app.deals, 10, 600).await;
+    assert_eq!(deal.approval_window, Some(prost_types::Duration { seconds: 600, nanos: 0 }));
+    let mut alice = app.orders.clone();
+    let order = alice.create_order(order_of(&deal.name, 3)).await.expect("placed").into_inner();
+    let (created, deadline) = (order.create_time.unwrap(), order.approve_deadline.unwrap());
+    assert_eq!(deadline.seconds - created.seconds, 600, "the deadline is the window after the order");
+    assert_eq!(deadline.nanos, created.nanos);
+
+    // The deadline passes: the order reads expired and cannot be decided, before any worker ran.
+    deadline_in(&pool, &order.name, -1).await;
+    let read = alice.get_order(orderpb::GetOrderRequest { name: order.name.clone() }).await.unwrap().into_inner();
+    assert_eq!(read.state(), orderpb::order::State::Expired);
+    let expired_filter =
+        orderpb::ListOrdersRequest { state: orderpb::order::State::Expired.into(), ..Default::default() };
+    let listed = alice.list_orders(expired_filter.clone()).await.unwrap().into_inner().orders;
+    assert_eq!(listed.iter().map(|order| order.name.clone()).collect::<Vec<_>>(), std::slice::from_ref(&order.name));
+    let mut admin = app.admin_orders.clone();
+    let approve = admin.approve_order(orderpb::ApproveOrderRequest { name: order.name.clone() }).await;
+    let refused = approve.expect_err("approved past its deadline");
+    assert_eq!((refused.code(), reason(&refused).as_str()), (Code::FailedPrecondition, "ORDER_EXPIRED"));
+    let cancel = alice.cancel_order(orderpb::CancelOrderRequest { name: order.name.clone() }).await;
+    assert_eq!(reason(&cancel.expect_err("cancelled past its deadline")), "ORDER_EXPIRED");
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 7, "the units wait for the worker");
+
+    // The worker expires it once, and the units go back.
+    let now = db_now(&pool).await;
+    assert_eq!(topkart::worker::expire_orders(&pool, now).await.unwrap(), 1);
+    assert_eq!(topkart::worker::expire_orders(&pool, now).await.unwrap(), 0, "expired once");
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 10);
+    let stored: String = sqlx::query_scalar("select state from orders").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, "expired");
+    assert_invariants(&pool).await;
+
+    // A deal without a window gives its orders no deadline.
+    let open = app.create_deal(5).await;
+    let unlimited = alice.create_order(order_of(&open.name, 1)).await.unwrap().into_inner();
+    assert_eq!(unlimited.approve_deadline, None);
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn approvals_racing_their_deadlines_and_two_workers_end_each_order_exactly_once(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = windowed_deal(&app.deals, 100, 600).await;
+    let mut orders = Vec::new();
+    for n in 0..20 {
+        let buyer = format!("buyer-{n}");
+        let order = app.orders_as(&buyer).create_order(order_of(&deal.name, 2)).await.expect("placed").into_inner();
+        orders.push(order.name);
+    }
+    // Five deadlines already passed, five a minute away, and ten from 0 to 180 ms ahead, straddling
+    // the approvals, which all come 100 ms from now; two workers sweep every 10 ms meanwhile.
+    for (n, name) in orders.iter().enumerate() {
+        let offset = match n {
+            0..5 => -1,
+            15.. => 60_000,
+            racing => 20 * (racing as i64 - 5),
+        };
+        deadline_in(&pool, name, offset).await;
+    }
+    let approvals = orders.iter().map(|name| {
+        let mut admin = app.admin_orders.clone();
+        let name = name.clone();
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            admin.approve_order(orderpb::ApproveOrderRequest { name }).await
+        }
+    });
+    let workers = (0..2).map(|_| {
+        let pool = pool.clone();
+        async move {
+            let mut expired = 0;
+            for _ in 0..50 {
+                expired += topkart::worker::expire_orders(&pool, db_now(&pool).await).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            expired
+        }
+    });
+    let (answers, expired) = tokio::join!(join_all(approvals), join_all(workers));
+
+    let mut approved = 0;
+    for (name, answer) in orders.iter().zip(&answers) {
+        let state: String = sqlx::query_scalar("select state from orders where id = $1")
+            .bind(uuid(name))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        match answer {
+            Ok(order) => {
+                let order = order.get_ref();
+                assert_eq!((order.state(), state.as_str()), (orderpb::order::State::Approved, "approved"), "{name}");
+                approved += 1;
+            }
+            Err(status) => {
+                assert_eq!(reason(status), "ORDER_EXPIRED", "{name}: {status:?}");
+                assert_eq!(state, "expired", "{name}: refused as expired, so the worker expires it");
+            }
+        }
+    }
+    assert_eq!(approved + expired.iter().sum::<i64>() as usize, orders.len(), "each order ended once");
+    let ended = |range: std::ops::Range<usize>| answers[range].iter().map(Result::is_ok).collect::<Vec<_>>();
+    assert_eq!(ended(0..5), [false; 5], "past their deadline: expired");
+    assert_eq!(ended(15..20), [true; 5], "a minute to go: approved");
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 100 - 2 * approved as i32);
+    assert_invariants(&pool).await;
+}

@@ -184,6 +184,7 @@ async fn an_order_is_not_recorded_after_its_write_window_even_in_a_batch_with_ot
         total_price: Price::from_stored("INR".into(), 600_000_000),
         placed_at: now,
         write_by,
+        approve_deadline: None,
     };
     let late = insert(now - chrono::TimeDelta::milliseconds(1));
     let in_time = insert(now + chrono::TimeDelta::seconds(10));
@@ -302,6 +303,7 @@ fn insert_for(deal: uuid::Uuid, key: uuid::Uuid) -> topkart::order::store::Order
         total_price: price,
         placed_at: chrono::Utc::now(),
         write_by: chrono::Utc::now() + chrono::TimeDelta::seconds(10),
+        approve_deadline: None,
     }
 }
 

@@ -217,6 +217,20 @@ struct DealInput {
     start_time: Option<When>,
     expire_time: Expiry,
     max_units_per_customer: Option<i32>,
+    approval_window: Option<prost_types::Duration>,
+}
+
+/// An approval window: often unset, mostly valid, sometimes at or past the edges or with nanos.
+fn window_strategy() -> BoxedStrategy<Option<prost_types::Duration>> {
+    let duration = |seconds: i64, nanos: i32| prost_types::Duration { seconds, nanos };
+    prop_oneof![
+        4 => Just(None),
+        3 => (60i64..=43_200).prop_map(move |seconds| Some(duration(seconds, 0))),
+        1 => prop::sample::select(vec![59, 60, 43_200, 43_201, 0, -60, i64::MAX, i64::MIN])
+            .prop_map(move |seconds| Some(duration(seconds, 0))),
+        1 => (any::<i64>(), any::<i32>()).prop_map(move |(seconds, nanos)| Some(duration(seconds, nanos))),
+    ]
+    .boxed()
 }
 
 /// A per-customer limit: often unset, mostly valid, sometimes just outside the range or wild.
@@ -253,10 +267,19 @@ fn arbitrary_deal() -> BoxedStrategy<DealInput> {
         prop::option::of(when()),
         expiry(),
         output_only,
-        limit_strategy(),
+        (limit_strategy(), window_strategy()),
     )
         .prop_map(
-            |(product_name, actual_price, final_price, total_units, start_time, expire_time, output_only, limit)| {
+            |(
+                product_name,
+                actual_price,
+                final_price,
+                total_units,
+                start_time,
+                expire_time,
+                output_only,
+                (limit, window),
+            )| {
                 DealInput {
                     name: output_only.0,
                     product_name,
@@ -268,6 +291,7 @@ fn arbitrary_deal() -> BoxedStrategy<DealInput> {
                     start_time,
                     expire_time,
                     max_units_per_customer: limit,
+                    approval_window: window,
                 }
             },
         )
@@ -313,9 +337,12 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
         prop_oneof![4 => 1i32..=MAX_TOTAL_UNITS, 1 => prop::sample::select(vec![1, MAX_TOTAL_UNITS])],
         start,
         length.prop_map(Expiry::AfterStart),
-        prop::option::of(1i32..=MAX_TOTAL_UNITS),
+        (
+            prop::option::of(1i32..=MAX_TOTAL_UNITS),
+            prop::option::of((60i64..=43_200).prop_map(|seconds| prost_types::Duration { seconds, nanos: 0 })),
+        ),
     )
-        .prop_map(move |(name, a, b, total_units, start_time, expire_time, limit)| DealInput {
+        .prop_map(move |(name, a, b, total_units, start_time, expire_time, (limit, window))| DealInput {
             name: String::new(),
             product_name: format!("x{}x", String::from_iter(name)),
             actual_price: Some(inr(a.max(b))),
@@ -326,6 +353,7 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
             start_time,
             expire_time,
             max_units_per_customer: limit,
+            approval_window: window,
         });
     let corrupt = 0.08;
     (
@@ -336,9 +364,9 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
         prop::option::weighted(corrupt, total_units_strategy()),
         prop::option::weighted(corrupt, prop::option::of(when())),
         prop::option::weighted(corrupt, expiry()),
-        prop::option::weighted(corrupt, limit_strategy()),
+        (prop::option::weighted(corrupt, limit_strategy()), prop::option::weighted(corrupt, window_strategy())),
     )
-        .prop_map(|(valid, name, actual, final_, total, start, expire, limit)| DealInput {
+        .prop_map(|(valid, name, actual, final_, total, start, expire, (limit, window))| DealInput {
             product_name: name.unwrap_or(valid.product_name),
             actual_price: actual.unwrap_or(valid.actual_price),
             final_price: final_.unwrap_or(valid.final_price),
@@ -346,6 +374,7 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
             start_time: start.unwrap_or(valid.start_time),
             expire_time: expire.unwrap_or(valid.expire_time),
             max_units_per_customer: limit.unwrap_or(valid.max_units_per_customer),
+            approval_window: window.unwrap_or(valid.approval_window),
             ..valid
         })
         .boxed()
@@ -378,6 +407,7 @@ impl DealInput {
             start_time,
             expire_time,
             max_units_per_customer: self.max_units_per_customer,
+            approval_window: self.approval_window,
             state: self.state,
             create_time: None,
             update_time: None,
@@ -461,6 +491,7 @@ fn oracle_new(deal: &pb::Deal, now: DateTime<Utc>) -> Option<DealTerms> {
     };
     let expire = oracle_time(deal.expire_time.as_ref()?)?;
     let limit = oracle_limit(deal.max_units_per_customer)?;
+    let window = oracle_window(deal.approval_window.as_ref())?;
     whole_ok(&actual, &final_, start, expire, now).then(|| DealTerms {
         product_name: name,
         actual_price: Price::from_stored(actual.0, actual.1),
@@ -469,7 +500,18 @@ fn oracle_new(deal: &pb::Deal, now: DateTime<Utc>) -> Option<DealTerms> {
         start_time: start,
         expire_time: expire,
         max_units_per_customer: limit,
+        approval_window_seconds: window,
     })
+}
+
+/// An approval window as the rules read it, in seconds: `Some(None)` for none, `None` when invalid.
+fn oracle_window(window: Option<&prost_types::Duration>) -> Option<Option<i32>> {
+    match window {
+        None => Some(None),
+        Some(window) => {
+            (window.nanos == 0 && (60..=43_200).contains(&window.seconds)).then_some(Some(window.seconds as i32))
+        }
+    }
 }
 
 /// A per-customer limit as the rules read it: `Some(None)` for no limit, `None` when invalid.
@@ -629,6 +671,7 @@ fn stored_deal(now: DateTime<Utc>) -> BoxedStrategy<Deal> {
                 start_time: start,
                 expire_time: start + TimeDelta::microseconds(length),
                 max_units_per_customer: None,
+                approval_window_seconds: None,
             };
             let state = if terms.expire_time <= now || daily_reset_after(start) <= now {
                 DealState::Expired
@@ -738,6 +781,12 @@ fn oracle_update(current: &Deal, patch: &pb::Deal, mask: &[String], now: DateTim
     if masked("expire_time") {
         match patch.expire_time.as_ref().and_then(oracle_time) {
             Some(expire) => terms.expire_time = expire,
+            None => valid = false,
+        }
+    }
+    if masked("approval_window") {
+        match oracle_window(patch.approval_window.as_ref()) {
+            Some(window) => terms.approval_window_seconds = window,
             None => valid = false,
         }
     }

@@ -173,6 +173,7 @@ fn stored(now: DateTime<Utc>, state: DealState) -> Deal {
         start_time: start,
         expire_time: start + TimeDelta::hours(2),
         max_units_per_customer: Some(4),
+        approval_window_seconds: Some(600),
     };
     Deal { id: Uuid::nil(), terms, available_units: 6, state, create_time: now, update_time: now }
 }
@@ -295,6 +296,7 @@ fn create_order(request: &orderpb::CreateOrderRequest) {
             state: OrderState::PendingApproval,
             create_time: nows()[0],
             update_time: nows()[0],
+            approve_deadline: Some(nows()[0]),
         };
         assert!(new.placed(&placed));
         let reply = order::convert::order_to_proto(&placed);
@@ -365,6 +367,7 @@ fn seeds() -> Vec<Vec<u8>> {
             state: 1,
             create_time: Some(time::to_proto(now)),
             update_time: Some(time::to_proto(now)),
+            approval_window: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
         }
         .encode_to_vec(),
         orderpb::CreateOrderRequest { order: Some(order), request_id: id.to_string() }.encode_to_vec(),
@@ -684,6 +687,7 @@ fn hostile_request() -> BoxedStrategy<Vec<u8>> {
                     state,
                     create_time,
                     update_time: create_time,
+                    approval_window: None,
                 }
                 .encode_to_vec()
             }

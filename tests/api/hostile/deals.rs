@@ -275,6 +275,38 @@ async fn hostile_deal_requests_are_refused_and_write_nothing(pool: PgPool) {
             Invalid(&["deal.product_name"]),
         ),
         case(
+            "an approval window of 59 s",
+            call.create_deal(Some(dealpb::Deal {
+                approval_window: Some(prost_types::Duration { seconds: 59, nanos: 0 }),
+                ..deal(5)
+            })),
+            Invalid(&["deal.approval_window"]),
+        ),
+        case(
+            "an approval window of 12 h 1 s",
+            call.create_deal(Some(dealpb::Deal {
+                approval_window: Some(prost_types::Duration { seconds: 43_201, nanos: 0 }),
+                ..deal(5)
+            })),
+            Invalid(&["deal.approval_window"]),
+        ),
+        case(
+            "an approval window with nanoseconds",
+            call.create_deal(Some(dealpb::Deal {
+                approval_window: Some(prost_types::Duration { seconds: 600, nanos: 1 }),
+                ..deal(5)
+            })),
+            Invalid(&["deal.approval_window"]),
+        ),
+        case(
+            "an approval window of i64::MIN seconds",
+            call.create_deal(Some(dealpb::Deal {
+                approval_window: Some(prost_types::Duration { seconds: i64::MIN, nanos: -999_999_999 }),
+                ..deal(5)
+            })),
+            Invalid(&["deal.approval_window"]),
+        ),
+        case(
             "a per-customer limit of 0",
             call.create_deal(Some(dealpb::Deal { max_units_per_customer: Some(0), ..deal(5) })),
             Invalid(&["deal.max_units_per_customer"]),
@@ -439,6 +471,17 @@ async fn hostile_deal_requests_are_refused_and_write_nothing(pool: PgPool) {
                 mask(&["product_name", "total_units"]),
             ),
             Invalid(&["deal.product_name", "deal.total_units"]),
+        ),
+        case(
+            "update to an approval window of 0 s",
+            call.update_deal(
+                live_patch(dealpb::Deal {
+                    approval_window: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+                    ..Default::default()
+                }),
+                mask(&["approval_window"]),
+            ),
+            Invalid(&["deal.approval_window"]),
         ),
         case(
             "update to a per-customer limit of -1",
