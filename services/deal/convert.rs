@@ -24,6 +24,7 @@ pub fn deal_to_proto(deal: &Deal) -> pb::Deal {
         update_time: Some(time::to_proto(deal.update_time)),
         max_units_per_customer: deal.terms.max_units_per_customer,
         approval_window: deal.terms.approval_window_seconds.map(seconds),
+        claimed_percent: claimed_percent(deal),
     }
 }
 
@@ -73,4 +74,10 @@ pub fn reservation_state_to_proto(state: ReservationState) -> pb::reservation::S
 /// A duration of whole `seconds`.
 fn seconds(seconds: i32) -> prost_types::Duration {
     prost_types::Duration { seconds: i64::from(seconds), nanos: 0 }
+}
+
+/// The share of a deal's units claimed, in whole percent, rounded down.
+fn claimed_percent(deal: &Deal) -> i32 {
+    let claimed = i64::from(deal.terms.total_units - deal.available_units);
+    i32::try_from(claimed * 100 / i64::from(deal.terms.total_units.max(1))).unwrap_or(100).clamp(0, 100)
 }

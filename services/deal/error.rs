@@ -52,6 +52,9 @@ pub enum DealError {
     /// The reservation was released; it can be neither taken again nor confirmed.
     #[error("reservation released")]
     ReservationReleased,
+    /// This server streams as many WatchDeal calls as `--max-watchers` allows.
+    #[error("too many watchers")]
+    TooManyWatchers,
     /// Something that cannot happen did (a batch that crashed, a row that vanished); the cause
     /// is logged, not sent.
     #[error("internal error: {0}")]
@@ -93,6 +96,7 @@ impl DealError {
             ReservationIdReused => "RESERVATION_ID_REUSED",
             ReservationReleased => "RESERVATION_RELEASED",
             Database(err) if crate::shared::db::is_unavailable(err) => "DATABASE_UNAVAILABLE",
+            TooManyWatchers => "TOO_MANY_WATCHERS",
             Internal(_) | Database(_) => "INTERNAL",
         }
     }
@@ -153,6 +157,7 @@ impl From<DealError> for Status {
                 "RESERVATION_RELEASED",
                 "that reservation was released; reserve under a new id",
             ),
+            TooManyWatchers => super::watch::too_many_watchers(),
             Internal(cause) => {
                 tracing::error!(cause, "internal error");
                 status::internal(DOMAIN)

@@ -1,8 +1,11 @@
 //! The gRPC face of deal-service. Every handler reads the same: decode and validate the request,
 //! call the domain and the store, map the error, encode the reply.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -26,11 +29,14 @@ use super::{
     error::DealError,
     live_deals::LiveDeals,
     store::{self, DealFilter},
+    watch::{DealStream, Watchers},
 };
 
 /// The deal API over one database pool.
 pub struct DealApi {
     pool: PgPool,
+    /// WatchDeal's streams.
+    watchers: Arc<Watchers>,
     /// Reservations and confirmations, coalesced.
     batches: Batches,
     /// The first page of live deals.
@@ -38,9 +44,15 @@ pub struct DealApi {
 }
 
 impl DealApi {
-    /// The API over `pool`.
-    pub fn new(pool: PgPool) -> Self {
-        Self { batches: Batches::new(pool.clone()), live_deals: LiveDeals::new(pool.clone()), pool }
+    /// The API over `pool`, streaming at most `max_watchers` WatchDeal calls, which end when
+    /// `shutdown` turns true.
+    pub fn new(pool: PgPool, max_watchers: usize, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            batches: Batches::new(pool.clone()),
+            live_deals: LiveDeals::new(pool.clone()),
+            watchers: Watchers::start(pool.clone(), max_watchers, shutdown),
+            pool,
+        }
     }
 }
 
@@ -71,6 +83,17 @@ impl DealService for DealApi {
     ) -> Result<Response<pb::ListDealsResponse>, Status> {
         let caller = authorize(&request, READERS)?;
         reply(self.list(request.get_ref(), caller).await)
+    }
+
+    type WatchDealStream = DealStream;
+
+    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().name))]
+    async fn watch_deal(&self, request: Request<pb::WatchDealRequest>) -> Result<Response<DealStream>, Status> {
+        authorize(&request, READERS)?;
+        let mut violations = Violations::default();
+        let id = names::parse("name", names::DEALS, &request.get_ref().name, &mut violations);
+        let watch = async { self.watchers.watch(violations.into_result(id)?.ok_or(DealError::DealNotFound)?).await };
+        reply(watch.await)
     }
 
     #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal, reservation = %request.get_ref().reservation_id))]

@@ -6,6 +6,7 @@
 //! [`batching`] apply them in transactions; [`store`] holds the SQL; [`error`] is the one error type
 //! and its mapping to gRPC status. Two parts make the hot paths fast: [`batching`] coalesces the
 //! reservations of one deal, [`live_deals`] serves the first page of live deals from a snapshot.
+//! [`watch`] streams a deal's changes to its watchers (WatchDeal).
 
 pub mod allocation;
 pub mod batching;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod grpc;
 pub mod live_deals;
 pub mod store;
+pub mod watch;
 
 use std::future::Future;
 
@@ -39,7 +41,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
-    let api = DealServiceServer::new(grpc::DealApi::new(pool)).max_decoding_message_size(server::MAX_REQUEST_BYTES);
+    // WatchDeal's streams would hold the graceful shutdown open: they end (UNAVAILABLE) first.
+    let (stopping, stop_watching) = tokio::sync::watch::channel(false);
+    let api = DealServiceServer::new(grpc::DealApi::new(pool, settings.limits.max_watchers, stop_watching))
+        .max_decoding_message_size(server::MAX_REQUEST_BYTES);
     let router = server::builder(&settings)?.add_service(health_service).add_service(api);
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
 }

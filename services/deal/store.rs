@@ -149,6 +149,16 @@ pub async fn get_deal(pool: &PgPool, id: Uuid) -> Result<Option<Deal>, sqlx::Err
     Ok(row.map(Deal::from))
 }
 
+/// The deals among `ids` that exist.
+#[tracing::instrument(name = "sql.get_deals", skip_all, fields(rows = ids.len()))]
+pub async fn get_deals(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Deal>, sqlx::Error> {
+    let rows: Vec<DealRow> = sqlx::query_as(concat!("select ", deal_columns!(), " from deals where id = any($1)"))
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(Deal::from).collect())
+}
+
 /// One deal, locked until the transaction ends so that no reservation slips in while it is updated.
 #[tracing::instrument(name = "sql.lock_deal", skip_all, fields(deal = %id))]
 pub async fn lock_deal(conn: &mut PgConnection, id: Uuid) -> Result<Option<Deal>, sqlx::Error> {

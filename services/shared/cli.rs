@@ -99,6 +99,12 @@ pub struct LimitArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
 
+    /// WatchDeal streams open at once (deal-service); beyond it RESOURCE_EXHAUSTED
+    /// (TOO_MANY_WATCHERS). Streams are not counted in `--max-in-flight`.
+    #[arg(long, env = "MAX_WATCHERS", default_value_t = layers::DEFAULT_MAX_WATCHERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watchers: u32,
+
     /// Calls a second each caller (token subject, or address without a valid token) may make;
     /// beyond it RESOURCE_EXHAUSTED (RATE_LIMITED). Unlimited when unset.
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", requires = "rate_limit_burst")]
@@ -125,6 +131,7 @@ impl LimitArgs {
             retry_after: std::time::Duration::from_millis(self.shed_retry_after_ms),
             rate_limit,
             max_streams_per_connection: self.max_streams_per_connection,
+            max_watchers: self.max_watchers as usize,
         })
     }
 }

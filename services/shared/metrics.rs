@@ -91,6 +91,7 @@ fn describe() {
     describe_histogram!("topkart_order_insert_batch_size", "Orders recorded together in one statement.");
     describe_counter!("topkart_order_inserts_total", "Order inserts, by outcome.");
     describe_gauge!("topkart_db_pool_connections", "Database connections of this process, in use and idle.");
+    describe_gauge!("topkart_deal_watchers", "WatchDeal streams open on this deal-service.");
     describe_histogram!("topkart_sweep_seconds", Unit::Seconds, "Duration of the expiry worker's sweeps.");
     describe_counter!("topkart_sweeps_total", "Sweeps, by outcome.");
     describe_histogram!("topkart_daily_reset_seconds", Unit::Seconds, "Duration of the worker's daily-reset passes.");
@@ -245,6 +246,11 @@ pub enum WorkerPass {
 pub fn deals_swept(expired: u64, started: u64) {
     counter!("topkart_deals_expired_total").increment(expired);
     counter!("topkart_deals_started_total").increment(started);
+}
+
+/// A WatchDeal stream opened (`1.0`) or ended (`-1.0`).
+pub fn deal_watchers(change: f64) {
+    gauge!("topkart_deal_watchers").increment(change);
 }
 
 /// Pending orders the worker expired.

@@ -81,7 +81,7 @@ fn expected(rpc: &str, who: Who) -> Code {
     }
     let allowed: &[Who] = match rpc {
         "CreateDeal" | "UpdateDeal" | "ListDeals(state)" | "ApproveOrder" | "RejectOrder" => &[Admin],
-        "GetDeal" | "ListDeals" | "ListOrders" => &[CustomerA, CustomerB, Admin],
+        "GetDeal" | "WatchDeal" | "ListDeals" | "ListOrders" => &[CustomerA, CustomerB, Admin],
         "ReserveUnits" | "ConfirmUnits" | "ReleaseUnits" => &[Service],
         "CreateOrder" => &[CustomerA, CustomerB],
         "GetOrder" => &[CustomerA, Admin],
@@ -126,6 +126,7 @@ async fn call(app: &TestApp, deal: &dealpb::Deal, rpc: &str, who: Who) -> Code {
             code(deals.update_deal(dealpb::UpdateDealRequest { deal: Some(patch), update_mask: Some(mask) }).await)
         }
         "GetDeal" => code(deals.get_deal(dealpb::GetDealRequest { name: deal.name.clone() }).await),
+        "WatchDeal" => code(deals.watch_deal(dealpb::WatchDealRequest { name: deal.name.clone() }).await),
         "ListDeals" => code(deals.list_deals(dealpb::ListDealsRequest::default()).await),
         "ListDeals(state)" => {
             let request = dealpb::ListDealsRequest { state: dealpb::deal::State::Expired.into(), ..Default::default() };
@@ -171,6 +172,7 @@ async fn every_rpc_answers_every_caller_with_the_code_it_must(pool: PgPool) {
         "CreateDeal",
         "UpdateDeal",
         "GetDeal",
+        "WatchDeal",
         "ListDeals",
         "ListDeals(state)",
         "ReserveUnits",

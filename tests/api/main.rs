@@ -17,4 +17,5 @@ mod processes;
 mod reliability;
 mod surge;
 mod tls;
+mod watch;
 mod worker;

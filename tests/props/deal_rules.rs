@@ -408,6 +408,7 @@ impl DealInput {
             expire_time,
             max_units_per_customer: self.max_units_per_customer,
             approval_window: self.approval_window,
+            claimed_percent: self.available_units,
             state: self.state,
             create_time: None,
             update_time: None,

@@ -106,7 +106,8 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let method = methods::lookup(request.uri().path());
         // Unknown paths pass: the router answers them UNIMPLEMENTED for next to nothing.
-        let Some(method) = method.filter(|method| !method.infrastructure && !method.internal) else {
+        let Some(method) = method.filter(|method| !method.infrastructure && !method.internal && !method.streaming)
+        else {
             return Box::pin(self.inner.call(request));
         };
         let Ok(permit) = Arc::clone(&self.state.permits).try_acquire_owned() else {

@@ -46,6 +46,8 @@ pub struct Limits {
     pub rate_limit: Option<RateLimit>,
     /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_streams_per_connection: u32,
+    /// Server-streaming calls (WatchDeal) open at once; they are not counted in `max_in_flight`.
+    pub max_watchers: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +57,7 @@ impl Default for Limits {
             retry_after: DEFAULT_RETRY_AFTER,
             rate_limit: None,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_watchers: DEFAULT_MAX_WATCHERS,
         }
     }
 }
@@ -64,6 +67,10 @@ impl Default for Limits {
 /// hold, while one connection can still keep a quarter of the in-flight limit busy. A client
 /// beyond it waits for a stream of its own connection, as HTTP/2 intends, with no work done for it.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// The default of `--max-watchers`: WatchDeal streams per process. A watcher holds a task, a channel
+/// of one message and its HTTP/2 stream, a few KiB.
+pub const DEFAULT_MAX_WATCHERS: usize = 20_000;
 
 /// The default of `--max-in-flight`: about what keeps the hot deal's admitted calls within 100 ms
 /// on the benchmark machine (BENCHMARKS.md, surge).

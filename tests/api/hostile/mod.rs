@@ -135,6 +135,11 @@ impl Callers {
         Box::pin(async move { client.get_deal(dealpb::GetDealRequest { name }).await.map(drop) })
     }
 
+    fn watch_deal(&self, name: impl Into<String>) -> Rpc {
+        let (mut client, name) = (self.customer_deals.clone(), name.into());
+        Box::pin(async move { client.watch_deal(dealpb::WatchDealRequest { name }).await.map(drop) })
+    }
+
     fn list_deals(&self, request: dealpb::ListDealsRequest) -> Rpc {
         let mut client = self.customer_deals.clone();
         Box::pin(async move { client.list_deals(request).await.map(drop) })

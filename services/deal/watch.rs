@@ -1,0 +1,312 @@
+//! WatchDeal's fan-out: one `LISTEN deal_changed` connection per process (migration
+//! `…_deal_changes_notify.sql` notifies every change of a deal at its commit, whichever instance or
+//! worker made it), one read of a changed deal per burst of notifications however many watch it,
+//! and a `tokio::sync::watch` channel per watched deal that keeps only the latest version: a
+//! watcher that reads slowly skips versions instead of piling them up.
+//!
+//! Each stream is a task forwarding its channel into a one-message queue, so a stream holds at most
+//! two versions of the deal. A stream holds a permit of `--max-watchers` for its whole life. On a
+//! lost listener connection (notifications sent meanwhile are lost) every watched deal is read
+//! again. Streams end with OK after the deal's EXPIRED message, and with UNAVAILABLE when the
+//! server shuts down.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tonic::{Code, Status, codegen::tokio_stream::Stream};
+use uuid::Uuid;
+
+use crate::{
+    proto::deal as pb,
+    shared::{metrics, status},
+};
+
+use super::{
+    DOMAIN,
+    convert::deal_to_proto,
+    domain::{Deal, DealState, daily_reset_after},
+    error::DealError,
+    store,
+};
+
+/// The channel every change of a deal is notified on, with the deal's id.
+const CHANNEL: &str = "deal_changed";
+/// How long the listener waits before reconnecting after an error.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+/// The retry delay suggested to a watcher refused for too many watchers.
+const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The watched deals of this process and the permits of its streams.
+pub struct Watchers {
+    pool: PgPool,
+    channels: Mutex<HashMap<Uuid, watch::Sender<Arc<Deal>>>>,
+    /// Held from a read of deals until what it read is sent, so a channel never goes back from a
+    /// newer read to an older one.
+    reading: tokio::sync::Mutex<()>,
+    permits: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Watchers {
+    /// Starts listening for deal changes on `pool`'s database; at most `max_watchers` streams; every
+    /// stream ends when `shutdown` turns true.
+    pub fn start(pool: PgPool, max_watchers: usize, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+        let watchers = Arc::new(Self {
+            pool,
+            channels: Mutex::new(HashMap::new()),
+            reading: tokio::sync::Mutex::new(()),
+            permits: Arc::new(Semaphore::new(max_watchers)),
+            shutdown,
+        });
+        tokio::spawn(listen(Arc::downgrade(&watchers)));
+        watchers
+    }
+
+    /// A stream of deal `id`: the deal now, then every change. `DealNotFound` for no such deal.
+    pub async fn watch(&self, id: Uuid) -> Result<DealStream, DealError> {
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            return Err(DealError::TooManyWatchers);
+        };
+        let updates = {
+            // Read under the lock the listener reads under: a change committed after this read is
+            // notified and read after it, one committed before is in it.
+            let _reading = self.reading.lock().await;
+            let deal = store::get_deal(&self.pool, id).await?.ok_or(DealError::DealNotFound)?;
+            let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+            channels.retain(|_, sender| sender.receiver_count() > 0);
+            match channels.get(&id) {
+                Some(sender) => {
+                    sender.send_replace(Arc::new(deal));
+                    sender.subscribe()
+                }
+                None => {
+                    let (sender, receiver) = watch::channel(Arc::new(deal));
+                    channels.insert(id, sender);
+                    receiver
+                }
+            }
+        };
+        let (sender, receiver) = mpsc::channel(1);
+        tokio::spawn(forward(updates, sender, self.shutdown.clone()));
+        metrics::deal_watchers(1.0);
+        Ok(DealStream { receiver, _permit: permit })
+    }
+
+    /// The deals watched now.
+    fn watched(&self) -> Vec<Uuid> {
+        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        channels.iter().filter(|(_, sender)| sender.receiver_count() > 0).map(|(id, _)| *id).collect()
+    }
+
+    /// Reads the watched deals among `ids` once and sends each to its watchers.
+    async fn refresh(&self, ids: Vec<Uuid>) -> Result<(), sqlx::Error> {
+        let _reading = self.reading.lock().await;
+        let watched: Vec<Uuid> = {
+            let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+            ids.into_iter().filter(|id| channels.get(id).is_some_and(|sender| sender.receiver_count() > 0)).collect()
+        };
+        if watched.is_empty() {
+            return Ok(());
+        }
+        let deals = store::get_deals(&self.pool, &watched).await?;
+        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        for deal in deals {
+            if let Some(sender) = channels.get(&deal.id) {
+                sender.send_replace(Arc::new(deal));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The listener loop, for as long as the watchers exist: every burst of notifications becomes one
+/// read of the changed deals; a lost connection, one read of all watched deals.
+async fn listen(watchers: std::sync::Weak<Watchers>) {
+    loop {
+        let Some(pool) = watchers.upgrade().map(|watchers| watchers.pool.clone()) else { return };
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for deal changes; retrying");
+                tokio::time::sleep(RECONNECT_AFTER).await;
+                continue;
+            }
+        };
+        drop(pool);
+        if let Err(err) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %err, "cannot listen for deal changes; retrying");
+            tokio::time::sleep(RECONNECT_AFTER).await;
+            continue;
+        }
+        // Whatever changed before this connection listened is read again.
+        let Some(live) = watchers.upgrade() else { return };
+        let all = live.watched();
+        if let Err(err) = live.refresh(all).await {
+            tracing::warn!(error = %err, "cannot read the watched deals");
+        }
+        drop(live);
+        loop {
+            let first = match listener.try_recv().await {
+                Ok(Some(notification)) => notification,
+                // The connection was lost (and is reconnected on the next call): changes notified
+                // meanwhile are lost, so every watched deal is read again.
+                Ok(None) => {
+                    let Some(live) = watchers.upgrade() else { return };
+                    let all = live.watched();
+                    if let Err(err) = live.refresh(all).await {
+                        tracing::warn!(error = %err, "cannot read the watched deals");
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "lost the deal-change listener; reconnecting");
+                    tokio::time::sleep(RECONNECT_AFTER).await;
+                    break;
+                }
+            };
+            let mut changed = vec![first];
+            while let Some(notification) = listener.next_buffered() {
+                changed.push(notification);
+            }
+            let mut ids: Vec<Uuid> = changed.iter().filter_map(|n| n.payload().parse().ok()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let Some(live) = watchers.upgrade() else { return };
+            if let Err(err) = live.refresh(ids).await {
+                tracing::warn!(error = %err, "cannot read changed deals");
+            }
+        }
+    }
+}
+
+/// Forwards one watcher's versions of its deal to its stream until the deal ends, the client goes
+/// away or the server shuts down. The deal's state is advanced by the clock too: a scheduled deal
+/// goes ACTIVE at its start and an active one EXPIRED at its end without waiting for the sweep.
+async fn forward(
+    mut updates: watch::Receiver<Arc<Deal>>,
+    sender: mpsc::Sender<Result<pb::Deal, Status>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut deal = Arc::clone(&updates.borrow_and_update());
+    loop {
+        let now = Utc::now();
+        let shown = as_of(&deal, now);
+        let ended = shown.state == DealState::Expired;
+        if sender.send(Ok(deal_to_proto(&shown))).await.is_err() || ended {
+            return;
+        }
+        let next_transition = transition_after(&shown);
+        let until_transition = (next_transition - now).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                deal = Arc::clone(&updates.borrow_and_update());
+            }
+            () = tokio::time::sleep(until_transition) => {}
+            () = stopped(&mut shutdown) => {
+                let _ = sender.send(Err(status::retryable(
+                    Code::Unavailable,
+                    DOMAIN,
+                    "SHUTTING_DOWN",
+                    "the server is shutting down; watch again",
+                    RECONNECT_AFTER,
+                ))).await;
+                return;
+            }
+            () = sender.closed() => return,
+        }
+    }
+}
+
+/// Completes when the server starts shutting down (or can no longer say).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
+/// `deal` with its state as of `now`: the stored state is the last one written, the clock may have
+/// moved it on.
+fn as_of(deal: &Deal, now: DateTime<Utc>) -> Deal {
+    let end = deal.terms.expire_time.min(daily_reset_after(deal.terms.start_time));
+    let state = match deal.state {
+        DealState::Expired => DealState::Expired,
+        _ if now >= end => DealState::Expired,
+        DealState::Scheduled if now >= deal.terms.start_time => DealState::Active,
+        state => state,
+    };
+    Deal { state, ..deal.clone() }
+}
+
+/// When the clock next changes the state of `deal` (its start, or its end).
+fn transition_after(deal: &Deal) -> DateTime<Utc> {
+    let end = deal.terms.expire_time.min(daily_reset_after(deal.terms.start_time));
+    match deal.state {
+        DealState::Scheduled => deal.terms.start_time.min(end),
+        _ => end,
+    }
+}
+
+/// The stream a WatchDeal call returns; it holds the call's watcher permit.
+pub struct DealStream {
+    receiver: mpsc::Receiver<Result<pb::Deal, Status>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for DealStream {
+    fn drop(&mut self) {
+        metrics::deal_watchers(-1.0);
+    }
+}
+
+impl Stream for DealStream {
+    type Item = Result<pb::Deal, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+/// RESOURCE_EXHAUSTED for a watcher beyond `--max-watchers`.
+pub fn too_many_watchers() -> Status {
+    status::retryable(
+        Code::ResourceExhausted,
+        DOMAIN,
+        "TOO_MANY_WATCHERS",
+        "this server watches as many deals as it may; retry later or elsewhere",
+        FULL_RETRY_AFTER,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone};
+
+    use super::*;
+    use crate::deal::domain::sample_deal;
+
+    #[test]
+    fn the_clock_starts_a_scheduled_deal_and_ends_a_live_one() {
+        let start = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
+        let scheduled = Deal { state: DealState::Scheduled, ..sample_deal(start) };
+        assert_eq!(as_of(&scheduled, start - TimeDelta::seconds(1)).state, DealState::Scheduled);
+        assert_eq!(transition_after(&scheduled), start);
+        assert_eq!(as_of(&scheduled, start).state, DealState::Active);
+        let live = sample_deal(start);
+        assert_eq!(transition_after(&live), start + TimeDelta::hours(2));
+        assert_eq!(as_of(&live, start + TimeDelta::hours(2)).state, DealState::Expired);
+        // A deal that would run past midnight ends at the daily reset.
+        let late = sample_deal(Utc.with_ymd_and_hms(2026, 11, 25, 23, 0, 0).unwrap());
+        let midnight = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
+        assert_eq!(transition_after(&late), midnight);
+        assert_eq!(as_of(&late, midnight).state, DealState::Expired);
+    }
+}

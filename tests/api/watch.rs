@@ -1,0 +1,117 @@
+//! WatchDeal: a deal as it is, then every change, from whichever instance made it; the end of a
+//! deal ends the stream; the watcher limit and a shutdown give clients a clear, retryable status.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tonic::{Code, Streaming};
+use tonic_types::StatusExt;
+use topkart::{
+    proto::deal as dealpb,
+    shared::{auth::Role, layers::Limits, server::ServerSettings},
+};
+
+use crate::helpers::*;
+
+async fn watch(deals: &Deals, name: &str) -> Result<Streaming<dealpb::Deal>, tonic::Status> {
+    deals.clone().watch_deal(dealpb::WatchDealRequest { name: name.into() }).await.map(tonic::Response::into_inner)
+}
+
+/// The next message of `stream` (10 s at the most: a change arrives in milliseconds).
+async fn next(stream: &mut Streaming<dealpb::Deal>) -> Result<Option<dealpb::Deal>, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("a message within 10 s")
+}
+
+/// Reads `stream` until a message satisfies `wanted`.
+async fn until(stream: &mut Streaming<dealpb::Deal>, wanted: impl Fn(&dealpb::Deal) -> bool) -> dealpb::Deal {
+    loop {
+        let deal = next(stream).await.expect("no error").expect("the stream goes on");
+        if wanted(&deal) {
+            return deal;
+        }
+    }
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_watcher_sees_the_deal_then_every_change_made_through_another_instance(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    // Watched on a second deal-service; the orders go through the app's own.
+    let (other, _stop_other) = spawn_deal_service(pool.clone()).await;
+    let customer = deals_with(&channel(other).await, Bearer::of(&token(Role::Customer, "carol")));
+    let mut stream = watch(&customer, &deal.name).await.expect("watching");
+    let first = next(&mut stream).await.unwrap().unwrap();
+    assert_eq!((first.available_units, first.claimed_percent, first.state()), (10, 0, dealpb::deal::State::Active));
+
+    app.order(order_request(&deal.name, 3)).await.expect("an order");
+    let after_order = until(&mut stream, |deal| deal.available_units == 7).await;
+    assert_eq!(after_order.claimed_percent, 30);
+
+    let mut admin = app.deals.clone();
+    let patch = dealpb::Deal { name: deal.name.clone(), final_price: Some(inr(550)), ..Default::default() };
+    let mask = prost_types::FieldMask { paths: vec!["final_price".into()] };
+    admin.update_deal(dealpb::UpdateDealRequest { deal: Some(patch), update_mask: Some(mask) }).await.unwrap();
+    let repriced = until(&mut stream, |deal| deal.final_price.as_ref().is_some_and(|price| price.units == 550)).await;
+    assert_eq!(repriced.available_units, 7);
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn the_end_of_a_deal_is_its_last_message_and_the_stream_ends_ok(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(5).await;
+    let mut stream = watch(&app.deals, &deal.name).await.expect("watching");
+    assert_eq!(next(&mut stream).await.unwrap().unwrap().state(), dealpb::deal::State::Active);
+    // The deal now ends a second from now; no sweep runs in this test.
+    sqlx::query("update deals set expire_time = now() + interval '1 second' where id = $1")
+        .bind(uuid(&deal.name))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let last = until(&mut stream, |deal| deal.state() == dealpb::deal::State::Expired).await;
+    assert_eq!(last.available_units, 5);
+    assert_eq!(next(&mut stream).await.expect("ends with OK"), None);
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn watchers_beyond_the_limit_are_refused_and_a_shutdown_ends_the_streams_unavailable(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(5).await;
+    let settings = ServerSettings { limits: Limits { max_watchers: 2, ..Limits::default() }, ..test_settings() };
+    let (addr, stop) = spawn_deal_service_with(pool.clone(), settings).await;
+    let deals = deals_with(&channel(addr).await, Bearer::of(&token(Role::Customer, "carol")));
+
+    let unknown = watch(&deals, &format!("deals/{}", uuid::Uuid::new_v4())).await.expect_err("no such deal");
+    assert_eq!(unknown.code(), Code::NotFound, "and it holds no place");
+    let mut first = watch(&deals, &deal.name).await.expect("the first watcher");
+    let second = watch(&deals, &deal.name).await.expect("the second watcher");
+    let refused = watch(&deals, &deal.name).await.expect_err("a third is one too many");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    let details = refused.get_error_details();
+    assert_eq!(details.error_info().map(|info| info.reason.as_str()), Some("TOO_MANY_WATCHERS"));
+    assert!(details.retry_info().is_some(), "the refusal says when to retry");
+
+    // A watcher that goes away frees its place.
+    drop(second);
+    let mut third = None;
+    for _ in 0..100 {
+        if let Ok(stream) = watch(&deals, &deal.name).await {
+            third = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut third = third.expect("a place freed by the watcher that left");
+
+    assert!(next(&mut first).await.unwrap().is_some());
+    drop(stop);
+    for stream in [&mut first, &mut third] {
+        let ended = loop {
+            match next(stream).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("a shutdown must not end a watch with OK"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    }
+}
