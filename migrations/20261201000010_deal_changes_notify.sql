@@ -16,6 +16,7 @@ create trigger deals_notify_change
     when (old.available_units is distinct from new.available_units
           or old.state is distinct from new.state
           or old.total_units is distinct from new.total_units
+          or old.currency_code is distinct from new.currency_code
           or old.final_price_micros is distinct from new.final_price_micros
           or old.actual_price_micros is distinct from new.actual_price_micros
           or old.product_name is distinct from new.product_name

@@ -84,7 +84,14 @@ impl Watchers {
             channels.retain(|_, sender| sender.receiver_count() > 0);
             match channels.get(&id) {
                 Some(sender) => {
-                    sender.send_replace(Arc::new(deal));
+                    // Only a change is sent on: watchers joining add no messages for the others.
+                    sender.send_if_modified(|current| {
+                        let changed = **current != deal;
+                        if changed {
+                            *current = Arc::new(deal);
+                        }
+                        changed
+                    });
                     sender.subscribe()
                 }
                 None => {
@@ -104,6 +111,16 @@ impl Watchers {
     fn watched(&self) -> Vec<Uuid> {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         channels.iter().filter(|(_, sender)| sender.receiver_count() > 0).map(|(id, _)| *id).collect()
+    }
+
+    /// [`Self::refresh`], again every second until the database answers: a change whose read failed
+    /// would otherwise wait for the deal's next change, which may never come (its last unit sold).
+    /// Notifications arriving meanwhile wait in the listener.
+    async fn refresh_until_read(&self, ids: Vec<Uuid>) {
+        while let Err(err) = self.refresh(ids.clone()).await {
+            tracing::warn!(error = %err, deals = ids.len(), "cannot read changed deals; retrying");
+            tokio::time::sleep(RECONNECT_AFTER).await;
+        }
     }
 
     /// Reads the watched deals among `ids` once and sends each to its watchers.
@@ -149,9 +166,7 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
         // Whatever changed before this connection listened is read again.
         let Some(live) = watchers.upgrade() else { return };
         let all = live.watched();
-        if let Err(err) = live.refresh(all).await {
-            tracing::warn!(error = %err, "cannot read the watched deals");
-        }
+        live.refresh_until_read(all).await;
         drop(live);
         loop {
             let first = match listener.try_recv().await {
@@ -161,9 +176,7 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
                 Ok(None) => {
                     let Some(live) = watchers.upgrade() else { return };
                     let all = live.watched();
-                    if let Err(err) = live.refresh(all).await {
-                        tracing::warn!(error = %err, "cannot read the watched deals");
-                    }
+                    live.refresh_until_read(all).await;
                     continue;
                 }
                 Err(err) => {
@@ -180,9 +193,7 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
             ids.sort_unstable();
             ids.dedup();
             let Some(live) = watchers.upgrade() else { return };
-            if let Err(err) = live.refresh(ids).await {
-                tracing::warn!(error = %err, "cannot read changed deals");
-            }
+            live.refresh_until_read(ids).await;
         }
     }
 }
@@ -200,8 +211,14 @@ async fn forward(
         let now = Utc::now();
         let shown = as_of(&deal, now);
         let ended = shown.state == DealState::Expired;
-        if sender.send(Ok(deal_to_proto(&shown))).await.is_err() || ended {
-            return;
+        // A client that reads nothing fills the queue: the send must not keep a shutdown waiting.
+        tokio::select! {
+            sent = sender.send(Ok(deal_to_proto(&shown))) => {
+                if sent.is_err() || ended {
+                    return;
+                }
+            }
+            () = stopped(&mut shutdown) => return end_for_shutdown(&sender),
         }
         let next_transition = transition_after(&shown);
         let until_transition = (next_transition - now).to_std().unwrap_or(Duration::ZERO);
@@ -213,19 +230,22 @@ async fn forward(
                 deal = Arc::clone(&updates.borrow_and_update());
             }
             () = tokio::time::sleep(until_transition) => {}
-            () = stopped(&mut shutdown) => {
-                let _ = sender.send(Err(status::retryable(
-                    Code::Unavailable,
-                    DOMAIN,
-                    "SHUTTING_DOWN",
-                    "the server is shutting down; watch again",
-                    RECONNECT_AFTER,
-                ))).await;
-                return;
-            }
+            () = stopped(&mut shutdown) => return end_for_shutdown(&sender),
             () = sender.closed() => return,
         }
     }
+}
+
+/// Ends a stream for the shutdown: UNAVAILABLE if its queue has room; a client that reads nothing
+/// finds its stream cut when the server's connections close.
+fn end_for_shutdown(sender: &mpsc::Sender<Result<pb::Deal, Status>>) {
+    let _ = sender.try_send(Err(status::retryable(
+        Code::Unavailable,
+        DOMAIN,
+        "SHUTTING_DOWN",
+        "the server is shutting down; watch again",
+        RECONNECT_AFTER,
+    )));
 }
 
 /// Completes when the server starts shutting down (or can no longer say).

@@ -106,7 +106,7 @@ impl From<OrderError> for Status {
                 Code::FailedPrecondition,
                 DOMAIN,
                 "ORDER_EXPIRED",
-                "the order was not approved by its approve_deadline and expired; its units went back to the deal",
+                "the order was not approved by its approve_deadline and expired; its units go back to the deal",
                 [],
             ),
             OrderError::DealRefused(status) => status,

@@ -158,8 +158,12 @@ pub enum ServeError {
     Transport(tonic::transport::Error),
 }
 
+/// How long a shutdown waits for the calls in flight: longer than any call's deadline
+/// ([`DEFAULT_DEADLINE`] caps them), so only a stream whose client stopped reading is cut.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Serves `router` on `listener` until `shutdown` completes, then reports NOT_SERVING and lets the
-/// requests in flight finish.
+/// requests in flight finish, for [`DRAIN_TIMEOUT`] at the most: then their connections close.
 pub async fn serve(
     router: ApiRouter,
     listener: TcpListener,
@@ -169,14 +173,27 @@ pub async fn serve(
     // Without TCP_NODELAY a small reply can wait for the client's delayed ACK: 40 ms on Linux. (The
     // builder's `tcp_nodelay` applies only to listeners tonic binds itself.)
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    router
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            health.shut_down().await;
-        })
-        .await
-        .map_err(ServeError::Transport)
+    let (draining, drain_started) = tokio::sync::oneshot::channel();
+    let serving = router.serve_with_incoming_shutdown(incoming, async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        health.shut_down().await;
+        let _ = draining.send(());
+    });
+    let drain_deadline = async move {
+        match drain_started.await {
+            Ok(()) => tokio::time::sleep(DRAIN_TIMEOUT).await,
+            // The server stopped by itself; the other branch has its result.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = serving => served.map_err(ServeError::Transport),
+        () = drain_deadline => {
+            tracing::warn!(seconds = DRAIN_TIMEOUT.as_secs(), "calls still open after the shutdown's grace period; closing them");
+            Ok(())
+        }
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C (SIGINT), whichever comes first.
