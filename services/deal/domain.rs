@@ -310,52 +310,6 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     }
 }
 
-fn product_name(field: &str, name: &str, violations: &mut Violations) -> Option<String> {
-    let trimmed = name.trim();
-    let chars = trimmed.chars().count();
-    if trimmed.is_empty() {
-        violations.add(field, "must not be blank");
-    } else if chars > MAX_PRODUCT_NAME_CHARS {
-        violations.add(field, format!("must be at most {MAX_PRODUCT_NAME_CHARS} characters"));
-    } else if trimmed.chars().any(char::is_control) {
-        violations.add(field, "must not contain control characters");
-    } else if !trimmed.chars().any(is_visible) {
-        violations.add(field, "must contain a visible character");
-    } else {
-        return Some(trimmed.to_owned());
-    }
-    None
-}
-
-/// Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt, unchanged from
-/// Unicode 15 to 17): zero-width spaces and joiners, bidi marks, fillers, variation selectors, tags.
-/// Renderers draw nothing for them.
-pub const DEFAULT_IGNORABLE: [(char, char); 17] = [
-    ('\u{00AD}', '\u{00AD}'),
-    ('\u{034F}', '\u{034F}'),
-    ('\u{061C}', '\u{061C}'),
-    ('\u{115F}', '\u{1160}'),
-    ('\u{17B4}', '\u{17B5}'),
-    ('\u{180B}', '\u{180F}'),
-    ('\u{200B}', '\u{200F}'),
-    ('\u{202A}', '\u{202E}'),
-    ('\u{2060}', '\u{206F}'),
-    ('\u{3164}', '\u{3164}'),
-    ('\u{FE00}', '\u{FE0F}'),
-    ('\u{FEFF}', '\u{FEFF}'),
-    ('\u{FFA0}', '\u{FFA0}'),
-    ('\u{FFF0}', '\u{FFF8}'),
-    ('\u{1BCA0}', '\u{1BCA3}'),
-    ('\u{1D173}', '\u{1D17A}'),
-    ('\u{E0000}', '\u{E0FFF}'),
-];
-
-/// Whether `c` shows as something: neither White_Space, nor Default_Ignorable_Code_Point, nor a
-/// control character. A name of none of these would show customers a deal without a name.
-pub fn is_visible(c: char) -> bool {
-    !c.is_whitespace() && !c.is_control() && !DEFAULT_IGNORABLE.iter().any(|&(first, last)| (first..=last).contains(&c))
-}
-
 /// Validates an optional per-customer limit for `field`: unset, or 1 to [`MAX_TOTAL_UNITS`].
 fn per_customer_limit(field: &str, limit: Option<i32>, violations: &mut Violations) -> Option<i32> {
     let limit = limit?;
@@ -450,6 +404,10 @@ pub(crate) fn sample_deal(start: DateTime<Utc>) -> Deal {
         update_time: start,
     }
 }
+
+mod product_name;
+use product_name::product_name;
+pub use product_name::{DEFAULT_IGNORABLE, is_visible};
 
 #[cfg(test)]
 mod tests;
