@@ -3,7 +3,10 @@
 
 use crate::{
     proto::deal as pb,
-    shared::{names, time},
+    shared::{
+        auth::{Caller, Role},
+        names, time,
+    },
 };
 
 use super::domain::{Deal, DealState, Reservation, ReservationState};
@@ -40,6 +43,30 @@ pub fn reservation_to_proto(reservation: &Reservation) -> pb::Reservation {
         create_time: Some(time::to_proto(reservation.create_time)),
         update_time: Some(time::to_proto(reservation.update_time)),
         approval_window: reservation.approval_window_seconds.map(seconds),
+    }
+}
+
+/// Who a deal is shown to: customers see a scheduled deal's terms but its final price only once it
+/// starts (admins always see it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Admins,
+    Customers,
+}
+
+impl Audience {
+    /// The audience of `caller`.
+    pub fn of(caller: &Caller) -> Self {
+        if caller.is_any(&[Role::Admin]) { Self::Admins } else { Self::Customers }
+    }
+
+    /// `deal` as this audience sees it.
+    pub fn deal(self, deal: &Deal) -> pb::Deal {
+        let mut shown = deal_to_proto(deal);
+        if self == Self::Customers && deal.state == DealState::Scheduled {
+            shown.final_price = None;
+        }
+        shown
     }
 }
 

@@ -24,8 +24,8 @@ use super::{
     allocation::UnitRequest,
     batching::Batches,
     changes,
-    convert::{deal_state_from_proto, deal_to_proto, reservation_to_proto},
-    domain::{self, Deal, Reservation},
+    convert::{Audience, deal_state_from_proto, deal_to_proto, reservation_to_proto},
+    domain::{self, Deal, DealState, Reservation},
     error::DealError,
     live_deals::LiveDeals,
     store::{self, DealFilter},
@@ -72,8 +72,8 @@ impl DealService for DealApi {
 
     #[tracing::instrument(skip_all, fields(deal = %request.get_ref().name))]
     async fn get_deal(&self, request: Request<pb::GetDealRequest>) -> Result<Response<pb::Deal>, Status> {
-        authorize(&request, READERS)?;
-        reply(self.get(&request.get_ref().name).await.map(|deal| deal_to_proto(&deal)))
+        let audience = Audience::of(authorize(&request, READERS)?);
+        reply(self.get(&request.get_ref().name).await.map(|deal| audience.deal(&deal)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -89,10 +89,11 @@ impl DealService for DealApi {
 
     #[tracing::instrument(skip_all, fields(deal = %request.get_ref().name))]
     async fn watch_deal(&self, request: Request<pb::WatchDealRequest>) -> Result<Response<DealStream>, Status> {
-        authorize(&request, READERS)?;
+        let audience = Audience::of(authorize(&request, READERS)?);
         let mut violations = Violations::default();
         let id = names::parse("name", names::DEALS, &request.get_ref().name, &mut violations);
-        let watch = async { self.watchers.watch(violations.into_result(id)?.ok_or(DealError::DealNotFound)?).await };
+        let watch =
+            async { self.watchers.watch(violations.into_result(id)?.ok_or(DealError::DealNotFound)?, audience).await };
         reply(watch.await)
     }
 
@@ -180,6 +181,8 @@ impl DealApi {
         };
         let filter_key = match filter {
             DealFilter::Live => "live",
+            // Coming soon: customers may list the scheduled deals too, without their final price.
+            DealFilter::InState(DealState::Scheduled) => DealState::Scheduled.as_str(),
             DealFilter::InState(state) => {
                 caller.require(ADMINS)?;
                 state.as_str()
@@ -199,7 +202,8 @@ impl DealApi {
             at: last.terms.expire_time,
             id: last.id,
         });
-        Ok(pb::ListDealsResponse { deals: deals.iter().map(deal_to_proto).collect(), next_page_token })
+        let audience = Audience::of(caller);
+        Ok(pb::ListDealsResponse { deals: deals.iter().map(|deal| audience.deal(deal)).collect(), next_page_token })
     }
 
     async fn reserve(&self, request: &pb::ReserveUnitsRequest) -> Result<Reservation, DealError> {

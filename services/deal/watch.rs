@@ -31,7 +31,7 @@ use crate::{
 
 use super::{
     DOMAIN,
-    convert::deal_to_proto,
+    convert::Audience,
     domain::{Deal, DealState, daily_reset_after},
     error::DealError,
     store,
@@ -71,7 +71,7 @@ impl Watchers {
     }
 
     /// A stream of deal `id`: the deal now, then every change. `DealNotFound` for no such deal.
-    pub async fn watch(&self, id: Uuid) -> Result<DealStream, DealError> {
+    pub async fn watch(&self, id: Uuid, audience: Audience) -> Result<DealStream, DealError> {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return Err(DealError::TooManyWatchers);
         };
@@ -102,7 +102,7 @@ impl Watchers {
             }
         };
         let (sender, receiver) = mpsc::channel(1);
-        tokio::spawn(forward(updates, sender, self.shutdown.clone()));
+        tokio::spawn(forward(updates, sender, audience, self.shutdown.clone()));
         metrics::deal_watchers(1.0);
         Ok(DealStream { receiver, _permit: permit })
     }
@@ -204,6 +204,7 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
 async fn forward(
     mut updates: watch::Receiver<Arc<Deal>>,
     sender: mpsc::Sender<Result<pb::Deal, Status>>,
+    audience: Audience,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut deal = Arc::clone(&updates.borrow_and_update());
@@ -213,7 +214,7 @@ async fn forward(
         let ended = shown.state == DealState::Expired;
         // A client that reads nothing fills the queue: the send must not keep a shutdown waiting.
         tokio::select! {
-            sent = sender.send(Ok(deal_to_proto(&shown))) => {
+            sent = sender.send(Ok(audience.deal(&shown))) => {
                 if sent.is_err() || ended {
                     return;
                 }

@@ -115,3 +115,41 @@ async fn watchers_beyond_the_limit_are_refused_and_a_shutdown_ends_the_streams_u
         assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     }
 }
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn coming_soon_deals_show_customers_their_times_and_their_price_only_once_they_start(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let start = chrono::Utc::now() + chrono::TimeDelta::seconds(2);
+    let request = dealpb::Deal {
+        start_time: Some(topkart::shared::time::to_proto(start)),
+        expire_time: Some(topkart::shared::time::to_proto(start + chrono::TimeDelta::hours(1))),
+        ..deal_request(5)
+    };
+    let mut admin = app.deals.clone();
+    let scheduled = admin.create_deal(dealpb::CreateDealRequest { deal: Some(request) }).await.unwrap().into_inner();
+    assert_eq!(scheduled.state(), dealpb::deal::State::Scheduled);
+    let customer = deals_with(&app.deal_channel, Bearer::of(&token(Role::Customer, "carol")));
+
+    let coming_soon = dealpb::ListDealsRequest { state: dealpb::deal::State::Scheduled.into(), ..Default::default() };
+    let listed = customer.clone().list_deals(coming_soon.clone()).await.expect("customers see what comes").into_inner();
+    assert_eq!(listed.deals.len(), 1);
+    let shown = &listed.deals[0];
+    assert_eq!((shown.start_time, shown.expire_time), (scheduled.start_time, scheduled.expire_time));
+    assert_eq!(shown.final_price, None, "the price is revealed at the start");
+    assert!(shown.actual_price.is_some());
+    let admins_view = admin.list_deals(coming_soon).await.unwrap().into_inner();
+    assert_eq!(admins_view.deals[0].final_price, scheduled.final_price, "admins see it");
+    let read = customer.clone().get_deal(dealpb::GetDealRequest { name: scheduled.name.clone() }).await.unwrap();
+    assert_eq!(read.get_ref().final_price, None);
+
+    // A watcher sees it go live, and its price with it.
+    let mut stream = watch(&customer, &scheduled.name).await.expect("watching");
+    let first = next(&mut stream).await.unwrap().unwrap();
+    assert_eq!((first.state(), first.final_price), (dealpb::deal::State::Scheduled, None));
+    let live = until(&mut stream, |deal| deal.state() == dealpb::deal::State::Active).await;
+    assert_eq!(live.final_price, scheduled.final_price);
+
+    // Other states stay the admins' view.
+    let expired = dealpb::ListDealsRequest { state: dealpb::deal::State::Expired.into(), ..Default::default() };
+    assert_eq!(customer.clone().list_deals(expired).await.unwrap_err().code(), Code::PermissionDenied);
+}
