@@ -19,17 +19,52 @@ impl std::fmt::Display for Violation {
 }
 
 /// Each invariant and the query that lists the rows breaking it (one text column each).
-const CHECKS: [(&str, &str); 6] = [
+const CHECKS: [(&str, &str); 8] = [
     (
-        "every unit is available or held: total_units = available_units + units of live reservations",
-        "select format('deal %s: total %s, available %s, held %s', d.id, d.total_units, d.available_units, held)
+        "every unit is available, held or offered: total_units = available_units + units of live reservations \
+         + units offered to the waitlist",
+        "select format('deal %s: total %s, available %s, held %s, offered %s', d.id, d.total_units,
+                       d.available_units, held, offered)
            from deals d
            cross join lateral (
                select coalesce(sum(r.quantity), 0) as held
                  from reservations r
                 where r.deal_id = d.id and r.state in ('reserved', 'confirmed')
            ) h
-          where d.total_units <> d.available_units + held",
+           cross join lateral (
+               select coalesce(sum(w.offered_units), 0) as offered
+                 from waitlist_entries w
+                where w.deal_id = d.id and w.state = 'offered'
+           ) o
+          where d.total_units <> d.available_units + held + offered",
+    ),
+    (
+        "no waitlist entry was offered units while an entry that joined before it still waited",
+        "select format('entry %s of deal %s was offered at %s while entry %s, ahead of it, waited', e.id, e.deal_id,
+                       e.waited_until, ahead.id)
+           from waitlist_entries e
+           join waitlist_entries ahead on ahead.deal_id = e.deal_id and ahead.join_seq < e.join_seq
+          where e.offered_units is not null
+            and (ahead.waited_until is null or ahead.waited_until > e.waited_until)",
+    ),
+    (
+        "no customer holds more of a deal than its per-customer limit allowed (held and confirmed units, and \
+         waiting and offered waitlist entries; a limit lowered later binds only what was taken after)",
+        "with counted as (
+             select r.deal_id, r.customer_id, r.quantity, coalesce(w.create_time, r.create_time) as taken_at
+               from reservations r left join waitlist_entries w on w.id = r.waitlist_entry_id
+              where r.state in ('reserved', 'confirmed') and r.customer_id is not null
+             union all
+             select deal_id, customer_id, quantity, create_time
+               from waitlist_entries where state in ('waiting', 'offered')
+         )
+         select format('customer %s holds %s units of deal %s, whose limit is %s', c.customer_id, sum(c.quantity),
+                       d.id, d.max_units_per_customer)
+           from counted c join deals d on d.id = c.deal_id
+          where d.max_units_per_customer is not null
+          group by d.id, c.customer_id
+         having sum(c.quantity) > greatest(d.max_units_per_customer,
+                    coalesce(sum(c.quantity) filter (where c.taken_at < d.max_units_per_customer_since), 0))",
     ),
     (
         "0 <= available_units <= total_units",

@@ -30,7 +30,7 @@ pub async fn create(
 
 /// Applies the fields of `patch` named in `mask` to deal `id`. The deal is locked while the rules
 /// are checked against it, so an update cannot race a reservation into selling more than its
-/// new total.
+/// new total. Units added by a raised total are offered to the deal's waitlist first.
 pub async fn update(
     pool: &PgPool,
     live_deals: &LiveDeals,
@@ -41,7 +41,12 @@ pub async fn update(
     let mut tx = pool.begin().await?;
     let current = store::lock_deal(&mut tx, id).await?.ok_or(DealError::DealNotFound)?;
     let terms = domain::update_deal(&current, patch, mask, Utc::now())?;
-    let deal = store::update_deal(&mut tx, id, &terms).await?;
+    let mut deal = store::update_deal(&mut tx, id, &terms).await?;
+    if terms.total_units > current.terms.total_units {
+        // Units added go to the waitlist first, as units that come back do.
+        store::waitlist::offer_available_units(&mut tx, id).await?;
+        deal = store::lock_deal(&mut tx, id).await?.ok_or(DealError::Internal("a locked deal vanished"))?;
+    }
     tx.commit().await?;
     live_deals.invalidate();
     tracing::info!(deal = %deal.id, fields = ?mask, "deal updated");

@@ -1,5 +1,6 @@
 //! Every conversion between deal-service's protobuf messages and its domain types, in one place:
-//! what the API shows of a deal and a reservation, and the enum values of their states.
+//! what the API shows of a deal, a reservation and a waitlist entry, and the enum values of their
+//! states.
 
 use crate::{
     proto::deal as pb,
@@ -9,7 +10,10 @@ use crate::{
     },
 };
 
-use super::domain::{Deal, DealState, Reservation, ReservationState};
+use super::domain::{
+    Deal, DealState, Reservation, ReservationState,
+    waitlist::{EntryState, WaitlistEntry},
+};
 
 /// A deal as the API shows it.
 pub fn deal_to_proto(deal: &Deal) -> pb::Deal {
@@ -28,6 +32,30 @@ pub fn deal_to_proto(deal: &Deal) -> pb::Deal {
         max_units_per_customer: deal.terms.max_units_per_customer,
         approval_window: deal.terms.approval_window_seconds.map(seconds),
         claimed_percent: claimed_percent(deal),
+        offer_window: Some(seconds(deal.terms.offer_window_seconds)),
+    }
+}
+
+/// A waitlist entry as the API shows it.
+pub fn entry_to_proto(entry: &WaitlistEntry) -> pb::WaitlistEntry {
+    let state = match entry.state {
+        EntryState::Waiting => pb::waitlist_entry::State::Waiting,
+        EntryState::Offered => pb::waitlist_entry::State::Offered,
+        EntryState::Claimed => pb::waitlist_entry::State::Claimed,
+        EntryState::Left => pb::waitlist_entry::State::Left,
+        EntryState::Expired => pb::waitlist_entry::State::Expired,
+    };
+    pb::WaitlistEntry {
+        name: names::format_waitlist_entry(entry.deal_id, entry.id),
+        customer_id: entry.customer.clone(),
+        quantity: entry.quantity,
+        state: state.into(),
+        position: entry.position,
+        offered_units: entry.offered_units,
+        offer_expire_time: entry.offer_expire_time.map(time::to_proto),
+        claimed_units: entry.claim.map_or(0, |(_, units)| units),
+        create_time: Some(time::to_proto(entry.create_time)),
+        update_time: Some(time::to_proto(entry.update_time)),
     }
 }
 

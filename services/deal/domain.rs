@@ -104,6 +104,8 @@ pub struct DealTerms {
     pub max_units_per_customer: Option<i32>,
     /// How long an order may wait for approval, in seconds; `None`: as long as it takes.
     pub approval_window_seconds: Option<i32>,
+    /// How long a waitlist entry has to claim an offer, in seconds.
+    pub offer_window_seconds: i32,
 }
 
 /// A deal as stored, with its state at the instant it was read.
@@ -155,6 +157,7 @@ pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms
         per_customer_limit("deal.max_units_per_customer", deal.max_units_per_customer, &mut violations);
     let approval_window_seconds =
         approval_window("deal.approval_window", deal.approval_window.as_ref(), &mut violations);
+    let offer_window_seconds = offer_window("deal.offer_window", deal.offer_window.as_ref(), &mut violations);
     let (
         Some(product_name),
         Some(actual_price),
@@ -175,13 +178,14 @@ pub fn new_deal(deal: Option<&pb::Deal>, now: DateTime<Utc>) -> Result<DealTerms
         expire_time,
         max_units_per_customer,
         approval_window_seconds,
+        offer_window_seconds,
     };
     check_whole(&terms, now, &mut violations);
     Ok(violations.into_result(terms)?)
 }
 
 /// The fields `UpdateDeal` may change, as named in an update mask.
-pub const UPDATABLE_FIELDS: [&str; 8] = [
+pub const UPDATABLE_FIELDS: [&str; 9] = [
     "product_name",
     "actual_price",
     "final_price",
@@ -190,6 +194,7 @@ pub const UPDATABLE_FIELDS: [&str; 8] = [
     "expire_time",
     "max_units_per_customer",
     "approval_window",
+    "offer_window",
 ];
 
 /// Applies an `UpdateDeal` request to `current`, read at `now`, and returns the new terms.
@@ -236,6 +241,10 @@ pub fn update_deal(
             }
             "approval_window" => {
                 terms.approval_window_seconds = approval_window(&path, patch.approval_window.as_ref(), &mut violations)
+            }
+            // Unset in the patch restores the default.
+            "offer_window" => {
+                terms.offer_window_seconds = offer_window(&path, patch.offer_window.as_ref(), &mut violations)
             }
             // check_update_mask has refused every other path.
             _ => {}
@@ -337,6 +346,24 @@ fn approval_window(field: &str, window: Option<&prost_types::Duration>, violatio
     }
 }
 
+/// The offer window of a deal that sets none: 5 minutes.
+pub const DEFAULT_OFFER_WINDOW_SECONDS: i32 = 300;
+/// The shortest and longest offer window, in seconds.
+pub const OFFER_WINDOW_SECONDS: std::ops::RangeInclusive<i32> = 60..=3_600;
+
+/// Validates an optional offer window for `field`: unset (the default), or whole seconds from 1
+/// minute to 1 hour.
+fn offer_window(field: &str, window: Option<&prost_types::Duration>, violations: &mut Violations) -> i32 {
+    let Some(window) = window else { return DEFAULT_OFFER_WINDOW_SECONDS };
+    match i32::try_from(window.seconds) {
+        Ok(seconds) if window.nanos == 0 && OFFER_WINDOW_SECONDS.contains(&seconds) => seconds,
+        _ => {
+            violations.add(field, "must be whole seconds from 1 minute to 1 hour when set");
+            DEFAULT_OFFER_WINDOW_SECONDS
+        }
+    }
+}
+
 /// How many more units a customer holding `held` units of `deal` may take, when the deal limits it.
 pub fn units_left_to_customer(deal: &Deal, held: i32) -> Option<i32> {
     deal.terms.max_units_per_customer.map(|limit| (limit - held).max(0))
@@ -397,6 +424,7 @@ pub(crate) fn sample_deal(start: DateTime<Utc>) -> Deal {
             expire_time: start + TimeDelta::hours(2),
             max_units_per_customer: None,
             approval_window_seconds: None,
+            offer_window_seconds: DEFAULT_OFFER_WINDOW_SECONDS,
         },
         available_units: 50,
         state: DealState::Active,
@@ -406,6 +434,7 @@ pub(crate) fn sample_deal(start: DateTime<Utc>) -> Deal {
 }
 
 mod product_name;
+pub mod waitlist;
 use product_name::product_name;
 pub use product_name::{DEFAULT_IGNORABLE, is_visible};
 

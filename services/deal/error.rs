@@ -52,6 +52,24 @@ pub enum DealError {
     /// The reservation was released; it can be neither taken again nor confirmed.
     #[error("reservation released")]
     ReservationReleased,
+    /// A customer asked to join a waitlist while the deal has enough units left for it.
+    #[error("{available} units available")]
+    UnitsAvailable { available: i32 },
+    /// A join's request id was used before for another deal, quantity or customer.
+    #[error("request id reused")]
+    RequestIdReused,
+    /// No waitlist entry of the caller has that name.
+    #[error("waitlist entry not found")]
+    WaitlistEntryNotFound,
+    /// The entry still waits: there is no offer to claim.
+    #[error("no offer made yet")]
+    OfferNotMade,
+    /// The entry's offer ended (not claimed in time, or the deal ended).
+    #[error("offer expired")]
+    OfferExpired,
+    /// The entry was claimed or left; it can be neither claimed nor left again.
+    #[error("waitlist entry closed")]
+    WaitlistEntryClosed,
     /// This server streams as many WatchDeal calls as `--max-watchers` allows.
     #[error("too many watchers")]
     TooManyWatchers,
@@ -97,6 +115,12 @@ impl DealError {
             ReservationReleased => "RESERVATION_RELEASED",
             Database(err) if crate::shared::db::is_unavailable(err) => "DATABASE_UNAVAILABLE",
             TooManyWatchers => "TOO_MANY_WATCHERS",
+            UnitsAvailable { .. } => "UNITS_AVAILABLE",
+            RequestIdReused => "REQUEST_ID_REUSED",
+            WaitlistEntryNotFound => "WAITLIST_ENTRY_NOT_FOUND",
+            OfferNotMade => "OFFER_NOT_MADE",
+            OfferExpired => "OFFER_EXPIRED",
+            WaitlistEntryClosed => "WAITLIST_ENTRY_CLOSED",
             Internal(_) | Database(_) => "INTERNAL",
         }
     }
@@ -156,6 +180,32 @@ impl From<DealError> for Status {
                 Code::FailedPrecondition,
                 "RESERVATION_RELEASED",
                 "that reservation was released; reserve under a new id",
+            ),
+            UnitsAvailable { available } => status::with_reason(
+                Code::FailedPrecondition,
+                DOMAIN,
+                name,
+                format!("{available} units are left, enough for this request: order them instead of waiting"),
+                [("available_units", available.to_string())],
+            ),
+            RequestIdReused => reason(
+                Code::AlreadyExists,
+                "REQUEST_ID_REUSED",
+                "that request_id was used for another deal, quantity or customer",
+            ),
+            WaitlistEntryNotFound => {
+                reason(Code::NotFound, "WAITLIST_ENTRY_NOT_FOUND", "no waitlist entry of yours has that name")
+            }
+            OfferNotMade => reason(
+                Code::FailedPrecondition,
+                "OFFER_NOT_MADE",
+                "the entry is still waiting: no units have been offered to it yet",
+            ),
+            OfferExpired => reason(Code::FailedPrecondition, "OFFER_EXPIRED", "the entry's offer has ended"),
+            WaitlistEntryClosed => reason(
+                Code::FailedPrecondition,
+                "WAITLIST_ENTRY_CLOSED",
+                "the entry was claimed or left; it is no longer in the waitlist",
             ),
             TooManyWatchers => super::watch::too_many_watchers(),
             Internal(cause) => {

@@ -24,11 +24,15 @@ use super::{
     allocation::UnitRequest,
     batching::Batches,
     changes,
-    convert::{Audience, deal_state_from_proto, deal_to_proto, reservation_to_proto},
-    domain::{self, Deal, DealState, Reservation},
+    convert::{Audience, deal_state_from_proto, deal_to_proto, entry_to_proto, reservation_to_proto},
+    domain::{
+        self, Deal, DealState, Reservation,
+        waitlist::{Claim, Join, WaitlistEntry},
+    },
     error::DealError,
     live_deals::LiveDeals,
     store::{self, DealFilter},
+    waitlisting,
     watch::{DealStream, Watchers},
 };
 
@@ -127,6 +131,50 @@ impl DealService for DealApi {
             self.release(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)),
         )
     }
+
+    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal))]
+    async fn join_waitlist(
+        &self,
+        request: Request<pb::JoinWaitlistRequest>,
+    ) -> Result<Response<pb::WaitlistEntry>, Status> {
+        let caller = authorize(&request, CUSTOMERS)?;
+        reply(self.join(request.get_ref(), caller).await.map(|entry| entry_to_proto(&entry)))
+    }
+
+    #[tracing::instrument(skip_all, fields(entry = %request.get_ref().name))]
+    async fn get_waitlist_entry(
+        &self,
+        request: Request<pb::GetWaitlistEntryRequest>,
+    ) -> Result<Response<pb::WaitlistEntry>, Status> {
+        let caller = authorize(&request, READERS)?;
+        let get = async {
+            let (deal_id, entry_id) = entry_name(&request.get_ref().name)?;
+            waitlisting::get(&self.pool, deal_id, entry_id, caller.customer()).await
+        };
+        reply(get.await.map(|entry| entry_to_proto(&entry)))
+    }
+
+    #[tracing::instrument(skip_all, fields(entry = %request.get_ref().name))]
+    async fn leave_waitlist(
+        &self,
+        request: Request<pb::LeaveWaitlistRequest>,
+    ) -> Result<Response<pb::WaitlistEntry>, Status> {
+        let caller = authorize(&request, CUSTOMERS)?;
+        let leave = async {
+            let (deal_id, entry_id) = entry_name(&request.get_ref().name)?;
+            waitlisting::leave(&self.pool, deal_id, entry_id, entry_owner(caller)?).await
+        };
+        reply(leave.await.map(|entry| entry_to_proto(&entry)))
+    }
+
+    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().parent))]
+    async fn list_waitlist_entries(
+        &self,
+        request: Request<pb::ListWaitlistEntriesRequest>,
+    ) -> Result<Response<pb::ListWaitlistEntriesResponse>, Status> {
+        let caller = authorize(&request, READERS)?;
+        reply(self.list_entries(request.get_ref(), caller.customer()).await)
+    }
 }
 
 fn reply<T>(result: Result<T, DealError>) -> Result<Response<T>, Status> {
@@ -137,6 +185,8 @@ fn reply<T>(result: Result<T, DealError>) -> Result<Response<T>, Status> {
 const ADMINS: &[Role] = &[Role::Admin];
 /// Who may read deals.
 const READERS: &[Role] = &[Role::Customer, Role::Admin];
+/// Who may join and leave waitlists.
+const CUSTOMERS: &[Role] = &[Role::Customer];
 /// Who may reserve, confirm and release units: order-service.
 const SERVICES: &[Role] = &[Role::Service];
 
@@ -218,12 +268,70 @@ impl DealApi {
         let customer = (!request.customer_id.is_empty())
             .then(|| customers::customer_id("customer_id", &request.customer_id, &mut violations))
             .flatten();
+        let entry = (!request.waitlist_entry.is_empty())
+            .then(|| names::parse_waitlist_entry("waitlist_entry", &request.waitlist_entry, &mut violations))
+            .flatten();
+        if let (Some(deal_id), Some((entry_deal, _))) = (deal_id, entry)
+            && entry_deal != deal_id
+        {
+            violations.add("waitlist_entry", "must be an entry of the waitlist of `deal`");
+        }
+        if entry.is_some() && request.customer_id.is_empty() {
+            violations.add("customer_id", "is required to claim a waitlist offer");
+        }
         let (Some(deal_id), Some(id), Some(quantity)) = (deal_id, id, quantity) else {
             return Err(violations.into());
         };
         violations.into_result(())?;
         let expected_price = expected_price.flatten();
-        self.batches.reserve(deal_id, UnitRequest { id, quantity, expected_price, customer }).await
+        match (entry, customer) {
+            (Some((_, entry_id)), Some(customer)) => {
+                let claim = Claim { id, entry_id, customer, quantity, expected_price };
+                waitlisting::claim(&self.pool, deal_id, &claim).await
+            }
+            (_, customer) => {
+                self.batches.reserve(deal_id, UnitRequest { id, quantity, expected_price, customer }).await
+            }
+        }
+    }
+
+    async fn join(&self, request: &pb::JoinWaitlistRequest, caller: &Caller) -> Result<WaitlistEntry, DealError> {
+        let mut violations = Violations::default();
+        let deal_id = names::parse("deal", names::DEALS, &request.deal, &mut violations);
+        let quantity = quantity::quantity("quantity", request.quantity, &mut violations);
+        let request_id = (!request.request_id.is_empty())
+            .then(|| names::parse_uuid("request_id", &request.request_id, &mut violations))
+            .flatten();
+        let customer = entry_owner(caller)?;
+        let (Some(deal_id), Some(quantity)) = (deal_id, quantity) else {
+            return Err(violations.into());
+        };
+        violations.into_result(())?;
+        let id = request_id.unwrap_or_else(Uuid::new_v4);
+        waitlisting::join(&self.pool, &Join { id, deal_id, customer: customer.to_owned(), quantity }).await
+    }
+
+    async fn list_entries(
+        &self,
+        request: &pb::ListWaitlistEntriesRequest,
+        customer: Option<&str>,
+    ) -> Result<pb::ListWaitlistEntriesResponse, DealError> {
+        let mut violations = Violations::default();
+        let deal_id = names::parse("parent", names::DEALS, &request.parent, &mut violations);
+        let limit = paging::page_size("page_size", request.page_size, &mut violations);
+        // A token is bound to its deal and to whose entries it lists.
+        let filter_key = format!("{}|{}", request.parent, customer.unwrap_or("*"));
+        let after = paging::Cursor::from_token("page_token", &request.page_token, &filter_key, &mut violations);
+        let deal_id = violations.into_result(deal_id)?.ok_or(DealError::DealNotFound)?;
+        let mut entries = waitlisting::list(&self.pool, deal_id, customer, after, limit + 1).await?;
+        let next_page_token = paging::cut_page(&mut entries, limit, &filter_key, |last| paging::Cursor {
+            at: last.create_time,
+            id: last.id,
+        });
+        Ok(pb::ListWaitlistEntriesResponse {
+            waitlist_entries: entries.iter().map(entry_to_proto).collect(),
+            next_page_token,
+        })
     }
 
     async fn confirm(&self, reservation_id: &str) -> Result<Reservation, DealError> {
@@ -239,6 +347,23 @@ impl DealApi {
         // Nothing held: either released before (a retry, answered the same) or unknown.
         store::get_reservation(&self.pool, id).await?.ok_or(DealError::ReservationNotFound)
     }
+}
+
+/// The deal and entry ids of a waitlist entry's name.
+fn entry_name(name: &str) -> Result<(Uuid, Uuid), DealError> {
+    let mut violations = Violations::default();
+    let ids = names::parse_waitlist_entry("name", name, &mut violations);
+    violations.into_result(ids)?.ok_or(DealError::WaitlistEntryNotFound)
+}
+
+/// The customer whose entry a join makes or a leave takes out: the caller's token's subject. A
+/// server run with `--insecure-no-auth` has no customer to name.
+fn entry_owner(caller: &Caller) -> Result<&str, DealError> {
+    caller.customer().ok_or_else(|| {
+        let mut violations = Violations::default();
+        violations.add("authorization", "must be a customer's token: a waitlist entry belongs to a customer");
+        violations.into()
+    })
 }
 
 fn reservation_uuid(reservation_id: &str) -> Result<Uuid, DealError> {

@@ -6,7 +6,8 @@
 //! [`batching`] apply them in transactions; [`store`] holds the SQL; [`error`] is the one error type
 //! and its mapping to gRPC status. Two parts make the hot paths fast: [`batching`] coalesces the
 //! reservations of one deal, [`live_deals`] serves the first page of live deals from a snapshot.
-//! [`watch`] streams a deal's changes to its watchers (WatchDeal).
+//! [`watch`] streams a deal's changes to its watchers (WatchDeal); [`waitlisting`] applies the
+//! waitlist's rules (`domain::waitlist`) in transactions.
 
 pub mod allocation;
 pub mod batching;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod grpc;
 pub mod live_deals;
 pub mod store;
+pub mod waitlisting;
 pub mod watch;
 
 use std::future::Future;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, postgres::PgArguments, query::QueryAs};
 use uuid::Uuid;
 
-use crate::shared::{money::Price, paging::Cursor, reservations::restore_released_units};
+use crate::shared::{money::Price, paging::Cursor};
 
 use super::domain::{Deal, DealState, DealTerms, Reservation, ReservationState};
 
@@ -20,7 +20,7 @@ macro_rules! deal_columns {
         concat!(
             "id, product_name, currency_code, actual_price_micros, final_price_micros, total_units, \
              available_units, start_time, expire_time, max_units_per_customer, approval_window_seconds, \
-             deal_state_at(deals, ",
+             offer_window_seconds, deal_state_at(deals, ",
             $at,
             ") as state, create_time, update_time"
         )
@@ -32,6 +32,8 @@ macro_rules! reservation_columns {
         "id, deal_id, customer_id, quantity, currency_code, unit_price_micros, state, create_time, update_time"
     };
 }
+
+pub mod waitlist;
 
 #[derive(sqlx::FromRow)]
 struct DealRow {
@@ -46,6 +48,7 @@ struct DealRow {
     expire_time: DateTime<Utc>,
     max_units_per_customer: Option<i32>,
     approval_window_seconds: Option<i32>,
+    offer_window_seconds: i32,
     state: String,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
@@ -64,6 +67,7 @@ impl From<DealRow> for Deal {
                 expire_time: row.expire_time,
                 max_units_per_customer: row.max_units_per_customer,
                 approval_window_seconds: row.approval_window_seconds,
+                offer_window_seconds: row.offer_window_seconds,
             },
             available_units: row.available_units,
             // deal_state_at only ever returns the three names.
@@ -75,7 +79,7 @@ impl From<DealRow> for Deal {
 }
 
 #[derive(sqlx::FromRow)]
-struct ReservationRow {
+pub(crate) struct ReservationRow {
     id: Uuid,
     deal_id: Uuid,
     customer_id: Option<String>,
@@ -104,9 +108,9 @@ impl From<ReservationRow> for Reservation {
     }
 }
 
-/// Binds `terms` as parameters $2 to $10: product name, currency, actual and final price, total
-/// units, start, expiry, the per-customer limit and the approval window (insert and update share
-/// the order).
+/// Binds `terms` as parameters $2 to $11: product name, currency, actual and final price, total
+/// units, start, expiry, the per-customer limit, the approval window and the offer window (insert
+/// and update share the order).
 fn bind_terms<'q>(
     query: QueryAs<'q, Postgres, DealRow, PgArguments>,
     terms: &'q DealTerms,
@@ -121,6 +125,7 @@ fn bind_terms<'q>(
         .bind(terms.expire_time)
         .bind(terms.max_units_per_customer)
         .bind(terms.approval_window_seconds)
+        .bind(terms.offer_window_seconds)
 }
 
 /// Inserts a new deal with all its units available.
@@ -129,8 +134,8 @@ pub async fn insert_deal(pool: &PgPool, id: Uuid, terms: &DealTerms, state: Deal
     let query = sqlx::query_as(concat!(
         "insert into deals (id, product_name, currency_code, actual_price_micros, final_price_micros, \
                             total_units, available_units, start_time, expire_time, max_units_per_customer, \
-                            approval_window_seconds, state)
-         values ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11)
+                            approval_window_seconds, offer_window_seconds, state)
+         values ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12)
          returning ",
         deal_columns!()
     ))
@@ -179,6 +184,9 @@ pub async fn update_deal(conn: &mut PgConnection, id: Uuid, terms: &DealTerms) -
             set product_name = $2, currency_code = $3, actual_price_micros = $4, final_price_micros = $5,
                 available_units = available_units + ($6 - total_units), total_units = $6,
                 start_time = $7, expire_time = $8, max_units_per_customer = $9, approval_window_seconds = $10,
+                offer_window_seconds = $11,
+                max_units_per_customer_since = case when max_units_per_customer is distinct from $9
+                                                    then clock_timestamp() else max_units_per_customer_since end,
                 state = case when state = 'scheduled' and $7 <= now() then 'active' else state end,
                 update_time = now()
           where id = $1
@@ -336,8 +344,9 @@ pub async fn take_units(
     Ok(rows.into_iter().map(Reservation::from).collect())
 }
 
-/// The units each of `customers` holds of deal `deal_id`: its held and confirmed reservations.
-/// Read under the deal's row lock, it cannot change before the transaction ends.
+/// The units each of `customers` holds of deal `deal_id`, as its per-customer limit counts them:
+/// held and confirmed reservations, and the units asked for by waiting and offered waitlist
+/// entries. Read under the deal's row lock, it cannot change before the transaction ends.
 #[tracing::instrument(name = "sql.units_held_by_customers", skip_all, fields(deal = %deal_id, customers = customers.len()))]
 pub async fn units_held_by_customers(
     conn: &mut PgConnection,
@@ -346,8 +355,13 @@ pub async fn units_held_by_customers(
 ) -> Result<HashMap<String, i32>, sqlx::Error> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "select customer_id, sum(quantity)
-           from reservations
-          where deal_id = $1 and customer_id = any($2) and state in ('reserved', 'confirmed')
+           from (select customer_id, quantity
+                   from reservations
+                  where deal_id = $1 and customer_id = any($2) and state in ('reserved', 'confirmed')
+                 union all
+                 select customer_id, quantity
+                   from waitlist_entries
+                  where deal_id = $1 and customer_id = any($2) and state in ('waiting', 'offered')) holds
           group by customer_id",
     )
     .bind(deal_id)
@@ -388,9 +402,7 @@ pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sql
              returning ",
         reservation_columns!(),
         "
-         ), ",
-        restore_released_units!(),
-        "
+         )
          select * from released"
     ))
     .bind(id)

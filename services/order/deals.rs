@@ -169,6 +169,10 @@ impl DealsClient {
             quantity: order.quantity,
             expected_unit_price: order.shown_unit_price.as_ref().map(Price::to_proto),
             customer_id: order.customer_id.clone(),
+            waitlist_entry: order
+                .waitlist_entry
+                .map(|entry| names::format_waitlist_entry(order.deal_id, entry))
+                .unwrap_or_default(),
         };
         let budget = context.remaining().saturating_sub(MARGIN);
         let reservation = self

@@ -87,6 +87,8 @@ pub struct NewOrder {
     pub shown_unit_price: Option<Price>,
     /// The client's idempotency key, which becomes the order's id.
     pub request_id: Option<Uuid>,
+    /// The waitlist entry (of the deal) whose offer the order claims.
+    pub waitlist_entry: Option<Uuid>,
 }
 
 impl NewOrder {
@@ -135,9 +137,18 @@ pub fn new_order(request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Resul
     let quantity = quantity("order.quantity", order.quantity, &mut violations);
     let shown_unit_price =
         order.unit_price.as_ref().and_then(|price| Price::parse("order.unit_price", Some(price), &mut violations));
+    let waitlist_entry = (!request.waitlist_entry.is_empty())
+        .then(|| names::parse_waitlist_entry("waitlist_entry", &request.waitlist_entry, &mut violations))
+        .flatten()
+        .map(|(entry_deal, entry)| {
+            if deal_id.is_some_and(|deal_id| deal_id != entry_deal) {
+                violations.add("waitlist_entry", "must be an entry of the waitlist of `order.deal`");
+            }
+            entry
+        });
     match (deal_id, customer_id, quantity) {
         (Some(deal_id), Some(customer_id), Some(quantity)) if violations.is_empty() => {
-            Ok(NewOrder { deal_id, customer_id, quantity, shown_unit_price, request_id })
+            Ok(NewOrder { deal_id, customer_id, quantity, shown_unit_price, request_id, waitlist_entry })
         }
         _ => Err(violations),
     }
@@ -168,7 +179,7 @@ mod tests {
     }
 
     fn create(order: Option<pb::Order>) -> pb::CreateOrderRequest {
-        pb::CreateOrderRequest { order, request_id: String::new() }
+        pb::CreateOrderRequest { order, request_id: String::new(), waitlist_entry: String::new() }
     }
 
     fn invalid_fields(result: Result<NewOrder, Violations>) -> Vec<String> {
@@ -204,6 +215,22 @@ mod tests {
         assert_eq!(invalid_fields(new_order_of(&create(Some(too_many)))), ["order.quantity"]);
         let bad_key = pb::CreateOrderRequest { request_id: "retry-1".into(), ..create(Some(request())) };
         assert_eq!(invalid_fields(new_order_of(&bad_key)), ["request_id"]);
+        let not_an_entry = pb::CreateOrderRequest { waitlist_entry: "deals/1".into(), ..create(Some(request())) };
+        assert_eq!(invalid_fields(new_order_of(&not_an_entry)), ["waitlist_entry"]);
+        let other_deal = names::format_waitlist_entry(Uuid::new_v4(), Uuid::new_v4());
+        let of_another_deal = pb::CreateOrderRequest { waitlist_entry: other_deal, ..create(Some(request())) };
+        assert_eq!(invalid_fields(new_order_of(&of_another_deal)), ["waitlist_entry"]);
+    }
+
+    #[test]
+    fn a_claim_names_an_entry_of_the_order_s_deal() {
+        let order = request();
+        let deal = names::parse("deal", names::DEALS, &order.deal, &mut Violations::default()).unwrap();
+        let entry = Uuid::new_v4();
+        let claim =
+            pb::CreateOrderRequest { waitlist_entry: names::format_waitlist_entry(deal, entry), ..create(Some(order)) };
+        assert_eq!(new_order_of(&claim).unwrap().waitlist_entry, Some(entry));
+        assert_eq!(new_order_of(&create(Some(request()))).unwrap().waitlist_entry, None);
     }
 
     #[test]

@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(request_domain("topkart.deal.v1.CreateDealRequest"), Some(crate::deal::DOMAIN));
         assert_eq!(request_domain("topkart.deal.v1.ReserveUnitsRequest"), Some(crate::deal::DOMAIN));
         assert_eq!(request_domain("topkart.order.v1.CreateOrderRequest"), Some(crate::order::DOMAIN));
-        assert_eq!(REQUESTS.len(), 14, "one request message per method");
+        assert_eq!(REQUESTS.len(), 18, "one request message per method");
         for reply in ["topkart.deal.v1.Deal", "topkart.order.v1.Order", "topkart.deal.v1.ListDealsResponse"] {
             assert_eq!(request_domain(reply), None, "{reply}");
         }

@@ -18,6 +18,8 @@
 //! | `topkart_sweeps_total`, `topkart_daily_resets_total` | counter | `outcome` (`ok`, `failed`) |
 //! | `topkart_deals_expired_total`, `topkart_deals_started_total` | counter | |
 //! | `topkart_orders_expired_total` | counter | |
+//! | `topkart_waitlist_events_total` | counter | `event` (`joined`, `left`, `claimed`, or a refused claim's reason) |
+//! | `topkart_waitlist_entries_expired_total` | counter | |
 //! | `topkart_holds_settled_total` | counter | `outcome` (`confirmed`, `released`, `finished_release`, `abandoned`) |
 
 use std::{convert::Infallible, net::SocketAddr, sync::OnceLock, time::Duration};
@@ -102,6 +104,14 @@ fn describe() {
     describe_counter!("topkart_deals_expired_total", "Deals the sweep marked expired.");
     describe_counter!("topkart_orders_expired_total", "Pending orders the worker expired past their approve deadline.");
     describe_counter!("topkart_deals_started_total", "Scheduled deals the sweep started.");
+    describe_counter!(
+        "topkart_waitlist_events_total",
+        "Waitlist joins, leaves and claims of offers, and refused claims by reason."
+    );
+    describe_counter!(
+        "topkart_waitlist_entries_expired_total",
+        "Waitlist entries the worker expired: offers not claimed in time, and entries of deals that ended."
+    );
     describe_counter!(
         "topkart_holds_settled_total",
         "Holds settled outside the order path, by outcome (abandoned: released at once when a call gave up)."
@@ -256,6 +266,16 @@ pub fn deal_watchers(change: f64) {
 /// Pending orders the worker expired.
 pub fn orders_expired(count: u64) {
     counter!("topkart_orders_expired_total").increment(count);
+}
+
+/// A waitlist `event`: joined, left, claimed, or the reason a claim was refused.
+pub fn waitlist(event: &'static str) {
+    counter!("topkart_waitlist_events_total", "event" => event).increment(1);
+}
+
+/// Waitlist entries the worker expired.
+pub fn waitlist_entries_expired(count: u64) {
+    counter!("topkart_waitlist_entries_expired_total").increment(count);
 }
 
 /// `count` holds settled with `outcome`.

@@ -2,6 +2,11 @@
 //! timing (order-service must record an order soon after reserving its units; the expiry worker
 //! resolves holds that stayed unresolved much longer), and abandoning an attempt, which both
 //! order-service (its caller gave up) and deal-service (a hold whose caller had gone) do at once.
+//!
+//! A statement releases a reservation by moving it to 'released'; a row trigger gives its units
+//! back in that statement (`return_units`, migrations/…_waitlist.sql): to the deal's waitlist
+//! first, then to the units available. So units go back exactly when a reservation is released,
+//! never twice, whoever releases it.
 
 use std::time::Duration;
 
@@ -31,20 +36,6 @@ pub enum Abandoned {
     /// No order will be recorded under the id; its hold had been released already.
     AlreadyReleased,
 }
-/// The SQL of a CTE named `restored` that gives the units of the reservations a CTE named
-/// `released` returned (`deal_id, quantity`) back to their deals, one update per deal. Every
-/// statement that releases units uses it inside the same statement as the release, so units go
-/// back exactly when a reservation moves to 'released', never twice.
-macro_rules! restore_released_units {
-    () => {
-        "restored as (
-             update deals set available_units = available_units + back.units, update_time = now()
-               from (select deal_id, sum(quantity)::integer as units from released group by deal_id) back
-              where deals.id = back.deal_id
-         )"
-    };
-}
-pub(crate) use restore_released_units;
 
 /// Gives up the order attempt `id` (an order id, which is also its hold's id): unless its order
 /// was recorded, marks the id abandoned, so that no order is ever recorded under it, and releases
@@ -58,7 +49,7 @@ pub(crate) use restore_released_units;
 pub async fn abandon(pool: &PgPool, id: Uuid) -> Result<Abandoned, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(id).execute(&mut *tx).await?;
-    let (ordered, hold_state, released): (bool, Option<String>, Option<i32>) = sqlx::query_as(concat!(
+    let (ordered, hold_state, released): (bool, Option<String>, Option<i32>) = sqlx::query_as(
         "with ordered as (
              select exists (select from orders where id = $1) as ordered
          ), marked as (
@@ -68,13 +59,11 @@ pub async fn abandon(pool: &PgPool, id: Uuid) -> Result<Abandoned, sqlx::Error> 
              update reservations set state = 'released', update_time = now()
               where id = $1 and state = 'reserved' and not (select ordered from ordered)
              returning deal_id, quantity
-         ), ",
-        restore_released_units!(),
-        "
+         )
          select (select ordered from ordered),
                 (select state from reservations where id = $1),
                 (select quantity from released)",
-    ))
+    )
     .bind(id)
     .fetch_one(&mut *tx)
     .await?;

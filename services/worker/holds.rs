@@ -10,7 +10,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 
-use crate::shared::reservations::{HOLD_TIMEOUT, restore_released_units};
+use crate::shared::reservations::HOLD_TIMEOUT;
 
 /// How many rows one pass settles at most; the next tick takes the rest.
 const BATCH: i64 = 1000;
@@ -67,7 +67,7 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
     .bind(&claimed)
     .fetch_all(&mut *tx)
     .await?;
-    let settled = sqlx::query_as(concat!(
+    let settled = sqlx::query_as(
         "with due as (
              select r.id, o.state as order_state
                from reservations r left join orders o on o.id = r.id
@@ -83,11 +83,9 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
               where reservations.id = due.id
                 and (due.order_state is null or due.order_state in ('rejected', 'cancelled', 'expired'))
              returning reservations.deal_id, reservations.quantity
-         ), ",
-        restore_released_units!(),
-        "
+         )
          select (select count(*) from confirmed), (select count(*) from released)",
-    ))
+    )
     .bind(&locked)
     .fetch_one(&mut *tx)
     .await?;
@@ -99,7 +97,7 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
 /// reservation is released (if it still holds units) and the order marked, in one statement.
 #[tracing::instrument(name = "sql.finish_releases", skip_all, fields(cutoff = %cutoff))]
 async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(concat!(
+    sqlx::query_scalar(
         "with due as (
              select id from orders
               where state in ('rejected', 'cancelled') and not units_released and update_time <= $1
@@ -111,13 +109,11 @@ async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sq
                from due
               where reservations.id = due.id and reservations.state in ('reserved', 'confirmed')
              returning reservations.deal_id, reservations.quantity
-         ), ",
-        restore_released_units!(),
-        ", marked as (
+         ), marked as (
              update orders set units_released = true from due where orders.id = due.id returning 1
          )
          select count(*) from released",
-    ))
+    )
     .bind(cutoff)
     .bind(BATCH)
     .fetch_one(pool)

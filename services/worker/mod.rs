@@ -1,12 +1,13 @@
 //! expiry-worker: every few seconds it performs the daily reset if the UTC day has turned, sweeps
-//! expired and newly started deals, expires orders not approved in time, and settles the holds the
-//! order protocol left behind. It
+//! expired and newly started deals, expires orders not approved in time and waitlist offers not
+//! claimed in time, and settles the holds the order protocol left behind. It
 //! serves gRPC health so orchestrators can probe it.
 
 pub mod daily_reset;
 pub mod holds;
 pub mod order_expiry;
 pub mod sweep;
+pub mod waitlist;
 
 use std::{
     future::Future,
@@ -27,6 +28,7 @@ pub use daily_reset::daily_reset;
 pub use holds::settle_holds;
 pub use order_expiry::expire_orders;
 pub use sweep::sweep_once;
+pub use waitlist::expire_waitlist_entries;
 
 /// The name under which the worker reports its health, besides the server's "".
 pub const HEALTH_SERVICE_NAME: &str = "topkart.worker.v1.ExpiryWorker";
@@ -108,6 +110,15 @@ async fn tick(pool: &PgPool, now: DateTime<Utc>) {
             }
         }
         Err(err) => tracing::warn!(error = %err, "expiring orders failed; retrying next tick"),
+    }
+    match expire_waitlist_entries(pool, now).await {
+        Ok(expired) => {
+            metrics::waitlist_entries_expired(expired);
+            if expired > 0 {
+                tracing::info!(expired, "waitlist entries expired");
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "expiring waitlist entries failed; retrying next tick"),
     }
     let settled = settle_holds(pool, now).await;
     if let Ok(report) = &settled {

@@ -9,8 +9,6 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::shared::reservations::restore_released_units;
-
 /// The most orders one pass expires; the next pass takes the rest.
 const BATCH: i64 = 1_000;
 
@@ -18,7 +16,7 @@ const BATCH: i64 = 1_000;
 /// their reservations and gives their units back. Returns how many orders expired.
 #[tracing::instrument(name = "sql.expire_orders", skip(pool))]
 pub async fn expire_orders(pool: &PgPool, now: DateTime<Utc>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(concat!(
+    sqlx::query_scalar(
         "with due as (
              select id from orders
               where state = 'pending_approval' and approve_deadline <= $1
@@ -35,11 +33,9 @@ pub async fn expire_orders(pool: &PgPool, now: DateTime<Utc>) -> Result<i64, sql
                from expired
               where reservations.id = expired.id and reservations.state in ('reserved', 'confirmed')
              returning reservations.deal_id, reservations.quantity
-         ), ",
-        restore_released_units!(),
-        "
+         )
          select count(*) from expired",
-    ))
+    )
     .bind(now)
     .bind(BATCH)
     .fetch_one(pool)

@@ -81,17 +81,17 @@ fn expected(rpc: &str, who: Who) -> Code {
     }
     let allowed: &[Who] = match rpc {
         "CreateDeal" | "UpdateDeal" | "ListDeals(state)" | "ApproveOrder" | "RejectOrder" => &[Admin],
-        "GetDeal" | "WatchDeal" | "ListDeals" | "ListOrders" => &[CustomerA, CustomerB, Admin],
+        "GetDeal" | "WatchDeal" | "ListDeals" | "ListOrders" | "ListWaitlistEntries" => &[CustomerA, CustomerB, Admin],
         "ReserveUnits" | "ConfirmUnits" | "ReleaseUnits" => &[Service],
-        "CreateOrder" => &[CustomerA, CustomerB],
-        "GetOrder" => &[CustomerA, Admin],
-        "CancelOrder" => &[CustomerA],
+        "CreateOrder" | "JoinWaitlist" => &[CustomerA, CustomerB],
+        "GetOrder" | "GetWaitlistEntry" => &[CustomerA, Admin],
+        "CancelOrder" | "LeaveWaitlist" => &[CustomerA],
         _ => panic!("unknown rpc {rpc}"),
     };
     if allowed.contains(&who) {
         Code::Ok
-    } else if who == CustomerB && matches!(rpc, "GetOrder" | "CancelOrder") {
-        // Another customer's order does not exist, as far as B can tell.
+    } else if who == CustomerB && matches!(rpc, "GetOrder" | "CancelOrder" | "GetWaitlistEntry" | "LeaveWaitlist") {
+        // Another customer's order or waitlist entry does not exist, as far as B can tell.
         Code::NotFound
     } else {
         Code::PermissionDenied
@@ -118,7 +118,33 @@ async fn call(app: &TestApp, deal: &dealpb::Deal, rpc: &str, who: Who) -> Code {
         app.reservations.clone().reserve_units(request).await.unwrap();
         id
     };
+    // A deal alice bought out, so it has a waitlist; and alice's entry in it.
+    let sold_out = || async {
+        let deal = app.create_deal(1).await;
+        app.order(order_request(&deal.name, 1)).await.unwrap();
+        deal.name
+    };
+    let alices_entry = || async {
+        let alice = deals_with(&app.deal_channel, bearer(Who::CustomerA));
+        let request = dealpb::JoinWaitlistRequest { deal: sold_out().await, quantity: 1, request_id: String::new() };
+        alice.clone().join_waitlist(request).await.unwrap().into_inner().name
+    };
     match rpc {
+        "JoinWaitlist" => {
+            let request =
+                dealpb::JoinWaitlistRequest { deal: sold_out().await, quantity: 1, request_id: String::new() };
+            code(deals.join_waitlist(request).await)
+        }
+        "GetWaitlistEntry" => {
+            code(deals.get_waitlist_entry(dealpb::GetWaitlistEntryRequest { name: alices_entry().await }).await)
+        }
+        "LeaveWaitlist" => {
+            code(deals.leave_waitlist(dealpb::LeaveWaitlistRequest { name: alices_entry().await }).await)
+        }
+        "ListWaitlistEntries" => {
+            let request = dealpb::ListWaitlistEntriesRequest { parent: deal.name.clone(), ..Default::default() };
+            code(deals.list_waitlist_entries(request).await)
+        }
         "CreateDeal" => code(deals.create_deal(dealpb::CreateDealRequest { deal: Some(deal_request(5)) }).await),
         "UpdateDeal" => {
             let patch = dealpb::Deal { name: deal.name.clone(), product_name: "Renamed".into(), ..Default::default() };
@@ -150,6 +176,7 @@ async fn call(app: &TestApp, deal: &dealpb::Deal, rpc: &str, who: Who) -> Code {
         "CreateOrder" => code(
             orders
                 .create_order(orderpb::CreateOrderRequest {
+                    waitlist_entry: String::new(),
                     order: Some(order_request(&deal.name, 1)),
                     request_id: String::new(),
                 })
@@ -184,6 +211,10 @@ async fn every_rpc_answers_every_caller_with_the_code_it_must(pool: PgPool) {
         "ApproveOrder",
         "RejectOrder",
         "CancelOrder",
+        "JoinWaitlist",
+        "GetWaitlistEntry",
+        "LeaveWaitlist",
+        "ListWaitlistEntries",
     ];
     let mut wrong = Vec::new();
     for rpc in rpcs {

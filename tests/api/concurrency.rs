@@ -11,14 +11,19 @@ use crate::helpers::*;
 async fn two_hundred_concurrent_orders_on_fifty_units_sell_exactly_fifty(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(50).await;
-    let buyers =
-        (0..200).map(|buyer| {
-            let mut client = app.orders.clone();
-            let order = pb::Order { customer_id: format!("buyer-{buyer}"), ..order_request(&deal.name, 1) };
-            async move {
-                client.create_order(pb::CreateOrderRequest { order: Some(order), request_id: String::new() }).await
-            }
-        });
+    let buyers = (0..200).map(|buyer| {
+        let mut client = app.orders.clone();
+        let order = pb::Order { customer_id: format!("buyer-{buyer}"), ..order_request(&deal.name, 1) };
+        async move {
+            client
+                .create_order(pb::CreateOrderRequest {
+                    waitlist_entry: String::new(),
+                    order: Some(order),
+                    request_id: String::new(),
+                })
+                .await
+        }
+    });
     let results = join_all(buyers).await;
 
     let sold = results.iter().filter(|result| result.is_ok()).count();
@@ -51,6 +56,7 @@ async fn concurrent_reservations_of_mixed_sizes_and_retries_each_get_an_exact_an
         .enumerate()
         .flat_map(|(n, id)| {
             let request = dealpb::ReserveUnitsRequest {
+                waitlist_entry: String::new(),
                 deal: deal.name.clone(),
                 reservation_id: id.clone(),
                 quantity: (n % 3) as i32 + 1,

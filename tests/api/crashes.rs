@@ -33,6 +33,7 @@ pub async fn retrying_buyers(addr: SocketAddr, deal: &str, buyers: usize, patien
     let buyers = (0..buyers).map(|buyer| {
         let mut orders = orders_with(&channel, Bearer::of(&token(Role::Customer, &format!("buyer-{buyer}"))));
         let request = orderpb::CreateOrderRequest {
+            waitlist_entry: String::new(),
             order: Some(orderpb::Order { customer_id: format!("buyer-{buyer}"), ..order_request(deal, 1) }),
             request_id: uuid::Uuid::new_v4().to_string(),
         };

@@ -74,7 +74,11 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     let shown_price = live.deals[0].final_price.clone();
     let order_req = orderpb::Order { unit_price: shown_price, ..order_request(&created.name, 2) };
     let placed = orders
-        .create_order(orderpb::CreateOrderRequest { order: Some(order_req), request_id: String::new() })
+        .create_order(orderpb::CreateOrderRequest {
+            waitlist_entry: String::new(),
+            order: Some(order_req),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -98,6 +102,7 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let refused = orders
         .create_order(orderpb::CreateOrderRequest {
+            waitlist_entry: String::new(),
             order: Some(order_request(&expiring.name, 1)),
             request_id: String::new(),
         })
@@ -202,6 +207,7 @@ async fn the_binaries_log_json_carry_request_ids_across_services_and_serve_metri
     // A request id sent by the caller comes back, and is in both services' log lines of the call.
     let request_id = format!("e2e-{}", uuid::Uuid::new_v4());
     let mut request = tonic::Request::new(orderpb::CreateOrderRequest {
+        waitlist_entry: String::new(),
         order: Some(order_request(&created.name, 1)),
         request_id: String::new(),
     });

@@ -20,6 +20,7 @@ async fn limited_deal(deals: &Deals, units: i32, limit: i32) -> dealpb::Deal {
 
 fn order_of(deal: &str, quantity: i32) -> orderpb::CreateOrderRequest {
     orderpb::CreateOrderRequest {
+        waitlist_entry: String::new(),
         order: Some(order_request(deal, quantity)),
         request_id: uuid::Uuid::new_v4().to_string(),
     }

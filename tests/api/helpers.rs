@@ -253,7 +253,11 @@ impl TestApp {
     pub async fn order(&self, order: orderpb::Order) -> Result<orderpb::Order, Status> {
         self.orders
             .clone()
-            .create_order(orderpb::CreateOrderRequest { order: Some(order), request_id: String::new() })
+            .create_order(orderpb::CreateOrderRequest {
+                waitlist_entry: String::new(),
+                order: Some(order),
+                request_id: String::new(),
+            })
             .await
             .map(tonic::Response::into_inner)
     }

@@ -17,5 +17,6 @@ mod processes;
 mod reliability;
 mod surge;
 mod tls;
+mod waitlist;
 mod watch;
 mod worker;

@@ -135,9 +135,10 @@ async fn call_raw(channel: &Channel, role: Role, path: &str, body: Vec<u8>) -> R
     grpc.unary(request, path, RawCodec).await.map(drop)
 }
 
-async fn row_counts(pool: &PgPool) -> (i64, i64, i64) {
+async fn row_counts(pool: &PgPool) -> (i64, i64, i64, i64) {
     sqlx::query_as(
-        "select (select count(*) from deals), (select count(*) from reservations), (select count(*) from orders)",
+        "select (select count(*) from deals), (select count(*) from reservations), (select count(*) from orders),
+                (select count(*) from waitlist_entries)",
     )
     .fetch_one(pool)
     .await
@@ -185,7 +186,7 @@ async fn a_request_that_does_not_decode_is_malformed_request_on_every_rpc_and_wr
             }
         }
     }
-    assert_eq!(calls, 14 * 5, "every RPC of both APIs was tried");
+    assert_eq!(calls, 18 * 5, "every RPC of both APIs was tried");
     assert!(failures.is_empty(), "{} calls failed:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(row_counts(&pool).await, before, "a request that did not decode wrote something");
     assert_invariants(&pool).await;

@@ -73,7 +73,13 @@ async fn create_order_refuses_bad_input_and_unknown_deals(pool: PgPool) {
     );
     let mut client = app.orders.clone();
     assert_invalid(
-        client.create_order(pb::CreateOrderRequest { order: None, request_id: String::new() }).await,
+        client
+            .create_order(pb::CreateOrderRequest {
+                waitlist_entry: String::new(),
+                order: None,
+                request_id: String::new(),
+            })
+            .await,
         &["order"],
     );
     assert_eq!(app.order_count().await, 0);
@@ -178,7 +184,11 @@ async fn list_orders_filters_by_customer_and_state_newest_first(pool: PgPool) {
     }
     let bobs = app
         .orders_as("bob")
-        .create_order(pb::CreateOrderRequest { order: Some(order_request(&deal.name, 1)), request_id: String::new() })
+        .create_order(pb::CreateOrderRequest {
+            waitlist_entry: String::new(),
+            order: Some(order_request(&deal.name, 1)),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -248,7 +258,11 @@ async fn with_deal_service_down_an_order_is_unavailable_and_nothing_is_written(p
     let mut client = orders_with(&channel(order_addr).await, Bearer::of(&token(Role::Customer, "alice")));
     let deal = format!("deals/{}", uuid::Uuid::new_v4());
     let result = client
-        .create_order(pb::CreateOrderRequest { order: Some(order_request(&deal, 1)), request_id: String::new() })
+        .create_order(pb::CreateOrderRequest {
+            waitlist_entry: String::new(),
+            order: Some(order_request(&deal, 1)),
+            request_id: String::new(),
+        })
         .await;
     assert_refused(result, Code::Unavailable, "DEAL_SERVICE_UNAVAILABLE");
     let orders: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&pool).await.unwrap();

@@ -28,6 +28,7 @@ async fn leave_a_hold_behind(app: &TestApp, deal: &str, request_id: &str) {
 
 fn keyed(deal: &str, customer: &str, request_id: &str) -> pb::CreateOrderRequest {
     pb::CreateOrderRequest {
+        waitlist_entry: String::new(),
         order: Some(pb::Order { customer_id: customer.into(), ..order_request(deal, 1) }),
         request_id: request_id.into(),
     }
@@ -112,6 +113,7 @@ async fn a_request_id_reused_for_another_order_is_refused(pool: PgPool) {
     let mut orders = app.orders.clone();
     orders.create_order(keyed(&deal.name, "alice", &key)).await.unwrap();
     let other = pb::CreateOrderRequest {
+        waitlist_entry: String::new(),
         order: Some(pb::Order { customer_id: "alice".into(), ..order_request(&deal.name, 2) }),
         request_id: key.clone(),
     };
@@ -251,11 +253,13 @@ async fn a_retry_with_another_body_does_not_take_over_the_hold(pool: PgPool) {
 
     let mut orders = app.orders.clone();
     let more_units = pb::CreateOrderRequest {
+        waitlist_entry: String::new(),
         order: Some(pb::Order { customer_id: "alice".into(), ..order_request(&deal.name, 2) }),
         request_id: key.clone(),
     };
     assert_refused(orders.create_order(more_units).await, Code::AlreadyExists, "REQUEST_ID_REUSED");
     let other_price = pb::CreateOrderRequest {
+        waitlist_entry: String::new(),
         order: Some(pb::Order {
             unit_price: Some(inr(300)),
             customer_id: "alice".into(),

@@ -22,7 +22,11 @@ use crate::helpers::*;
 
 /// A CreateOrder request for one unit of `deal`.
 fn create(deal: &str, request_id: &str) -> orderpb::CreateOrderRequest {
-    orderpb::CreateOrderRequest { order: Some(order_request(deal, 1)), request_id: request_id.into() }
+    orderpb::CreateOrderRequest {
+        waitlist_entry: String::new(),
+        order: Some(order_request(deal, 1)),
+        request_id: request_id.into(),
+    }
 }
 
 /// Asserts `status` is RESOURCE_EXHAUSTED with `reason` and a positive retry delay.

@@ -57,7 +57,11 @@ async fn an_order_round_trips_over_tls(pool: PgPool) {
         .unwrap()
         .into_inner();
     let mut orders = orders_with(&connect(order_port).await, Bearer::of(&token(Role::Customer, "alice")));
-    let request = orderpb::CreateOrderRequest { order: Some(order_request(&deal.name, 2)), request_id: String::new() };
+    let request = orderpb::CreateOrderRequest {
+        waitlist_entry: String::new(),
+        order: Some(order_request(&deal.name, 2)),
+        request_id: String::new(),
+    };
     let order = orders.create_order(request).await.unwrap().into_inner();
     assert_eq!(order.state(), orderpb::order::State::PendingApproval);
 

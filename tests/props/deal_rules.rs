@@ -218,6 +218,7 @@ struct DealInput {
     expire_time: Expiry,
     max_units_per_customer: Option<i32>,
     approval_window: Option<prost_types::Duration>,
+    offer_window: Option<prost_types::Duration>,
 }
 
 /// An approval window: often unset, mostly valid, sometimes at or past the edges or with nanos.
@@ -267,7 +268,7 @@ fn arbitrary_deal() -> BoxedStrategy<DealInput> {
         prop::option::of(when()),
         expiry(),
         output_only,
-        (limit_strategy(), window_strategy()),
+        (limit_strategy(), window_strategy(), window_strategy()),
     )
         .prop_map(
             |(
@@ -278,7 +279,7 @@ fn arbitrary_deal() -> BoxedStrategy<DealInput> {
                 start_time,
                 expire_time,
                 output_only,
-                (limit, window),
+                (limit, window, offer_window),
             )| {
                 DealInput {
                     name: output_only.0,
@@ -292,6 +293,7 @@ fn arbitrary_deal() -> BoxedStrategy<DealInput> {
                     expire_time,
                     max_units_per_customer: limit,
                     approval_window: window,
+                    offer_window,
                 }
             },
         )
@@ -340,9 +342,10 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
         (
             prop::option::of(1i32..=MAX_TOTAL_UNITS),
             prop::option::of((60i64..=43_200).prop_map(|seconds| prost_types::Duration { seconds, nanos: 0 })),
+            prop::option::of((60i64..=3_600).prop_map(|seconds| prost_types::Duration { seconds, nanos: 0 })),
         ),
     )
-        .prop_map(move |(name, a, b, total_units, start_time, expire_time, (limit, window))| DealInput {
+        .prop_map(move |(name, a, b, total_units, start_time, expire_time, (limit, window, offer_window))| DealInput {
             name: String::new(),
             product_name: format!("x{}x", String::from_iter(name)),
             actual_price: Some(inr(a.max(b))),
@@ -354,6 +357,7 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
             expire_time,
             max_units_per_customer: limit,
             approval_window: window,
+            offer_window,
         });
     let corrupt = 0.08;
     (
@@ -364,9 +368,13 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
         prop::option::weighted(corrupt, total_units_strategy()),
         prop::option::weighted(corrupt, prop::option::of(when())),
         prop::option::weighted(corrupt, expiry()),
-        (prop::option::weighted(corrupt, limit_strategy()), prop::option::weighted(corrupt, window_strategy())),
+        (
+            prop::option::weighted(corrupt, limit_strategy()),
+            prop::option::weighted(corrupt, window_strategy()),
+            prop::option::weighted(corrupt, window_strategy()),
+        ),
     )
-        .prop_map(|(valid, name, actual, final_, total, start, expire, (limit, window))| DealInput {
+        .prop_map(|(valid, name, actual, final_, total, start, expire, (limit, window, offer))| DealInput {
             product_name: name.unwrap_or(valid.product_name),
             actual_price: actual.unwrap_or(valid.actual_price),
             final_price: final_.unwrap_or(valid.final_price),
@@ -375,6 +383,7 @@ fn nearly_valid_deal() -> BoxedStrategy<DealInput> {
             expire_time: expire.unwrap_or(valid.expire_time),
             max_units_per_customer: limit.unwrap_or(valid.max_units_per_customer),
             approval_window: window.unwrap_or(valid.approval_window),
+            offer_window: offer.unwrap_or(valid.offer_window),
             ..valid
         })
         .boxed()
@@ -408,6 +417,7 @@ impl DealInput {
             expire_time,
             max_units_per_customer: self.max_units_per_customer,
             approval_window: self.approval_window,
+            offer_window: self.offer_window,
             claimed_percent: self.available_units,
             state: self.state,
             create_time: None,
@@ -493,6 +503,7 @@ fn oracle_new(deal: &pb::Deal, now: DateTime<Utc>) -> Option<DealTerms> {
     let expire = oracle_time(deal.expire_time.as_ref()?)?;
     let limit = oracle_limit(deal.max_units_per_customer)?;
     let window = oracle_window(deal.approval_window.as_ref())?;
+    let offer_window = oracle_offer_window(deal.offer_window.as_ref())?;
     whole_ok(&actual, &final_, start, expire, now).then(|| DealTerms {
         product_name: name,
         actual_price: Price::from_stored(actual.0, actual.1),
@@ -502,6 +513,7 @@ fn oracle_new(deal: &pb::Deal, now: DateTime<Utc>) -> Option<DealTerms> {
         expire_time: expire,
         max_units_per_customer: limit,
         approval_window_seconds: window,
+        offer_window_seconds: offer_window,
     })
 }
 
@@ -512,6 +524,14 @@ fn oracle_window(window: Option<&prost_types::Duration>) -> Option<Option<i32>> 
         Some(window) => {
             (window.nanos == 0 && (60..=43_200).contains(&window.seconds)).then_some(Some(window.seconds as i32))
         }
+    }
+}
+
+/// An offer window as the rules read it, in seconds: 300 when unset, `None` when invalid.
+fn oracle_offer_window(window: Option<&prost_types::Duration>) -> Option<i32> {
+    match window {
+        None => Some(300),
+        Some(window) => (window.nanos == 0 && (60..=3_600).contains(&window.seconds)).then_some(window.seconds as i32),
     }
 }
 
@@ -673,6 +693,7 @@ fn stored_deal(now: DateTime<Utc>) -> BoxedStrategy<Deal> {
                 expire_time: start + TimeDelta::microseconds(length),
                 max_units_per_customer: None,
                 approval_window_seconds: None,
+                offer_window_seconds: 300,
             };
             let state = if terms.expire_time <= now || daily_reset_after(start) <= now {
                 DealState::Expired
@@ -788,6 +809,12 @@ fn oracle_update(current: &Deal, patch: &pb::Deal, mask: &[String], now: DateTim
     if masked("approval_window") {
         match oracle_window(patch.approval_window.as_ref()) {
             Some(window) => terms.approval_window_seconds = window,
+            None => valid = false,
+        }
+    }
+    if masked("offer_window") {
+        match oracle_offer_window(patch.offer_window.as_ref()) {
+            Some(window) => terms.offer_window_seconds = window,
             None => valid = false,
         }
     }

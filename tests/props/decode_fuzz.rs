@@ -174,6 +174,7 @@ fn stored(now: DateTime<Utc>, state: DealState) -> Deal {
         expire_time: start + TimeDelta::hours(2),
         max_units_per_customer: Some(4),
         approval_window_seconds: Some(600),
+        offer_window_seconds: 300,
     };
     Deal { id: Uuid::nil(), terms, available_units: 6, state, create_time: now, update_time: now }
 }
@@ -356,12 +357,13 @@ fn seeds() -> Vec<Vec<u8>> {
             quantity: 2,
             expected_unit_price: Some(inr(4_999)),
             customer_id: "alice".into(),
+            waitlist_entry: String::new(),
         }
         .encode_to_vec(),
         dealpb::ReleaseUnitsRequest { reservation_id: id.to_string() }.encode_to_vec(),
         dealpb::Reservation {
             reservation_id: id.to_string(),
-            deal: deal_name,
+            deal: deal_name.clone(),
             quantity: 2,
             unit_price: Some(inr(4_999)),
             state: 1,
@@ -370,7 +372,8 @@ fn seeds() -> Vec<Vec<u8>> {
             approval_window: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
         }
         .encode_to_vec(),
-        orderpb::CreateOrderRequest { order: Some(order), request_id: id.to_string() }.encode_to_vec(),
+        orderpb::CreateOrderRequest { order: Some(order), request_id: id.to_string(), waitlist_entry: String::new() }
+            .encode_to_vec(),
         orderpb::ListOrdersRequest {
             page_size: 5,
             page_token: Cursor { at: now, id }.to_token("pending_approval|alice"),
@@ -379,6 +382,10 @@ fn seeds() -> Vec<Vec<u8>> {
         }
         .encode_to_vec(),
         orderpb::GetOrderRequest { name: names::format(names::ORDERS, id) }.encode_to_vec(),
+        dealpb::JoinWaitlistRequest { deal: deal_name.clone(), quantity: 2, request_id: id.to_string() }
+            .encode_to_vec(),
+        dealpb::ListWaitlistEntriesRequest { parent: deal_name, page_size: 5, page_token: String::new() }
+            .encode_to_vec(),
     ]
 }
 
@@ -670,12 +677,21 @@ fn hostile_request() -> BoxedStrategy<Vec<u8>> {
         (hostile_i32(), hostile_string(), hostile_i32()).prop_map(|(page_size, page_token, state)| {
             dealpb::ListDealsRequest { page_size, page_token, state }.encode_to_vec()
         }),
-        (hostile_string(), hostile_string(), hostile_i32(), hostile_money(), hostile_string()).prop_map(
-            |(deal, reservation_id, quantity, expected_unit_price, customer_id)| {
-                dealpb::ReserveUnitsRequest { deal, reservation_id, quantity, expected_unit_price, customer_id }
-                    .encode_to_vec()
-            }
-        ),
+        (hostile_string(), hostile_string(), hostile_i32(), hostile_money(), hostile_string(), hostile_string())
+            .prop_map(|(deal, reservation_id, quantity, expected_unit_price, customer_id, waitlist_entry)| {
+                dealpb::ReserveUnitsRequest {
+                    deal,
+                    reservation_id,
+                    quantity,
+                    expected_unit_price,
+                    customer_id,
+                    waitlist_entry,
+                }
+                .encode_to_vec()
+            }),
+        (hostile_string(), hostile_i32(), hostile_string()).prop_map(|(deal, quantity, request_id)| {
+            dealpb::JoinWaitlistRequest { deal, quantity, request_id }.encode_to_vec()
+        }),
         hostile_string().prop_map(|reservation_id| dealpb::ReleaseUnitsRequest { reservation_id }.encode_to_vec()),
         (hostile_string(), hostile_i32(), hostile_money(), hostile_i32(), hostile_timestamp()).prop_map(
             |(deal, quantity, unit_price, state, create_time)| {
@@ -692,8 +708,11 @@ fn hostile_request() -> BoxedStrategy<Vec<u8>> {
                 .encode_to_vec()
             }
         ),
-        (prop::option::of(order), hostile_string())
-            .prop_map(|(order, request_id)| { orderpb::CreateOrderRequest { order, request_id }.encode_to_vec() }),
+        (prop::option::of(order), hostile_string(), hostile_string()).prop_map(
+            |(order, request_id, waitlist_entry)| {
+                orderpb::CreateOrderRequest { order, request_id, waitlist_entry }.encode_to_vec()
+            }
+        ),
         (hostile_i32(), hostile_string(), hostile_string(), hostile_i32()).prop_map(
             |(page_size, page_token, customer_id, state)| {
                 orderpb::ListOrdersRequest { page_size, page_token, customer_id, state }.encode_to_vec()

@@ -138,7 +138,7 @@ fn order() -> BoxedStrategy<pb::Order> {
 
 fn create_request() -> BoxedStrategy<pb::CreateOrderRequest> {
     (prop::option::weighted(0.95, order()), request_id())
-        .prop_map(|(order, request_id)| pb::CreateOrderRequest { order, request_id })
+        .prop_map(|(order, request_id)| pb::CreateOrderRequest { order, request_id, waitlist_entry: String::new() })
         .boxed()
 }
 
@@ -205,9 +205,14 @@ fn oracle(request: &pb::CreateOrderRequest, buyer: Option<&str>) -> Result<NewOr
         bad.push("order.unit_price");
     }
     match (deal_id, customer_id, quantity) {
-        (Some(deal_id), Ok(customer_id), Some(quantity)) if bad.is_empty() => {
-            Ok(NewOrder { deal_id, customer_id, quantity, shown_unit_price: shown_unit_price.flatten(), request_id })
-        }
+        (Some(deal_id), Ok(customer_id), Some(quantity)) if bad.is_empty() => Ok(NewOrder {
+            deal_id,
+            customer_id,
+            quantity,
+            shown_unit_price: shown_unit_price.flatten(),
+            request_id,
+            waitlist_entry: None,
+        }),
         _ => Err(bad),
     }
 }

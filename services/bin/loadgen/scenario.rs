@@ -286,6 +286,7 @@ impl Client {
                 let request = self.request(orderpb::CreateOrderRequest {
                     order: Some(order),
                     request_id: Uuid::new_v4().to_string(),
+                    waitlist_entry: String::new(),
                 });
                 OrderServiceClient::new(orders.clone()).create_order(request).await.map(drop)
             }

@@ -8,6 +8,7 @@ mod accepted;
 mod deals;
 mod orders;
 mod reservations;
+mod waitlist;
 
 use std::{future::Future, pin::Pin};
 
@@ -184,7 +185,51 @@ impl Callers {
     }
 
     fn create_order_with(&self, mut client: Orders, order: Option<orderpb::Order>, request_id: String) -> Rpc {
-        Box::pin(async move { client.create_order(orderpb::CreateOrderRequest { order, request_id }).await.map(drop) })
+        Box::pin(async move {
+            client
+                .create_order(orderpb::CreateOrderRequest { waitlist_entry: String::new(), order, request_id })
+                .await
+                .map(drop)
+        })
+    }
+
+    fn create_order_claiming(&self, order: orderpb::Order, waitlist_entry: &str) -> Rpc {
+        let (mut client, waitlist_entry) = (self.alice.clone(), waitlist_entry.to_owned());
+        let request = orderpb::CreateOrderRequest { order: Some(order), request_id: String::new(), waitlist_entry };
+        Box::pin(async move { client.create_order(request).await.map(drop) })
+    }
+
+    fn join(&self, request: dealpb::JoinWaitlistRequest) -> Rpc {
+        let mut client = self.customer_deals.clone();
+        Box::pin(async move { client.join_waitlist(request).await.map(drop) })
+    }
+
+    fn join_as_admin(&self, request: dealpb::JoinWaitlistRequest) -> Rpc {
+        let mut client = self.admin_deals.clone();
+        Box::pin(async move { client.join_waitlist(request).await.map(drop) })
+    }
+
+    fn get_entry(&self, name: &str) -> Rpc {
+        let (mut client, name) = (self.customer_deals.clone(), name.to_owned());
+        Box::pin(async move { client.get_waitlist_entry(dealpb::GetWaitlistEntryRequest { name }).await.map(drop) })
+    }
+
+    fn leave(&self, name: &str) -> Rpc {
+        self.leave_with(self.customer_deals.clone(), name)
+    }
+
+    fn leave_as_admin(&self, name: &str) -> Rpc {
+        self.leave_with(self.admin_deals.clone(), name)
+    }
+
+    fn leave_with(&self, mut client: Deals, name: &str) -> Rpc {
+        let name = name.to_owned();
+        Box::pin(async move { client.leave_waitlist(dealpb::LeaveWaitlistRequest { name }).await.map(drop) })
+    }
+
+    fn list_entries(&self, request: dealpb::ListWaitlistEntriesRequest) -> Rpc {
+        let mut client = self.customer_deals.clone();
+        Box::pin(async move { client.list_waitlist_entries(request).await.map(drop) })
     }
 
     fn get_order(&self, client: &Orders, name: impl Into<String>) -> Rpc {
@@ -240,10 +285,11 @@ const CONTROL_SUBJECT: &str = "al\u{0}ice";
 /// Every table of the database with its row count and a digest of its rows: equal snapshots mean
 /// nothing was written.
 async fn snapshot(pool: &PgPool) -> Vec<(&'static str, i64, String)> {
-    const TABLES: [(&str, &str); 4] = [
+    const TABLES: [(&str, &str); 5] = [
         ("deals", "select count(*), md5(string_agg(t::text, '|' order by t::text)) from deals t"),
         ("reservations", "select count(*), md5(string_agg(t::text, '|' order by t::text)) from reservations t"),
         ("orders", "select count(*), md5(string_agg(t::text, '|' order by t::text)) from orders t"),
+        ("waitlist_entries", "select count(*), md5(string_agg(t::text, '|' order by t::text)) from waitlist_entries t"),
         ("daily_resets", "select count(*), md5(string_agg(t::text, '|' order by t::text)) from daily_resets t"),
     ];
     let mut tables = Vec::new();
@@ -327,6 +373,7 @@ impl Scene {
             .orders
             .clone()
             .create_order(orderpb::CreateOrderRequest {
+                waitlist_entry: String::new(),
                 order: Some(order_request(&live.name, 4)),
                 request_id: alice_request_id.to_string(),
             })

@@ -8,6 +8,7 @@ async fn hostile_reservation_requests_are_refused_and_write_nothing(pool: PgPool
     let call = &scene.call;
     let Fixtures { live, alice_request_id, scheduled, expired, unknown_deal, .. } = fixtures;
     let reserve = |deal: &str, reservation_id: &str, quantity, expected_unit_price| dealpb::ReserveUnitsRequest {
+        waitlist_entry: String::new(),
         deal: deal.into(),
         reservation_id: reservation_id.into(),
         quantity,
