@@ -71,71 +71,118 @@ end;
 -- Reservations made by claiming an offer name the entry.
 alter table reservations add column waitlist_entry_id uuid references waitlist_entries (id);
 
--- Gives `units` back to deal `returned_to` and hands the deal's available units to its waitlist:
--- to waiting entries and unfilled offers strictly in join order, each getting up to what it asked
--- for (the head entry is offered what there is, even fewer units than it asked for, and more as
--- they come back while its offer lasts). What no entry needs stays available. A deal that is not
+-- Offers up to `units` of deal `offered_from`'s available units to its waitlist, strictly in join
+-- order: each waiting entry, and each live offer smaller than what its entry asked for, gets up to
+-- what it asked for (the head is offered what there is, even fewer units than it asked for, and more
+-- as they come back while its offer lasts). An offer past its end gets nothing more: the worker
+-- expires it and its units go on. What no entry takes stays available, and so do the units that
+-- were on sale when a customer joined: only units that come back are offered. A deal that is not
 -- live offers nothing. Takes the deal's row lock first, as joins, leaves and claims do.
-create function return_units(returned_to uuid, units integer) returns void
+create function offer_to_waitlist(offered_from uuid, units integer) returns void
 language plpgsql as $$
 declare
     deal deals;
     entry record;
     pool integer;
     given integer;
+    offered integer := 0;
     at timestamptz;
 begin
-    select * into deal from deals where id = returned_to for update;
+    select * into deal from deals where id = offered_from for update;
     -- The clock, not the transaction's start: the lock may have been waited for.
     at := clock_timestamp();
-    pool := deal.available_units + units;
-    if deal_state_at(deal, at) = 'active' then
-        for entry in
-            select id, quantity, state, coalesce(offered_units, 0) as offered
-              from waitlist_entries
-             where deal_id = returned_to and state in ('waiting', 'offered')
-             order by join_seq
-        loop
-            exit when pool = 0;
-            continue when entry.offered = entry.quantity;
-            given := least(entry.quantity - entry.offered, pool);
-            if entry.state = 'waiting' then
-                update waitlist_entries
-                   set state = 'offered', offered_units = given, waited_until = at, update_time = at,
-                       offer_expire_time = least(at + make_interval(secs => deal.offer_window_seconds),
-                                                 deal.expire_time, deal.daily_reset_time)
-                 where id = entry.id;
-            else
-                update waitlist_entries set offered_units = offered_units + given, update_time = at
-                 where id = entry.id;
-            end if;
-            pool := pool - given;
-        end loop;
+    pool := least(units, deal.available_units);
+    if pool <= 0 or deal_state_at(deal, at) <> 'active' then
+        return;
     end if;
-    if pool <> deal.available_units then
-        update deals set available_units = pool, update_time = now() where id = returned_to;
+    for entry in
+        select id, quantity, state, coalesce(offered_units, 0) as offered
+          from waitlist_entries
+         where deal_id = offered_from
+           and (state = 'waiting' or (state = 'offered' and offered_units < quantity and offer_expire_time > at))
+         order by join_seq
+    loop
+        exit when pool = 0;
+        given := least(entry.quantity - entry.offered, pool);
+        if entry.state = 'waiting' then
+            update waitlist_entries
+               set state = 'offered', offered_units = given, waited_until = at, update_time = at,
+                   offer_expire_time = least(at + make_interval(secs => deal.offer_window_seconds),
+                                             deal.expire_time, deal.daily_reset_time)
+             where id = entry.id;
+        else
+            update waitlist_entries set offered_units = offered_units + given, update_time = at
+             where id = entry.id;
+        end if;
+        pool := pool - given;
+        offered := offered + given;
+    end loop;
+    if offered > 0 then
+        update deals set available_units = available_units - offered, update_time = now() where id = offered_from;
     end if;
 end
 $$;
 
--- A reservation released gives its units back (every release: ReleaseUnits, abandoned attempts,
--- the worker's settling and expiries), in the statement that releases it.
-create function reservation_released() returns trigger
+-- Gives `units` back to deal `returned_to` and offers them to its waitlist.
+create function return_units(returned_to uuid, units integer) returns void
 language plpgsql as $$
 begin
-    perform return_units(new.deal_id, new.quantity);
+    if units > 0 then
+        update deals set available_units = available_units + units, update_time = now() where id = returned_to;
+        perform offer_to_waitlist(returned_to, units);
+    end if;
+end
+$$;
+
+-- Every statement that releases reservations (ReleaseUnits, abandoned attempts, the worker's
+-- settling and expiries) gives their units back before it ends: once per deal, deals in id order, so
+-- that two statements releasing units of the same deals lock them in the same order. A claim's hold
+-- released without its order (the attempt was abandoned or never recorded) goes back to the entry's
+-- offer instead while that offer lasts, so the customer can claim it again.
+create function reservations_released() returns trigger
+language plpgsql as $$
+declare
+    back record;
+    reopened integer;
+begin
+    for back in
+        select n.deal_id, sum(n.quantity)::integer as units,
+               array_agg(n.id) filter (where n.waitlist_entry_id is not null) as claims
+          from new_rows n join old_rows o on o.id = n.id
+         where n.state = 'released' and o.state <> 'released'
+         group by n.deal_id
+         order by n.deal_id
+    loop
+        reopened := 0;
+        if back.claims is not null then
+            perform from deals where id = back.deal_id for update;
+            with reopened_offers as (
+                update waitlist_entries e
+                   set state = 'offered', offered_units = e.claimed_units, claim_reservation_id = null,
+                       claimed_units = null, update_time = clock_timestamp()
+                  from deals d
+                 where d.id = e.deal_id and e.claim_reservation_id = any(back.claims) and e.state = 'claimed'
+                   and e.offer_expire_time > clock_timestamp() and deal_state_at(d, clock_timestamp()) = 'active'
+                   and not exists (select from orders where orders.id = e.claim_reservation_id)
+                returning e.offered_units
+            )
+            select coalesce(sum(offered_units), 0) into reopened from reopened_offers;
+        end if;
+        perform return_units(back.deal_id, back.units - reopened);
+    end loop;
     return null;
 end
 $$;
 
 create trigger reservations_return_units
-    after update of state on reservations
-    for each row
-    when (old.state <> 'released' and new.state = 'released')
-    execute function reservation_released();
+    after update on reservations
+    referencing old table as old_rows new table as new_rows
+    for each statement
+    execute function reservations_released();
 
 -- An offer that ends (expired, left, or claimed for fewer units than it held) gives back what it
--- held and nobody claimed.
+-- held and nobody claimed. Row by row: every statement that ends offers ends those of one deal,
+-- under that deal's lock.
 create function offer_ended() returns trigger
 language plpgsql as $$
 begin

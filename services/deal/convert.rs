@@ -56,6 +56,8 @@ pub fn entry_to_proto(entry: &WaitlistEntry) -> pb::WaitlistEntry {
         claimed_units: entry.claim.map_or(0, |(_, units)| units),
         create_time: Some(time::to_proto(entry.create_time)),
         update_time: Some(time::to_proto(entry.update_time)),
+        // order-service reserves a claim under the order's id.
+        order: entry.claim.map(|(order, _)| names::format(names::ORDERS, order)).unwrap_or_default(),
     }
 }
 

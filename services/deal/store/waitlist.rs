@@ -19,7 +19,8 @@ use super::ReservationRow;
 
 /// The columns every entry query returns, for an entry aliased `e`: its state at the transaction's
 /// start (an ended offer reads expired before the worker marks it). `position` counts the entries
-/// ahead of a waiting one that still want units: waiting, or offered fewer than they asked for.
+/// ahead of a waiting one that still want units: waiting, or holding a live offer of fewer units
+/// than they asked for.
 macro_rules! entry_columns {
     () => {
         "e.id, e.deal_id, e.customer_id, e.quantity,
@@ -29,7 +30,9 @@ macro_rules! entry_columns {
          case when e.state = 'waiting' then
              (select count(*) from waitlist_entries ahead
                where ahead.deal_id = e.deal_id and ahead.join_seq < e.join_seq
-                 and (ahead.state = 'waiting' or (ahead.state = 'offered' and ahead.offered_units < ahead.quantity)))
+                 and (ahead.state = 'waiting'
+                      or (ahead.state = 'offered' and ahead.offered_units < ahead.quantity
+                          and ahead.offer_expire_time > now())))
          else 0 end as position"
     };
 }
@@ -166,11 +169,11 @@ pub async fn claim(
     Ok(row.map(Reservation::from))
 }
 
-/// Offers a locked deal's available units to its waitlist, in join order (after its total was
-/// raised).
-#[tracing::instrument(name = "sql.offer_available_units", skip_all, fields(deal = %deal_id))]
-pub async fn offer_available_units(conn: &mut PgConnection, deal_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("select return_units($1, 0)").bind(deal_id).execute(conn).await?;
+/// Offers the `units` just added to a locked deal's available units (its total was raised) to its
+/// waitlist, in join order.
+#[tracing::instrument(name = "sql.offer_added_units", skip_all, fields(deal = %deal_id, units = units))]
+pub async fn offer_added_units(conn: &mut PgConnection, deal_id: Uuid, units: i32) -> Result<(), sqlx::Error> {
+    sqlx::query("select offer_to_waitlist($1, $2)").bind(deal_id).bind(units).execute(conn).await?;
     Ok(())
 }
 
