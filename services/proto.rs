@@ -3,6 +3,11 @@
 #![allow(clippy::all, missing_docs)]
 
 pub mod google {
+    /// The annotations gateways read (`google.api.http`, field behaviour, resources); only their
+    /// messages are generated, prost having no extensions.
+    pub mod api {
+        include!(concat!(env!("OUT_DIR"), "/google.api.rs"));
+    }
     pub mod r#type {
         include!(concat!(env!("OUT_DIR"), "/google.r#type.rs"));
     }
