@@ -27,6 +27,9 @@ struct Args {
 
     #[command(flatten)]
     tls: cli::TlsArgs,
+
+    #[command(flatten)]
+    web: cli::WebArgs,
 }
 
 #[tokio::main]
@@ -37,7 +40,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
-    let settings = cli::server_settings(&args.auth, &args.limits, &args.tls)?;
+    let settings = cli::server_settings(&args.auth, &args.limits, &args.tls, &args.web)?;
     let (pool, listener) = cli::start(&args.database, &args.observability, args.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, tls = settings.tls.is_some(), "deal-service listening");
     topkart::deal::run(listener, pool, settings, server::shutdown_signal()).await?;

@@ -54,6 +54,9 @@ struct Args {
 
     #[command(flatten)]
     tls: cli::TlsArgs,
+
+    #[command(flatten)]
+    web: cli::WebArgs,
 }
 
 #[tokio::main]
@@ -64,7 +67,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
-    let settings = cli::server_settings(&args.auth, &args.limits, &args.tls)?;
+    let settings = cli::server_settings(&args.auth, &args.limits, &args.tls, &args.web)?;
     let credentials = match (&args.deal_service_token, args.auth.secret_signer()) {
         (Some(token), _) => Credentials::Token(token.clone()),
         (None, Some(signer)) => Credentials::minted(signer),

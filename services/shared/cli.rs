@@ -136,9 +136,29 @@ impl LimitArgs {
     }
 }
 
-/// Authentication, limits and TLS, the settings of every API server.
-pub fn server_settings(auth: &AuthArgs, limits: &LimitArgs, tls: &TlsArgs) -> Result<ServerSettings, MainError> {
-    Ok(ServerSettings { auth: auth.authenticator()?, limits: limits.limits()?, tls: tls.server_config()? })
+/// Which browser pages may call an API server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebArgs {
+    /// Origins whose pages may call this server over gRPC-Web, comma-separated
+    /// (`https://deals.topkart.com,http://localhost:5173`): CORS preflights are answered for them.
+    /// Unset, no CORS header is sent, so browsers let only same-origin pages call.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = layers::web::parse_origin)]
+    pub cors_allowed_origins: Vec<http::HeaderValue>,
+}
+
+/// Authentication, limits, TLS and browser access, the settings of every API server.
+pub fn server_settings(
+    auth: &AuthArgs,
+    limits: &LimitArgs,
+    tls: &TlsArgs,
+    web: &WebArgs,
+) -> Result<ServerSettings, MainError> {
+    Ok(ServerSettings {
+        auth: auth.authenticator()?,
+        limits: limits.limits()?,
+        tls: tls.server_config()?,
+        cors_allowed_origins: web.cors_allowed_origins.clone(),
+    })
 }
 
 /// What a binary's start-up or serving failed with.

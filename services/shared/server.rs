@@ -113,10 +113,13 @@ pub type StackLayer = tower::layer::util::Stack<layers::CallStack, tower::layer:
 /// A server's routes behind the call stack.
 pub type ApiRouter = Router<StackLayer>;
 
-/// The server settings every service shares: the call stack ([`layers::CallStack`]), HTTP/2
-/// limits and keepalive, and TLS when set.
+/// The server settings every service shares: the call stack ([`layers::CallStack`], gRPC-Web
+/// included), HTTP/1.1 beside HTTP/2, HTTP/2 limits and keepalive, and TLS when set.
 pub fn builder(settings: &ServerSettings) -> Result<tonic::transport::Server<StackLayer>, ServeError> {
+    // HTTP/1.1 too, for gRPC-Web from browsers and proxies that speak nothing else (over TLS,
+    // tonic offers only h2 by ALPN, which is what browsers negotiate).
     let builder = tonic::transport::Server::builder()
+        .accept_http1(true)
         .max_concurrent_streams(settings.limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -126,7 +129,7 @@ pub fn builder(settings: &ServerSettings) -> Result<tonic::transport::Server<Sta
         Some(tls) => builder.tls_config(tls).map_err(ServeError::Transport)?,
         None => builder,
     };
-    Ok(builder.layer(layers::CallStack::new(settings.auth.clone(), settings.limits)))
+    Ok(builder.layer(layers::CallStack::new(settings.auth.clone(), settings.limits, &settings.cors_allowed_origins)))
 }
 
 /// How a server authenticates its callers, how much it takes on, and whether it speaks TLS.
@@ -138,12 +141,14 @@ pub struct ServerSettings {
     pub limits: layers::Limits,
     /// The server's certificate and key, when it serves TLS.
     pub tls: Option<ServerTlsConfig>,
+    /// The origins whose pages may call over gRPC-Web (CORS); none when empty.
+    pub cors_allowed_origins: Vec<http::HeaderValue>,
 }
 
 impl ServerSettings {
     /// Plain text, with `auth` and the default limits.
     pub fn plaintext(auth: Authenticator) -> Self {
-        Self { auth, limits: layers::Limits::default(), tls: None }
+        Self { auth, limits: layers::Limits::default(), tls: None, cors_allowed_origins: Vec::new() }
     }
 }
 

@@ -95,6 +95,7 @@ pub struct TestApp {
     /// order-service as an admin.
     pub admin_orders: Orders,
     pub deal_addr: SocketAddr,
+    pub order_addr: SocketAddr,
     pub deal_channel: Channel,
     pub order_channel: Channel,
     stop_deal: Option<oneshot::Sender<()>>,
@@ -115,6 +116,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
         order_channel,
         pool,
         deal_addr,
+        order_addr,
         stop_deal: Some(stop_deal),
         _stop_order: stop_order,
     }

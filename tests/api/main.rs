@@ -7,6 +7,7 @@ mod crashes;
 mod deals;
 mod end_to_end;
 mod fairness;
+mod grpc_web;
 mod helpers;
 mod hostile;
 mod jwks;

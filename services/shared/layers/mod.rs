@@ -1,6 +1,7 @@
 //! What every server does to every call, as tower layers composed once ([`CallStack`]) and applied
 //! to all three servers, outermost first:
 //!
+//! 0. [`web`]: CORS when origins are allowed, and gRPC-Web turned into gRPC (and back);
 //! 1. request id: `x-request-id` taken from the caller or generated (tower-http), and returned;
 //! 2. a tracing span per call carrying the method and the request id, so every log line of the
 //!    call carries them (tower-http's `TraceLayer`, used for its span only);
@@ -14,13 +15,16 @@ pub mod admission;
 pub mod callers;
 pub mod grpc_metrics;
 pub mod rate_limit;
+pub mod web;
 
 use std::{convert::Infallible, time::Duration};
 
 use http::{Request, Response};
 use tonic::body::Body;
+use tonic_web::GrpcWebLayer;
 use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
 use tower_http::{
+    cors::CorsLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -81,18 +85,21 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(100);
 /// The stack every server applies to every call.
 #[derive(Clone)]
 pub struct CallStack {
+    cors: Option<CorsLayer>,
     admission: AdmissionLayer,
     callers: CallersLayer,
 }
 
 impl CallStack {
-    /// Verifies callers with `auth` and admits calls within `limits`.
-    pub fn new(auth: Authenticator, limits: Limits) -> Self {
+    /// Verifies callers with `auth`, admits calls within `limits`, and answers CORS for pages of
+    /// `cors_allowed_origins` (none when empty).
+    pub fn new(auth: Authenticator, limits: Limits, cors_allowed_origins: &[http::HeaderValue]) -> Self {
         let limiter = limits.rate_limit.and_then(RateLimiter::new);
         if let Some(limiter) = &limiter {
             limiter.forget_idle_callers();
         }
         Self {
+            cors: web::cors(cors_allowed_origins),
             admission: AdmissionLayer::new(limits.max_in_flight, limits.retry_after),
             callers: CallersLayer::new(auth, limiter),
         }
@@ -112,6 +119,8 @@ where
     fn layer(&self, inner: S) -> Self::Service {
         let service = ServiceBuilder::new()
             .map_response(|response: Response<_>| response.map(Body::new))
+            .option_layer(self.cors.clone())
+            .layer(GrpcWebLayer::new())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(
                 TraceLayer::new_for_grpc()
