@@ -3,18 +3,20 @@
 
 use std::{env, error::Error, fs, path::PathBuf};
 
-use prost::Message as _;
-
 const PROTO_ROOT: &str = "proto";
 const CONTRACTS: [&str; 2] = ["topkart/deal/v1/deal.proto", "topkart/order/v1/order.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
 
-    let descriptors = protox::compile(CONTRACTS, [PROTO_ROOT])?;
+    let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
+    compiler.include_source_info(true).include_imports(true).open_files(CONTRACTS)?;
+    let descriptors = compiler.file_descriptor_set();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     // Served by server reflection and loadable by gateways (Envoy's gRPC-JSON transcoder, say).
-    fs::write(out_dir.join("topkart_descriptor.bin"), descriptors.encode_to_vec())?;
+    // Encoded by protox, which keeps the options that are extensions (`google.api.http`, field
+    // behaviour, resources); prost's own types would drop them.
+    fs::write(out_dir.join("topkart_descriptor.bin"), compiler.encode_file_descriptor_set())?;
 
     // Every message knows its protobuf name (`prost::Name`), so our codec can tell a request that
     // does not decode (the caller's fault) from a reply that does not (ours).

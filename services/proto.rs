@@ -32,3 +32,79 @@ pub use topkart::order::v1 as order;
 
 /// Descriptors of every contract in `proto/` (with their imports), for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/topkart_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    //! The descriptor set keeps the annotations gateways read. Read through just enough of
+    //! `google.protobuf.FileDescriptorSet` to reach each method's `google.api.http` (field 72295728
+    //! of `MethodOptions`), since prost's own descriptor types drop extensions.
+
+    use super::google::api::{HttpRule, http_rule::Pattern};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct FileSet {
+        #[prost(message, repeated, tag = "1")]
+        file: Vec<File>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct File {
+        #[prost(message, repeated, tag = "6")]
+        service: Vec<Service>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Service {
+        #[prost(string, tag = "1")]
+        name: String,
+        #[prost(message, repeated, tag = "2")]
+        method: Vec<Method>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Method {
+        #[prost(string, tag = "1")]
+        name: String,
+        #[prost(message, optional, tag = "4")]
+        options: Option<MethodOptions>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct MethodOptions {
+        #[prost(message, optional, tag = "72295728")]
+        http: Option<HttpRule>,
+    }
+
+    /// Every method of our services with its HTTP rule, `service/method`.
+    fn http_rules() -> Vec<(String, Option<HttpRule>)> {
+        let set = <FileSet as prost::Message>::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+        set.file
+            .into_iter()
+            .flat_map(|file| file.service)
+            .flat_map(|service| {
+                let name = service.name;
+                service.method.into_iter().map(move |method| {
+                    (format!("{name}/{}", method.name), method.options.and_then(|options| options.http))
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_public_rpc_has_its_http_rule_and_the_internal_ones_none() {
+        let rules = http_rules();
+        assert_eq!(rules.len(), 18, "{rules:?}");
+        for (method, rule) in &rules {
+            let internal = ["ReserveUnits", "ConfirmUnits", "ReleaseUnits"].iter().any(|name| method.ends_with(name));
+            assert_eq!(rule.is_none(), internal, "{method}: {rule:?}");
+        }
+    }
+
+    #[test]
+    fn join_waitlist_is_a_custom_method_on_the_deal_s_entries() {
+        let rule =
+            http_rules().into_iter().find(|(method, _)| method == "DealService/JoinWaitlist").unwrap().1.unwrap();
+        assert_eq!(rule.pattern, Some(Pattern::Post("/v1/{deal=deals/*}/waitlistEntries:join".into())));
+        assert_eq!(rule.body, "*");
+    }
+}
