@@ -44,6 +44,10 @@ use super::{
 const CHANNEL: &str = "deal_changed";
 /// How long the listener waits before reconnecting after an error.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+/// The least time between two reads of changed deals. Each read wakes every watcher of the deals it
+/// read, so this bounds the fan-out's work whatever the rate of commits (a hot deal commits every
+/// few milliseconds); changes notified meanwhile wait and are read together (BENCHMARKS.md, watch).
+const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 /// The retry delay suggested to a watcher refused for too many watchers.
 const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -188,6 +192,7 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
         let all = live.watched();
         live.refresh_until_read(all).await;
         drop(live);
+        let mut last_read = tokio::time::Instant::now();
         loop {
             let first = match listener.try_recv().await {
                 Ok(Some(notification)) => notification,
@@ -205,6 +210,7 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
                     break;
                 }
             };
+            tokio::time::sleep_until(last_read + REFRESH_INTERVAL).await;
             let mut changed = vec![first];
             while let Some(notification) = listener.next_buffered() {
                 changed.push(notification);
@@ -213,6 +219,7 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
             ids.sort_unstable();
             ids.dedup();
             let Some(live) = watchers.upgrade() else { return };
+            last_read = tokio::time::Instant::now();
             live.refresh_until_read(ids).await;
         }
     }
