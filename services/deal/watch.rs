@@ -4,14 +4,17 @@
 //! and a `tokio::sync::watch` channel per watched deal that keeps only the latest version: a
 //! watcher that reads slowly skips versions instead of piling them up.
 //!
-//! Each stream is a task forwarding its channel into a one-message queue, so a stream holds at most
-//! two versions of the deal. A stream holds a permit of `--max-watchers` for its whole life. On a
-//! lost listener connection (notifications sent meanwhile are lost) every watched deal is read
-//! again. Streams end with OK after the deal's EXPIRED message, and with UNAVAILABLE when the
-//! server shuts down.
+//! Each stream reads its channel only when the connection can take a message (HTTP/2 flow control
+//! decides when its body is polled), so it holds no queue and no task of its own: what it sends is
+//! the latest version at that moment. A deal watched already is joined without reading the
+//! database: its channel holds what the listener read last. A stream holds a permit of
+//! `--max-watchers` for its whole life. On a lost listener connection (notifications sent
+//! meanwhile are lost) every watched deal is read again. Streams end with OK after the deal's
+//! EXPIRED message, and with UNAVAILABLE when the server shuts down.
 
 use std::{
     collections::HashMap,
+    future::Future,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -20,7 +23,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgListener};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::{Code, Status, codegen::tokio_stream::Stream};
 use uuid::Uuid;
 
@@ -41,6 +44,10 @@ use super::{
 const CHANNEL: &str = "deal_changed";
 /// How long the listener waits before reconnecting after an error.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+/// The least time between two reads of changed deals. Each read wakes every watcher of the deals it
+/// read, so this bounds the fan-out's work whatever the rate of commits (a hot deal commits every
+/// few milliseconds); changes notified meanwhile wait and are read together (BENCHMARKS.md, watch).
+const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 /// The retry delay suggested to a watcher refused for too many watchers.
 const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -75,6 +82,26 @@ impl Watchers {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return Err(DealError::TooManyWatchers);
         };
+        let updates = match self.join(id) {
+            Some(updates) => updates,
+            None => self.read_and_join(id).await?,
+        };
+        metrics::deal_watchers(1.0);
+        let feed = Feed { updates, audience, shutdown: self.shutdown.clone(), next: Next::Now };
+        Ok(DealStream { next: Some(Box::pin(feed.next())), _permit: permit })
+    }
+
+    /// The channel of deal `id` if it is watched already: the listener keeps its version current
+    /// (a change not read yet will be), so joining it needs no read. Under the channels' lock, so
+    /// a refresh counts this watcher from then on.
+    fn join(&self, id: Uuid) -> Option<watch::Receiver<Arc<Deal>>> {
+        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        channels.get(&id).filter(|sender| sender.receiver_count() > 0).map(watch::Sender::subscribe)
+    }
+
+    /// The first watcher of deal `id` (or the first after all left, when its channel went stale):
+    /// reads it and makes its channel.
+    async fn read_and_join(&self, id: Uuid) -> Result<watch::Receiver<Arc<Deal>>, DealError> {
         let updates = {
             // Read under the lock the listener reads under: a change committed after this read is
             // notified and read after it, one committed before is in it.
@@ -101,10 +128,7 @@ impl Watchers {
                 }
             }
         };
-        let (sender, receiver) = mpsc::channel(1);
-        tokio::spawn(forward(updates, sender, audience, self.shutdown.clone()));
-        metrics::deal_watchers(1.0);
-        Ok(DealStream { receiver, _permit: permit })
+        Ok(updates)
     }
 
     /// The deals watched now.
@@ -168,6 +192,7 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
         let all = live.watched();
         live.refresh_until_read(all).await;
         drop(live);
+        let mut last_read = tokio::time::Instant::now();
         loop {
             let first = match listener.try_recv().await {
                 Ok(Some(notification)) => notification,
@@ -185,6 +210,7 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
                     break;
                 }
             };
+            tokio::time::sleep_until(last_read + REFRESH_INTERVAL).await;
             let mut changed = vec![first];
             while let Some(notification) = listener.next_buffered() {
                 changed.push(notification);
@@ -193,60 +219,78 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
             ids.sort_unstable();
             ids.dedup();
             let Some(live) = watchers.upgrade() else { return };
+            last_read = tokio::time::Instant::now();
             live.refresh_until_read(ids).await;
         }
     }
 }
 
-/// Forwards one watcher's versions of its deal to its stream until the deal ends, the client goes
-/// away or the server shuts down. The deal's state is advanced by the clock too: a scheduled deal
-/// goes ACTIVE at its start and an active one EXPIRED at its end without waiting for the sweep.
-async fn forward(
-    mut updates: watch::Receiver<Arc<Deal>>,
-    sender: mpsc::Sender<Result<pb::Deal, Status>>,
+/// One watcher's source: its deal's channel, and what it sends next. The deal's state is advanced
+/// by the clock too: a scheduled deal goes ACTIVE at its start and an active one EXPIRED at its end
+/// without waiting for the sweep.
+struct Feed {
+    updates: watch::Receiver<Arc<Deal>>,
     audience: Audience,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut deal = Arc::clone(&updates.borrow_and_update());
-    loop {
-        let now = Utc::now();
-        let shown = as_of(&deal, now);
-        let ended = shown.state == DealState::Expired;
-        // A client that reads nothing fills the queue: the send must not keep a shutdown waiting.
-        tokio::select! {
-            sent = sender.send(Ok(audience.deal(&shown))) => {
-                if sent.is_err() || ended {
-                    return;
+    shutdown: watch::Receiver<bool>,
+    next: Next,
+}
+
+/// What a feed does next.
+#[derive(Clone, Copy)]
+enum Next {
+    /// Send the latest version now (the first message).
+    Now,
+    /// Wait for a change, the clock's next transition, or the shutdown.
+    Wait { transition: DateTime<Utc> },
+    /// Nothing: the stream is over.
+    End,
+}
+
+/// The next message and the feed after it, or `None` at the end.
+type NextMessage = Pin<Box<dyn Future<Output = Option<(Result<pb::Deal, Status>, Feed)>> + Send>>;
+
+impl Feed {
+    async fn next(mut self) -> Option<(Result<pb::Deal, Status>, Self)> {
+        match self.next {
+            Next::End => return None,
+            Next::Now => {}
+            Next::Wait { transition } => {
+                let until_transition = (transition - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                tokio::select! {
+                    biased;
+                    () = stopped(&mut self.shutdown) => {
+                        self.next = Next::End;
+                        return Some((Err(shutting_down()), self));
+                    }
+                    changed = self.updates.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                    }
+                    () = tokio::time::sleep(until_transition) => {}
                 }
             }
-            () = stopped(&mut shutdown) => return end_for_shutdown(&sender),
         }
-        let next_transition = transition_after(&shown);
-        let until_transition = (next_transition - now).to_std().unwrap_or(Duration::ZERO);
-        tokio::select! {
-            changed = updates.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                deal = Arc::clone(&updates.borrow_and_update());
-            }
-            () = tokio::time::sleep(until_transition) => {}
-            () = stopped(&mut shutdown) => return end_for_shutdown(&sender),
-            () = sender.closed() => return,
-        }
+        let deal = Arc::clone(&self.updates.borrow_and_update());
+        let shown = as_of(&deal, Utc::now());
+        self.next = match shown.state {
+            DealState::Expired => Next::End,
+            _ => Next::Wait { transition: transition_after(&shown) },
+        };
+        Some((Ok(self.audience.deal(&shown)), self))
     }
 }
 
-/// Ends a stream for the shutdown: UNAVAILABLE if its queue has room; a client that reads nothing
-/// finds its stream cut when the server's connections close.
-fn end_for_shutdown(sender: &mpsc::Sender<Result<pb::Deal, Status>>) {
-    let _ = sender.try_send(Err(status::retryable(
+/// UNAVAILABLE for the streams of a server shutting down. A client that reads nothing finds its
+/// stream cut when the server's connections close.
+fn shutting_down() -> Status {
+    status::retryable(
         Code::Unavailable,
         DOMAIN,
         "SHUTTING_DOWN",
         "the server is shutting down; watch again",
         RECONNECT_AFTER,
-    )));
+    )
 }
 
 /// Completes when the server starts shutting down (or can no longer say).
@@ -278,7 +322,7 @@ fn transition_after(deal: &Deal) -> DateTime<Utc> {
 
 /// The stream a WatchDeal call returns; it holds the call's watcher permit.
 pub struct DealStream {
-    receiver: mpsc::Receiver<Result<pb::Deal, Status>>,
+    next: Option<NextMessage>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -292,7 +336,18 @@ impl Stream for DealStream {
     type Item = Result<pb::Deal, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.receiver.poll_recv(cx)
+        let Some(next) = self.next.as_mut() else { return Poll::Ready(None) };
+        match next.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                self.next = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some((message, feed))) => {
+                self.next = Some(Box::pin(feed.next()));
+                Poll::Ready(Some(message))
+            }
+        }
     }
 }
 

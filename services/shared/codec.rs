@@ -10,7 +10,7 @@ use std::{collections::HashMap, marker::PhantomData};
 use prost::{Message, Name};
 use tonic::{
     Code, Status,
-    codec::{DecodeBuf, Decoder},
+    codec::{BufferSettings, DecodeBuf, Decoder},
 };
 use tonic_prost::ProstEncoder;
 use tonic_types::{ErrorDetails, StatusExt};
@@ -19,6 +19,13 @@ use super::methods;
 
 /// The reason of a request that does not decode.
 pub const MALFORMED_REQUEST: &str = "MALFORMED_REQUEST";
+
+/// The buffer a call's replies are encoded into, grown when a reply needs more. tonic's default of
+/// 8 KiB is held by every open stream for its whole life, and again by each chunk HTTP/2 has not
+/// sent yet: a WatchDeal stream's messages are ~0.2 KiB (BENCHMARKS.md, watch).
+const ENCODE_BUFFER_BYTES: usize = 1024;
+/// tonic's default: a stream's messages are handed to HTTP/2 once they reach 32 KiB together.
+const ENCODE_YIELD_BYTES: usize = 32 * 1024;
 
 /// Encodes `T` and decodes `U`: a server encodes replies and decodes requests, a client the other
 /// way round.
@@ -42,7 +49,7 @@ where
     type Decoder = MessageDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(Default::default())
+        ProstEncoder::new(BufferSettings::new(ENCODE_BUFFER_BYTES, ENCODE_YIELD_BYTES))
     }
 
     fn decoder(&mut self) -> Self::Decoder {

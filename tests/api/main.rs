@@ -2,6 +2,7 @@
 //! fresh Postgres database per test.
 
 mod authorization;
+mod cluster;
 mod concurrency;
 mod crashes;
 mod deals;

@@ -1,17 +1,19 @@
 //! WatchDeal: a deal as it is, then every change, from whichever instance made it; the end of a
-//! deal ends the stream; the watcher limit and a shutdown give clients a clear, retryable status.
+//! deal ends the stream; the watcher limit and a shutdown give clients a clear, retryable status;
+//! changes made while Postgres was gone reach every watcher; a watcher that reads nothing holds up
+//! no one else.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tonic::{Code, Streaming};
+use tonic::{Code, Streaming, transport::Endpoint};
 use tonic_types::StatusExt;
 use topkart::{
     proto::deal as dealpb,
     shared::{auth::Role, layers::Limits, server::ServerSettings},
 };
 
-use crate::helpers::*;
+use crate::{cluster::Cluster, helpers::*, processes::*};
 
 async fn watch(deals: &Deals, name: &str) -> Result<Streaming<dealpb::Deal>, tonic::Status> {
     deals.clone().watch_deal(dealpb::WatchDealRequest { name: name.into() }).await.map(tonic::Response::into_inner)
@@ -23,7 +25,7 @@ async fn next(stream: &mut Streaming<dealpb::Deal>) -> Result<Option<dealpb::Dea
 }
 
 /// Reads `stream` until a message satisfies `wanted`.
-async fn until(stream: &mut Streaming<dealpb::Deal>, wanted: impl Fn(&dealpb::Deal) -> bool) -> dealpb::Deal {
+async fn until(stream: &mut Streaming<dealpb::Deal>, mut wanted: impl FnMut(&dealpb::Deal) -> bool) -> dealpb::Deal {
     loop {
         let deal = next(stream).await.expect("no error").expect("the stream goes on");
         if wanted(&deal) {
@@ -152,4 +154,99 @@ async fn coming_soon_deals_show_customers_their_times_and_their_price_only_once_
     // Other states stay the admins' view.
     let expired = dealpb::ListDealsRequest { state: dealpb::deal::State::Expired.into(), ..Default::default() };
     assert_eq!(customer.clone().list_deals(expired).await.unwrap_err().code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_postgres_restart_every_watcher_holds_the_deal_as_it_is_now() {
+    let cluster = Cluster::start().await;
+    let pool = cluster.topkart_database(10).await;
+    let (addr, _stop) = spawn_deal_service(pool.clone()).await;
+    wait_serving(addr).await;
+    let channel = channel(addr).await;
+    let admin = deals_with(&channel, Bearer::of(&token(Role::Admin, "admin")));
+    let customer = deals_with(&channel, Bearer::of(&token(Role::Customer, "carol")));
+    let mut streams = Vec::new();
+    for units in [10, 20] {
+        let request = dealpb::CreateDealRequest { deal: Some(deal_request(units)) };
+        let deal = admin.clone().create_deal(request).await.unwrap().into_inner();
+        for _ in 0..3 {
+            let mut stream = watch(&customer, &deal.name).await.expect("watching");
+            assert_eq!(next(&mut stream).await.unwrap().unwrap().available_units, units);
+            streams.push((deal.name.clone(), stream));
+        }
+    }
+
+    cluster.pg_ctl("stop");
+    wait_health(addr, ServingStatus::NotServing).await;
+    // Back, but refusing the service's connections: the deals change where its listener cannot hear.
+    cluster.refuse_tcp(true);
+    cluster.pg_ctl("start");
+    let behind_its_back = PgPool::connect(&cluster.socket_url("topkart")).await.unwrap();
+    sqlx::query("update deals set available_units = available_units - 4, update_time = now()")
+        .execute(&behind_its_back)
+        .await
+        .unwrap();
+    behind_its_back.close().await;
+    cluster.refuse_tcp(false);
+    cluster.pg_ctl("reload");
+    wait_serving(addr).await;
+
+    for (name, stream) in &mut streams {
+        let now = customer.clone().get_deal(dealpb::GetDealRequest { name: name.clone() }).await.unwrap().into_inner();
+        let seen = until(stream, |deal| deal.available_units == now.available_units).await;
+        assert_eq!(seen, now, "the watcher holds the deal as it is");
+    }
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_watcher_that_stops_reading_does_not_delay_the_others(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(100).await;
+    let carol = Bearer::of(&token(Role::Customer, "carol"));
+    // Their connection grants each stream 1 KiB and they are never read: a few messages fill it,
+    // after which the server's sends to them wait on HTTP/2 flow control.
+    let stalled_channel = Endpoint::from_shared(format!("http://{}", app.deal_addr))
+        .unwrap()
+        .initial_stream_window_size(1024)
+        .connect()
+        .await
+        .unwrap();
+    let stalled_client = deals_with(&stalled_channel, carol.clone());
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(watch(&stalled_client, &deal.name).await.expect("watching"));
+    }
+    let reading = deals_with(&app.deal_channel, carol);
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut stream = watch(&reading, &deal.name).await.expect("watching");
+        assert_eq!(next(&mut stream).await.unwrap().unwrap().available_units, 100);
+        readers.push(stream);
+    }
+
+    // Each change reaches the readers (within `next`'s 10 s) before the next one is made.
+    const CHANGES: i32 = 40;
+    for change in 1..=CHANGES {
+        sqlx::query("update deals set available_units = available_units - 1 where id = $1")
+            .bind(uuid(&deal.name))
+            .execute(&pool)
+            .await
+            .unwrap();
+        for stream in &mut readers {
+            until(stream, |deal| deal.available_units == 100 - change).await;
+        }
+    }
+
+    // Read at last, a stalled watcher gets the latest version, having skipped most of the others:
+    // its sends had been held up, not queued.
+    for stream in &mut stalled {
+        let mut received = 0;
+        let last = until(stream, |deal| {
+            received += 1;
+            deal.available_units == 100 - CHANGES
+        })
+        .await;
+        assert_eq!(last.available_units, 100 - CHANGES);
+        assert!(received < CHANGES, "{received} of {} versions: the watcher's sends were never held up", CHANGES + 1);
+    }
 }

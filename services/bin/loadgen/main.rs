@@ -5,6 +5,7 @@ mod discard;
 mod report;
 mod scenario;
 mod setup;
+mod watch;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -70,6 +71,23 @@ struct Args {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 
+    /// An existing deal to sell (`hot-deal`, `watch`), `deals/{id}`, instead of creating one: so
+    /// that another client (h2load) can watch it.
+    #[arg(long)]
+    deal: Option<String>,
+
+    /// WatchDeal streams of the hot deal (`watch`).
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
+
+    /// HTTP/2 connections the watchers share (`watch`), apart from the orders'.
+    #[arg(long, default_value_t = 100)]
+    watch_connections: usize,
+
+    /// deal-service's process id, to read its resident memory from /proc (`watch`).
+    #[arg(long, env = "DEAL_SERVICE_PID")]
+    deal_service_pid: Option<u32>,
+
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -118,6 +136,10 @@ async fn run(args: Args) -> Result<bool, cli::MainError> {
             }
         }),
         database,
+        deal: args.deal,
+        watchers: args.watchers,
+        watch_connections: args.watch_connections,
+        deal_service_pid: args.deal_service_pid,
     };
     let report = scenario::run(scenario, options).await.map_err(|err| err.to_string())?;
     print!("{}", report.to_text());

@@ -69,7 +69,7 @@ impl Recorder {
 }
 
 /// The gRPC status's canonical name, as grpcurl and the other languages print it.
-fn status_name(code: Code) -> String {
+pub(crate) fn status_name(code: Code) -> String {
     let name = format!("{code:?}");
     // Code's Debug is CamelCase ("FailedPrecondition"); the canonical name is upper snake case.
     let mut canonical = String::with_capacity(name.len() + 4);
@@ -136,8 +136,66 @@ pub struct Report {
     pub connections: usize,
     pub warmup_s: f64,
     pub summary: Summary,
+    /// The `watch` scenario's watchers; its summary above is of the orders made while they watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchReport>,
     /// The checks run after the load, each with whether it passed.
     pub checks: Vec<Check>,
+}
+
+/// What the watchers of the `watch` scenario saw and cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchReport {
+    pub watchers: usize,
+    pub connections: usize,
+    /// From opening the streams until every one had its first message.
+    pub joined_s: f64,
+    /// Changes received in the measured window, by all watchers.
+    pub changes: u64,
+    pub changes_per_s: f64,
+    pub watchers_without_change: usize,
+    /// Streams that ended during the run, by status.
+    pub ended: BTreeMap<String, u64>,
+    /// From each change's update_time to its arrival.
+    pub delay_ms: Quantiles,
+    /// How far update_time is stamped ahead of the commit, where Postgres tracks commit timestamps.
+    pub stamp_lead_ms: Option<Quantiles>,
+    /// The same orders before the watchers joined.
+    pub without_watchers: Summary,
+    pub alone_ordered_units: i64,
+    /// OK orders/s with the watchers over OK orders/s without.
+    pub orders_ratio: f64,
+    /// deal-service's resident memory, when its pid was given.
+    pub rss_kib: Option<Rss>,
+}
+
+/// Quantiles in milliseconds, each the upper bound of its histogram bucket.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// deal-service's resident memory (VmRSS) before the watchers, once they joined, and at its most
+/// while the orders ran with them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rss {
+    pub before: u64,
+    pub joined: u64,
+    pub peak_under_load: u64,
+    /// (peak under load − before) per 1,000 watchers, in MiB.
+    pub mib_per_1000_watchers: f64,
+}
+
+impl Rss {
+    pub fn new(before: u64, joined: u64, peak_under_load: u64, watchers: usize) -> Self {
+        let added_mib = peak_under_load.saturating_sub(before) as f64 / 1024.0;
+        let thousands = (watchers as f64 / 1000.0).max(f64::MIN_POSITIVE);
+        Self { before, joined, peak_under_load, mib_per_1000_watchers: added_mib / thousands }
+    }
 }
 
 /// One check after the run.
@@ -188,9 +246,61 @@ impl Report {
                 shed.p50, shed.p90, shed.p99, shed.max, s.shed
             ));
         }
+        if let Some(watch) = &self.watch {
+            text.push_str(&watch.to_text());
+        }
         for check in &self.checks {
             let verdict = if check.passed { "ok  " } else { "FAIL" };
             text.push_str(&format!("check {verdict} {}: {}\n", check.name, check.detail));
+        }
+        text
+    }
+}
+
+impl WatchReport {
+    fn to_text(&self) -> String {
+        let ms = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}"));
+        let d = &self.delay_ms;
+        let mut text = format!(
+            "watchers    {} over {} connections, joined in {:.1} s; {} changes received ({:.0}/s)\n\
+             delay ms    p50 {}  p90 {}  p99 {}  max {}  (update_time to arrival, {} changes)\n",
+            self.watchers,
+            self.connections,
+            self.joined_s,
+            self.changes,
+            self.changes_per_s,
+            ms(d.p50),
+            ms(d.p90),
+            ms(d.p99),
+            ms(d.max),
+            d.count,
+        );
+        if let Some(lead) = &self.stamp_lead_ms {
+            text.push_str(&format!(
+                "stamp lead  p50 {}  p99 {}  max {}  (commit − update_time, {} versions sampled)\n",
+                ms(lead.p50),
+                ms(lead.p99),
+                ms(lead.max),
+                lead.count
+            ));
+        }
+        let alone = &self.without_watchers;
+        text.push_str(&format!(
+            "orders      {:.0} OK/s with the watchers, {:.0} OK/s without ({:.2}x); without: p99 {:.2} ms\n",
+            alone.ok_per_s * self.orders_ratio,
+            alone.ok_per_s,
+            self.orders_ratio,
+            alone.latency_ms.p99,
+        ));
+        if let Some(rss) = &self.rss_kib {
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            text.push_str(&format!(
+                "rss MiB     deal-service {:.1} before, {:.1} joined, {:.1} at most under load: {:.2} MiB per 1,000 watchers\n",
+                mib(rss.before),
+                mib(rss.joined),
+                mib(rss.peak_under_load),
+                rss.mib_per_1000_watchers
+            ));
         }
         text
     }

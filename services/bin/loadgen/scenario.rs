@@ -14,7 +14,11 @@
 //! - `surge`: the hot deal as a surge of buyers: each client orders again as soon as it is answered,
 //!   and, when shed (RESOURCE_EXHAUSTED), waits the `RetryInfo` delay the server gave, as gRPC
 //!   clients honouring server pushback do. Latencies of shed and admitted calls are reported apart;
-//!   one second after the run every hold must belong to an order or be released.
+//!   one second after the run every hold must belong to an order or be released;
+//! - `watch`: the hot deal sold as in `hot-deal`, first alone, then with `--watchers` WatchDeal
+//!   streams of it over `--watch-connections` connections of their own (see [`crate::watch`]): the
+//!   delay of every change they receive, orders/s with them against without, and deal-service's
+//!   resident memory before and with them (given `--deal-service-pid`).
 
 use std::{
     sync::Arc,
@@ -36,8 +40,8 @@ use topkart::{
 
 use crate::{
     discard,
-    report::{Check, Recorder, Report},
-    setup,
+    report::{Check, Recorder, Report, Rss, WatchReport},
+    setup, watch,
 };
 
 /// What to run; on the command line in kebab case (`hot-deal-sell-out`).
@@ -50,6 +54,7 @@ pub enum Scenario {
     HealthCheck,
     Mixed,
     Surge,
+    Watch,
 }
 
 impl Scenario {
@@ -60,7 +65,7 @@ impl Scenario {
     }
 
     fn places_orders(self) -> bool {
-        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed | Self::Surge)
+        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed | Self::Surge | Self::Watch)
     }
 }
 
@@ -82,6 +87,13 @@ pub struct Options {
     pub signer: Option<Signer>,
     /// The database, for the invariant checker after the run.
     pub database: Option<PgPool>,
+    /// The deal to sell (`hot-deal`, `watch`) instead of creating one.
+    pub deal: Option<String>,
+    /// WatchDeal streams of the `watch` scenario, and their connections.
+    pub watchers: usize,
+    pub watch_connections: usize,
+    /// deal-service's process, whose resident memory the `watch` scenario reads.
+    pub deal_service_pid: Option<u32>,
 }
 
 /// The load generator's own failures (setting up), as opposed to what it measures.
@@ -96,45 +108,35 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
         Vec::new()
     };
     let admin = setup::Admin::new(deal_channels[0].clone(), options.signer.as_ref(), options.deadline)?;
-    let deals = match scenario {
-        Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge => {
+    let deals = match (scenario, &options.deal) {
+        (Scenario::HotDeal | Scenario::Watch, Some(name)) => {
+            admin.reread(&[dealpb::Deal { name: name.clone(), ..Default::default() }]).await?
+        }
+        (_, Some(_)) => return Err("--deal is for hot-deal and watch".into()),
+        (Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch, None) => {
             vec![admin.create_deal("hot deal", options.units).await?]
         }
-        Scenario::Browse | Scenario::ListDeals => admin.create_deals(50, options.units).await?,
-        Scenario::Mixed => admin.create_deals(20, options.units).await?,
-        Scenario::HealthCheck => Vec::new(),
+        (Scenario::Browse | Scenario::ListDeals, None) => admin.create_deals(50, options.units).await?,
+        (Scenario::Mixed, None) => admin.create_deals(20, options.units).await?,
+        (Scenario::HealthCheck, None) => Vec::new(),
     };
     let deal_names: Arc<[String]> = deals.iter().map(|deal| deal.name.clone()).collect();
+    let clients = Clients { scenario, options: &options, deals: &deal_channels, orders: &order_channels, deal_names };
 
-    let start = Instant::now();
-    let record_from = start + options.warmup;
-    let end = record_from + options.duration;
-    let mut clients = Vec::with_capacity(options.concurrency);
-    for index in 0..options.concurrency {
-        let client = Client {
-            scenario,
-            index,
-            deals: deal_channels[index % deal_channels.len()].clone(),
-            orders: order_channels.get(index % order_channels.len().max(1)).cloned(),
-            authorization: buyer_authorization(options.signer.as_ref(), index)?,
-            deal_names: deal_names.clone(),
-            deadline: options.deadline,
-            random: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
-        };
-        clients.push(tokio::spawn(client.run(record_from, end)));
-    }
-    let mut recorder = Recorder::default();
-    let mut ordered_units = 0_i64;
-    for client in clients {
-        let outcome = client.await?;
-        recorder.merge(outcome.recorder);
-        ordered_units += outcome.ordered_units;
-    }
-    let window = Instant::now().saturating_duration_since(record_from);
+    let (load, watched) = if scenario == Scenario::Watch {
+        let (load, watched) = watched_load(&clients, &deals[0]).await?;
+        (load, Some(watched))
+    } else {
+        (clients.drive(Instant::now() + options.warmup).await?, None)
+    };
 
-    let mut checks = vec![unexpected_statuses(scenario, &recorder)];
+    let mut checks = vec![unexpected_statuses(scenario, &load.recorder)];
+    if let Some((watched, report)) = &watched {
+        checks.extend(watch_checks(watched, report));
+    }
     if scenario.places_orders() {
         let after = admin.reread(&deals).await?;
+        let ordered_units = load.ordered_units + watched.as_ref().map_or(0, |(_, report)| report.alone_ordered_units);
         checks.extend(setup::unit_checks(scenario, &deals, &after, ordered_units));
     }
     if let Some(pool) = &options.database {
@@ -149,12 +151,153 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
         concurrency: options.concurrency,
         connections: deal_channels.len(),
         warmup_s: options.warmup.as_secs_f64(),
-        summary: recorder.summary(window),
+        summary: load.recorder.summary(load.window),
+        watch: watched.map(|(_, report)| report),
         checks,
     })
 }
 
-async fn channels(url: &str, connections: usize) -> Result<Vec<Channel>, LoadError> {
+/// The clients of a run and what they call.
+struct Clients<'a> {
+    scenario: Scenario,
+    options: &'a Options,
+    deals: &'a [Channel],
+    orders: &'a [Channel],
+    deal_names: Arc<[String]>,
+}
+
+/// What one stretch of load did.
+struct Load {
+    recorder: Recorder,
+    /// Units of every order placed, warm-up included.
+    ordered_units: i64,
+    window: Duration,
+}
+
+impl Clients<'_> {
+    /// Runs every client until `duration` after `record_from`, recording from then on.
+    async fn drive(&self, record_from: Instant) -> Result<Load, LoadError> {
+        let options = self.options;
+        let end = record_from + options.duration;
+        let mut clients = Vec::with_capacity(options.concurrency);
+        for index in 0..options.concurrency {
+            let client = Client {
+                scenario: self.scenario,
+                index,
+                deals: self.deals[index % self.deals.len()].clone(),
+                orders: self.orders.get(index % self.orders.len().max(1)).cloned(),
+                authorization: buyer_authorization(options.signer.as_ref(), index)?,
+                deal_names: self.deal_names.clone(),
+                deadline: options.deadline,
+                random: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+            };
+            clients.push(tokio::spawn(client.run(record_from, end)));
+        }
+        let mut load = Load { recorder: Recorder::default(), ordered_units: 0, window: Duration::ZERO };
+        for client in clients {
+            let outcome = client.await?;
+            load.recorder.merge(outcome.recorder);
+            load.ordered_units += outcome.ordered_units;
+        }
+        load.window = Instant::now().saturating_duration_since(record_from);
+        Ok(load)
+    }
+}
+
+/// The `watch` scenario: the hot deal's orders alone, then with its watchers (joined before the
+/// orders start); the load with the watchers, what they saw and what they cost.
+async fn watched_load(clients: &Clients<'_>, deal: &dealpb::Deal) -> Result<(Load, (watch::Watched, WatchReport)), LoadError> {
+    let options = clients.options;
+    let alone = clients.drive(Instant::now() + options.warmup).await?;
+    let rss = |pid: Option<u32>| pid.and_then(watch::rss_kib);
+    let rss_before = rss(options.deal_service_pid);
+
+    let authorization = options
+        .signer
+        .as_ref()
+        .map(|signer| authorization(signer, Role::Customer, "loadgen-watcher"))
+        .transpose()?;
+    let watchers = watch::Watchers::open(
+        &options.deal_service,
+        options.watch_connections,
+        options.watchers,
+        &deal.name,
+        authorization.as_ref(),
+    )
+    .await?;
+    let joined_in = watchers.joined().await?;
+    let rss_joined = rss(options.deal_service_pid);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let leads = match (&options.database, Uuid::parse_str(deal.name.trim_start_matches("deals/"))) {
+        (Some(pool), Ok(id)) => Some(tokio::spawn(watch::stamp_leads(pool.clone(), id, stopped.clone()))),
+        _ => None,
+    };
+    let peak = options.deal_service_pid.map(|pid| tokio::spawn(watch::peak_rss_kib(pid, stopped)));
+    let record_from = Instant::now() + options.warmup;
+    watchers.measure(record_from, record_from + options.duration);
+    let with = clients.drive(record_from).await?;
+    let _ = stop.send(true);
+    let watched = watchers.stop().await?;
+    let leads = match leads {
+        Some(task) => task.await??,
+        None => None,
+    };
+    let rss_peak = match peak {
+        Some(task) => task.await?,
+        None => None,
+    };
+
+    let alone_ordered_units = alone.ordered_units;
+    let alone = alone.recorder.summary(alone.window);
+    let with_ok_per_s = with.recorder.count(Code::Ok) as f64 / with.window.as_secs_f64().max(f64::MIN_POSITIVE);
+    let rss = match (rss_before, rss_joined, rss_peak) {
+        (Some(before), Some(joined), Some(peak)) => Some(Rss::new(before, joined, peak, watched.watchers)),
+        _ => None,
+    };
+    let report = WatchReport {
+        watchers: watched.watchers,
+        connections: watched.connections,
+        joined_s: joined_in.as_secs_f64(),
+        changes: watched.changes,
+        changes_per_s: watched.changes as f64 / with.window.as_secs_f64().max(f64::MIN_POSITIVE),
+        watchers_without_change: watched.without_change,
+        ended: watched.ended.clone(),
+        delay_ms: watched.delays.quantiles(),
+        stamp_lead_ms: leads.map(|leads| leads.quantiles()),
+        orders_ratio: with_ok_per_s / alone.ok_per_s.max(f64::MIN_POSITIVE),
+        without_watchers: alone,
+        alone_ordered_units,
+        rss_kib: rss,
+    };
+    Ok((with, (watched, report)))
+}
+
+/// The orders without watchers met no error either; every watcher's stream stayed open and
+/// carried changes.
+fn watch_checks(watched: &watch::Watched, report: &WatchReport) -> Vec<Check> {
+    let ended: u64 = watched.ended.values().sum();
+    let alone = &report.without_watchers;
+    vec![
+        Check {
+            name: "no errors without watchers".into(),
+            passed: alone.ok == alone.requests,
+            detail: format!("{} calls ended other than OK", alone.requests - alone.ok),
+        },
+        Check {
+            name: "streams stayed open".into(),
+            passed: ended == 0,
+            detail: format!("{ended} of {} streams ended during the run {:?}", watched.watchers, watched.ended),
+        },
+        Check {
+            name: "every watcher saw changes".into(),
+            passed: watched.without_change == 0,
+            detail: format!("{} of {} watchers received no change in the window", watched.without_change, watched.watchers),
+        },
+    ]
+}
+
+pub(crate) async fn channels(url: &str, connections: usize) -> Result<Vec<Channel>, LoadError> {
     let mut channels = Vec::with_capacity(connections.max(1));
     for _ in 0..connections.max(1) {
         // Each `connect` opens a connection of its own, so calls spread over all of them.
@@ -241,7 +384,7 @@ impl Client {
         let roll = self.next_random();
         let deal = (roll >> 8) as usize % self.deal_names.len().max(1);
         match self.scenario {
-            Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge => Call::Order(0),
+            Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch => Call::Order(0),
             Scenario::ListDeals => Call::List,
             Scenario::HealthCheck => Call::Health,
             Scenario::Browse if roll.is_multiple_of(2) => Call::List,

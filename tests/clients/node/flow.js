@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // A real Node client of deal-service and order-service, loading proto/ at run time.
 //
-// It walks the README's flow (an admin creates a deal; a customer lists deals, orders two units with a
-// request_id, retries, tracks the order; the admin approves it), then reads the error details of
+// It walks the README's flow (an admin creates a deal; a customer watches it, lists deals, orders two
+// units with a request_id and sees the change on the watch, retries, tracks the order; the admin
+// approves it), then reads the error details of
 // refused calls: the google.rpc.Status in the `grpc-status-details-bin` trailer, its ErrorInfo and
 // BadRequest, decoded with the vendored subsets of googleapis in rpc/.
 //
@@ -137,6 +138,16 @@ async function run(deals, orders, admin, customer) {
   check(deal.state === 'ACTIVE', `the new deal is ACTIVE: ${deal.state}`);
   check(deal.available_units === 5, `the new deal has 5 units available: ${deal.available_units}`);
 
+  // The customer watches it: the deal as it is first, then every change (read below). The call's
+  // deadline bounds every wait on it.
+  const watchMetadata = new grpc.Metadata();
+  watchMetadata.set('authorization', `Bearer ${customer}`);
+  const watch = deals.WatchDeal({ name: deal.name }, watchMetadata, { deadline: Date.now() + DEADLINE_MS });
+  const watched = watch[Symbol.asyncIterator]();
+  const { value: first } = await watched.next();
+  check(first?.name === deal.name && first.state === 'ACTIVE' && first.available_units === 5 && first.claimed_percent === 0,
+    `WatchDeal first sends the deal as it is, 5 units, 0 %: ${JSON.stringify(first)}`);
+
   // The customer finds it among the live deals and orders two units at the price shown.
   const listed = await findListedDeal(deal.name);
   check(listed !== null, `ListDeals shows the customer ${deal.name}`);
@@ -147,6 +158,11 @@ async function run(deals, orders, admin, customer) {
   check(order.state === 'PENDING_APPROVAL', `the order is PENDING_APPROVAL: ${order.state}`);
   check(isDeepStrictEqual(order.total_price, inr('9999')),
     `2 units at 4999.5 INR cost 9999 INR: ${JSON.stringify(order.total_price)}`);
+  const { value: changed } = await watched.next();
+  check(changed?.name === deal.name && changed.available_units === 3 && changed.claimed_percent === 40,
+    `the watcher sees the order's change, 3 units left, 40 % claimed: ${JSON.stringify(changed)}`);
+  watch.cancel();
+  await watched.return();
 
   // A retry with the same request_id returns the same order and takes no more units.
   const retried = await createOrder(deal.name, 2, requestId, unitPrice);

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A real Python client of deal-service and order-service, with code generated from proto/ at run time.
 
-It walks the README's flow (an admin creates a deal; a customer lists deals, orders two units with a
-request_id, retries, tracks the order; the admin approves it), then reads the error details of refused
+It walks the README's flow (an admin creates a deal; a customer watches it, lists deals, orders two
+units with a request_id and sees the change on the watch, retries, tracks the order; the admin
+approves it), then reads the error details of refused
 calls: the google.rpc.Status in the `grpc-status-details-bin` trailer, its ErrorInfo and BadRequest.
 
 Environment: DEAL_ADDR and ORDER_ADDR (host:port, plain text), ADMIN_TOKEN and CUSTOMER_TOKEN (JWTs).
@@ -137,6 +138,13 @@ def run(deal_addr, order_addr, admin, customer):
     check(deal.state == deal_pb2.Deal.ACTIVE, f"the new deal is ACTIVE: {deal_pb2.Deal.State.Name(deal.state)}")
     check(deal.available_units == 5, f"the new deal has 5 units available: {deal.available_units}")
 
+    # The customer watches it: the deal as it is first, then every change (read below).
+    watch = deals.WatchDeal(deal_pb2.WatchDealRequest(name=deal.name), metadata=bearer(customer),
+                            timeout=DEADLINE_SECS)
+    first = next(watch)
+    check(first.name == deal.name and first.state == deal_pb2.Deal.ACTIVE and first.available_units == 5
+          and first.claimed_percent == 0, f"WatchDeal first sends the deal as it is, 5 units, 0 %: {first}")
+
     # The customer finds it among the live deals and orders two units at the price shown.
     listed = find_listed_deal(deals, customer, deal.name)
     check(listed is not None, f"ListDeals shows the customer {deal.name}")
@@ -147,6 +155,10 @@ def run(deal_addr, order_addr, admin, customer):
     check(order.state == order_pb2.Order.PENDING_APPROVAL,
           f"the order is PENDING_APPROVAL: {order_pb2.Order.State.Name(order.state)}")
     check(order.total_price == inr(9999), f"2 units at 4999.5 INR cost 9999 INR: {order.total_price}")
+    changed = next(watch)
+    check(changed.name == deal.name and changed.available_units == 3 and changed.claimed_percent == 40,
+          f"the watcher sees the order's change, 3 units left, 40 % claimed: {changed}")
+    watch.cancel()
 
     # A retry with the same request_id returns the same order and takes no more units.
     retried = create_order(deal.name, 2, request_id, unit_price)

@@ -1,0 +1,391 @@
+//! The `watch` scenario's watchers: WatchDeal streams of the hot deal over connections of their own,
+//! each change timed from the `update_time` it carries to its arrival; and what it costs the
+//! server, its resident memory read from `/proc/<pid>/status`.
+//!
+//! A reservation stamps the deal's `update_time` with the `statement_timestamp()` of the read that
+//! follows its row lock, one statement and the COMMIT before the change is notified: the delay
+//! measured from it is commit-to-delivery plus that lead. Where Postgres tracks commit timestamps
+//! (`track_commit_timestamp = on`), [`stamp_leads`] measures the lead itself.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tonic::{Code, transport::Channel};
+use uuid::Uuid;
+
+use topkart::proto::deal as dealpb;
+
+use crate::{
+    report::Quantiles,
+    scenario::{Authorization, LoadError},
+};
+
+/// How long every watcher may take to get its first message.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The fields of a `Deal` a watcher reads; prost skips over the others without decoding them, so
+/// the load generator spends little of the cores it shares with the server.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DealVersion {
+    #[prost(int32, tag = "6")]
+    available_units: i32,
+    #[prost(message, optional, tag = "11")]
+    update_time: Option<prost_types::Timestamp>,
+}
+
+/// What every watcher adds to.
+struct Shared {
+    joined: AtomicUsize,
+    /// The measured window, once the load starts.
+    window: OnceLock<(Instant, Instant)>,
+    delays: DelayHistogram,
+}
+
+/// How one watcher's stream went.
+#[derive(Debug, Default)]
+struct Watcher {
+    /// Changes received in the measured window.
+    changes: u64,
+    /// How the stream ended before it was dropped, if it did.
+    ended: Option<Code>,
+}
+
+/// Watchers of one deal, running until [`Watchers::stop`].
+pub struct Watchers {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<Watcher>>,
+    stop: watch::Sender<bool>,
+    connections: usize,
+}
+
+/// What the watchers saw.
+pub struct Watched {
+    pub watchers: usize,
+    pub connections: usize,
+    pub changes: u64,
+    pub without_change: usize,
+    /// Streams that ended before the run did, by status.
+    pub ended: BTreeMap<String, u64>,
+    pub delays: DelayHistogram,
+}
+
+impl Watchers {
+    /// Opens `count` WatchDeal streams of `deal` over `connections` new connections to `url`.
+    pub async fn open(
+        url: &str,
+        connections: usize,
+        count: usize,
+        deal: &str,
+        authorization: Option<&Authorization>,
+    ) -> Result<Self, LoadError> {
+        let channels = crate::scenario::channels(url, connections).await?;
+        let shared = Arc::new(Shared { joined: AtomicUsize::new(0), window: OnceLock::new(), delays: DelayHistogram::new() });
+        let (stop, stopped) = watch::channel(false);
+        let tasks = (0..count)
+            .map(|index| {
+                let mut request = tonic::Request::new(dealpb::WatchDealRequest { name: deal.to_owned() });
+                if let Some(authorization) = authorization {
+                    request.metadata_mut().insert("authorization", authorization.clone());
+                }
+                let channel = channels[index % channels.len()].clone();
+                tokio::spawn(watch_one(channel, request, Arc::clone(&shared), stopped.clone()))
+            })
+            .collect();
+        Ok(Self { shared, tasks, stop, connections: channels.len() })
+    }
+
+    /// Waits until every watcher has its first message; how long that took.
+    pub async fn joined(&self) -> Result<Duration, LoadError> {
+        let started = Instant::now();
+        loop {
+            let joined = self.shared.joined.load(Ordering::Relaxed);
+            if joined == self.tasks.len() {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > JOIN_TIMEOUT || self.tasks.iter().all(|task| task.is_finished()) {
+                return Err(format!(
+                    "{joined} of {} watchers got their first message in {} s (is deal-service's \
+                     --max-streams-per-connection below the watchers per connection?)",
+                    self.tasks.len(),
+                    started.elapsed().as_secs()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Times the changes that arrive from `from` until `end`.
+    pub fn measure(&self, from: Instant, end: Instant) {
+        let _ = self.shared.window.set((from, end));
+    }
+
+    /// Closes every stream and says what they saw.
+    pub async fn stop(self) -> Result<Watched, LoadError> {
+        let _ = self.stop.send(true);
+        let watchers = self.tasks.len();
+        let mut watched = Watched {
+            watchers,
+            connections: self.connections,
+            changes: 0,
+            without_change: 0,
+            ended: BTreeMap::new(),
+            delays: DelayHistogram::new(),
+        };
+        for task in self.tasks {
+            let watcher = task.await?;
+            watched.changes += watcher.changes;
+            if watcher.changes == 0 {
+                watched.without_change += 1;
+            }
+            if let Some(code) = watcher.ended {
+                *watched.ended.entry(crate::report::status_name(code)).or_default() += 1;
+            }
+        }
+        let shared = Arc::try_unwrap(self.shared).map_err(|_| "a watcher outlived its task")?;
+        watched.delays = shared.delays;
+        Ok(watched)
+    }
+}
+
+/// One watcher: its stream, read as fast as it comes, until `stop`.
+async fn watch_one(
+    channel: Channel,
+    request: tonic::Request<dealpb::WatchDealRequest>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Watcher {
+    let mut watcher = Watcher::default();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if grpc.ready().await.is_err() {
+        watcher.ended = Some(Code::Unavailable);
+        return watcher;
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/topkart.deal.v1.DealService/WatchDeal");
+    let codec = tonic_prost::ProstCodec::<dealpb::WatchDealRequest, DealVersion>::default();
+    let call = grpc.server_streaming(request, path, codec);
+    let mut stream = tokio::select! {
+        reply = call => match reply {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                watcher.ended = Some(status.code());
+                return watcher;
+            }
+        },
+        _ = stop.wait_for(|stopping| *stopping) => return watcher,
+    };
+    let mut first = true;
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = stop.wait_for(|stopping| *stopping) => return watcher,
+        };
+        match message {
+            Ok(Some(version)) => {
+                let (arrived, at) = (SystemTime::now(), Instant::now());
+                if first {
+                    first = false;
+                    shared.joined.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if let Some(&(from, end)) = shared.window.get()
+                    && (from..end).contains(&at)
+                {
+                    watcher.changes += 1;
+                    if let Some(delay) = since(version.update_time.as_ref(), arrived) {
+                        shared.delays.record(delay);
+                    }
+                }
+            }
+            Ok(None) => {
+                watcher.ended = Some(Code::Ok);
+                return watcher;
+            }
+            Err(status) => {
+                watcher.ended = Some(status.code());
+                return watcher;
+            }
+        }
+    }
+}
+
+/// From `stamp` to `arrived` (zero if the stamp is later: the clocks are the same machine's).
+fn since(stamp: Option<&prost_types::Timestamp>, arrived: SystemTime) -> Option<Duration> {
+    let stamp = stamp?;
+    let stamped = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(stamp.seconds).ok()?)
+        + Duration::from_nanos(u64::try_from(stamp.nanos).ok()?);
+    Some(arrived.duration_since(stamped).unwrap_or(Duration::ZERO))
+}
+
+/// Delays recorded from many tasks at once, in buckets of 10 µs below 10 ms, 100 µs below 100 ms
+/// and 1 ms below 10 s: quantiles are a bucket's upper bound, within 1 % above 1 ms.
+pub struct DelayHistogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+const FINE_US: u64 = 10_000;
+const MEDIUM_US: u64 = 100_000;
+const COARSE_US: u64 = 10_000_000;
+const FINE_BUCKETS: usize = (FINE_US / 10) as usize;
+const MEDIUM_BUCKETS: usize = ((MEDIUM_US - FINE_US) / 100) as usize;
+const COARSE_BUCKETS: usize = ((COARSE_US - MEDIUM_US) / 1000) as usize;
+
+impl DelayHistogram {
+    pub fn new() -> Self {
+        let count = FINE_BUCKETS + MEDIUM_BUCKETS + COARSE_BUCKETS + 1;
+        Self { buckets: (0..count).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    pub fn record(&self, delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The usual quantiles and how many delays there are.
+    pub fn quantiles(&self) -> Quantiles {
+        Quantiles {
+            count: self.count(),
+            p50: self.quantile_ms(0.50),
+            p90: self.quantile_ms(0.90),
+            p99: self.quantile_ms(0.99),
+            max: self.quantile_ms(1.0),
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The upper bound, in milliseconds, of the bucket holding quantile `q` (nearest rank); `None`
+    /// when nothing was recorded, infinity beyond 10 s.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            seen += bucket.load(Ordering::Relaxed);
+            if seen >= rank {
+                return Some(upper_bound_us(index).map_or(f64::INFINITY, |us| us as f64 / 1000.0));
+            }
+        }
+        None
+    }
+}
+
+fn bucket_of(us: u64) -> usize {
+    if us < FINE_US {
+        (us / 10) as usize
+    } else if us < MEDIUM_US {
+        FINE_BUCKETS + ((us - FINE_US) / 100) as usize
+    } else if us < COARSE_US {
+        FINE_BUCKETS + MEDIUM_BUCKETS + ((us - MEDIUM_US) / 1000) as usize
+    } else {
+        FINE_BUCKETS + MEDIUM_BUCKETS + COARSE_BUCKETS
+    }
+}
+
+/// `None` for the last bucket, which has none.
+fn upper_bound_us(index: usize) -> Option<u64> {
+    let index = index as u64;
+    let (fine, medium, coarse) = (FINE_BUCKETS as u64, MEDIUM_BUCKETS as u64, COARSE_BUCKETS as u64);
+    if index < fine {
+        Some((index + 1) * 10)
+    } else if index < fine + medium {
+        Some(FINE_US + (index - fine + 1) * 100)
+    } else if index < fine + medium + coarse {
+        Some(MEDIUM_US + (index - fine - medium + 1) * 1000)
+    } else {
+        None
+    }
+}
+
+/// The resident memory of process `pid` (`VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+/// The most resident memory of process `pid` seen in samples every 250 ms until `stop`.
+pub async fn peak_rss_kib(pid: u32, mut stop: watch::Receiver<bool>) -> Option<u64> {
+    let mut peak = rss_kib(pid);
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => peak = peak.max(rss_kib(pid)),
+            _ = stop.wait_for(|stopping| *stopping) => return peak.max(rss_kib(pid)),
+        }
+    }
+}
+
+/// How far each version of deal `deal` was stamped ahead of its commit (its
+/// `pg_xact_commit_timestamp` less its `update_time`), sampled every 20 ms until `stop`; `None`
+/// when Postgres does not track commit timestamps.
+pub async fn stamp_leads(pool: PgPool, deal: Uuid, mut stop: watch::Receiver<bool>) -> Result<Option<DelayHistogram>, LoadError> {
+    let tracked: String = sqlx::query_scalar("select current_setting('track_commit_timestamp')").fetch_one(&pool).await?;
+    if tracked != "on" {
+        return Ok(None);
+    }
+    let leads = DelayHistogram::new();
+    let mut last = None;
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return Ok(Some(leads)),
+        }
+        let (stamp, committed): (chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>) =
+            sqlx::query_as("select update_time, pg_xact_commit_timestamp(xmin) from deals where id = $1")
+                .bind(deal)
+                .fetch_one(&pool)
+                .await?;
+        if last != Some(stamp)
+            && let Some(committed) = committed
+        {
+            leads.record((committed - stamp).to_std().unwrap_or(Duration::ZERO));
+            last = Some(stamp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_the_upper_bounds_of_their_buckets() {
+        let histogram = DelayHistogram::new();
+        for ms in 1..=100 {
+            histogram.record(Duration::from_millis(ms));
+        }
+        histogram.record(Duration::from_micros(15));
+        histogram.record(Duration::from_secs(20));
+        assert_eq!(histogram.count(), 102);
+        assert_eq!(histogram.quantile_ms(0.0), Some(0.02));
+        assert_eq!(histogram.quantile_ms(0.5), Some(50.1));
+        assert_eq!(histogram.quantile_ms(0.98), Some(99.1));
+        assert_eq!(histogram.quantile_ms(0.99), Some(101.0));
+        assert_eq!(histogram.quantile_ms(1.0), Some(f64::INFINITY));
+        assert_eq!(DelayHistogram::new().quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn a_delay_runs_from_the_stamp_to_the_arrival() {
+        let stamp = prost_types::Timestamp { seconds: 1_000, nanos: 500_000_000 };
+        let arrived = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_750);
+        assert_eq!(since(Some(&stamp), arrived), Some(Duration::from_millis(250)));
+        assert_eq!(since(Some(&stamp), SystemTime::UNIX_EPOCH), Some(Duration::ZERO));
+        assert_eq!(since(None, arrived), None);
+    }
+}
