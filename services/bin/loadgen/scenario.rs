@@ -206,17 +206,17 @@ impl Clients<'_> {
 
 /// The `watch` scenario: the hot deal's orders alone, then with its watchers (joined before the
 /// orders start); the load with the watchers, what they saw and what they cost.
-async fn watched_load(clients: &Clients<'_>, deal: &dealpb::Deal) -> Result<(Load, (watch::Watched, WatchReport)), LoadError> {
+async fn watched_load(
+    clients: &Clients<'_>,
+    deal: &dealpb::Deal,
+) -> Result<(Load, (watch::Watched, WatchReport)), LoadError> {
     let options = clients.options;
     let alone = clients.drive(Instant::now() + options.warmup).await?;
     let rss = |pid: Option<u32>| pid.and_then(watch::rss_kib);
     let rss_before = rss(options.deal_service_pid);
 
-    let authorization = options
-        .signer
-        .as_ref()
-        .map(|signer| authorization(signer, Role::Customer, "loadgen-watcher"))
-        .transpose()?;
+    let authorization =
+        options.signer.as_ref().map(|signer| authorization(signer, Role::Customer, "loadgen-watcher")).transpose()?;
     let watchers = watch::Watchers::open(
         &options.deal_service,
         options.watch_connections,
@@ -292,7 +292,10 @@ fn watch_checks(watched: &watch::Watched, report: &WatchReport) -> Vec<Check> {
         Check {
             name: "every watcher saw changes".into(),
             passed: watched.without_change == 0,
-            detail: format!("{} of {} watchers received no change in the window", watched.without_change, watched.watchers),
+            detail: format!(
+                "{} of {} watchers received no change in the window",
+                watched.without_change, watched.watchers
+            ),
         },
     ]
 }

@@ -87,7 +87,8 @@ impl Watchers {
         authorization: Option<&Authorization>,
     ) -> Result<Self, LoadError> {
         let channels = crate::scenario::channels(url, connections).await?;
-        let shared = Arc::new(Shared { joined: AtomicUsize::new(0), window: OnceLock::new(), delays: DelayHistogram::new() });
+        let shared =
+            Arc::new(Shared { joined: AtomicUsize::new(0), window: OnceLock::new(), delays: DelayHistogram::new() });
         let (stop, stopped) = watch::channel(false);
         let tasks = (0..count)
             .map(|index| {
@@ -332,8 +333,13 @@ pub async fn peak_rss_kib(pid: u32, mut stop: watch::Receiver<bool>) -> Option<u
 /// How far each version of deal `deal` was stamped ahead of its commit (its
 /// `pg_xact_commit_timestamp` less its `update_time`), sampled every 20 ms until `stop`; `None`
 /// when Postgres does not track commit timestamps.
-pub async fn stamp_leads(pool: PgPool, deal: Uuid, mut stop: watch::Receiver<bool>) -> Result<Option<DelayHistogram>, LoadError> {
-    let tracked: String = sqlx::query_scalar("select current_setting('track_commit_timestamp')").fetch_one(&pool).await?;
+pub async fn stamp_leads(
+    pool: PgPool,
+    deal: Uuid,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<DelayHistogram>, LoadError> {
+    let tracked: String =
+        sqlx::query_scalar("select current_setting('track_commit_timestamp')").fetch_one(&pool).await?;
     if tracked != "on" {
         return Ok(None);
     }
