@@ -58,8 +58,18 @@ def main(path):
 
     check(replies.get("Check") == [{"status": "SERVING"}], f"the health check says SERVING: {replies.get('Check')}")
     created, approved = replies.get("CreateOrder", []), replies.get("ApproveOrder", [])
-    check(len(created) == 1 and len(approved) == 1 and approved[0]["name"] == created[0]["name"]
-          and approved[0]["state"] == "APPROVED", f"the order placed reached APPROVED: {created} {approved}")
+    check(len(created) == 3 and len(approved) == 1 and approved[0]["name"] == created[0]["name"]
+          and approved[0]["state"] == "APPROVED", f"alice's order reached APPROVED: {created} {approved}")
+    # The waitlist: bob's order sold the small deal out, carol waited, bob cancelled, carol claimed.
+    joined, entries = replies.get("JoinWaitlist", []), replies.get("GetWaitlistEntry", [])
+    cancelled = replies.get("CancelOrder", [])
+    check(len(joined) == 1 and joined[0]["state"] == "WAITING", f"carol joined the waitlist: {joined}")
+    check(len(cancelled) == 1 and len(created) == 3 and cancelled[0]["name"] == created[1]["name"]
+          and cancelled[0]["state"] == "CANCELLED", f"bob's order was cancelled: {cancelled}")
+    check(len(entries) == 2 and entries[0]["state"] == "OFFERED" and entries[0].get("offeredUnits") == 1,
+          f"bob's units were offered to carol: {entries}")
+    check(len(entries) == 2 and len(created) == 3 and entries[1]["state"] == "CLAIMED"
+          and entries[1].get("order") == created[2]["name"], f"carol's order claimed the offer: {entries}")
     check(len(refusals) == 1 and "Code: FailedPrecondition" in refusals[0] and "DEAL_EXPIRED" in refusals[0],
           f"ordering the expired deal was refused with FAILED_PRECONDITION and DEAL_EXPIRED: {refusals}")
     deals, listed = replies.get("CreateDeal", []), replies.get("ListDeals", [])
