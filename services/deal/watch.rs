@@ -6,7 +6,9 @@
 //!
 //! Each stream reads its channel only when the connection can take a message (HTTP/2 flow control
 //! decides when its body is polled), so it holds no queue and no task of its own: what it sends is
-//! the latest version at that moment. A deal watched already is joined without reading the
+//! the latest version at that moment, encoded once for all the streams that send it (each version
+//! holds its bytes for each audience, made by the first stream to send them; `shared::encoded`). A
+//! deal watched already is joined without reading the
 //! database: its channel holds what the listener read last. A stream holds a permit of
 //! `--max-watchers` for its whole life. On a lost listener connection (notifications sent
 //! meanwhile are lost) every watched deal is read again. Streams end with OK after the deal's
@@ -16,11 +18,12 @@ use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -29,7 +32,10 @@ use uuid::Uuid;
 
 use crate::{
     proto::deal as pb,
-    shared::{metrics, status},
+    shared::{
+        encoded::{self, Reply},
+        metrics, status,
+    },
 };
 
 use super::{
@@ -54,7 +60,7 @@ const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The watched deals of this process and the permits of its streams.
 pub struct Watchers {
     pool: PgPool,
-    channels: Mutex<HashMap<Uuid, watch::Sender<Arc<Deal>>>>,
+    channels: Mutex<HashMap<Uuid, watch::Sender<Arc<Version>>>>,
     /// Held from a read of deals until what it read is sent, so a channel never goes back from a
     /// newer read to an older one.
     reading: tokio::sync::Mutex<()>,
@@ -94,14 +100,14 @@ impl Watchers {
     /// The channel of deal `id` if it is watched already: the listener keeps its version current
     /// (a change not read yet will be), so joining it needs no read. Under the channels' lock, so
     /// a refresh counts this watcher from then on.
-    fn join(&self, id: Uuid) -> Option<watch::Receiver<Arc<Deal>>> {
+    fn join(&self, id: Uuid) -> Option<watch::Receiver<Arc<Version>>> {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         channels.get(&id).filter(|sender| sender.receiver_count() > 0).map(watch::Sender::subscribe)
     }
 
     /// The first watcher of deal `id` (or the first after all left, when its channel went stale):
     /// reads it and makes its channel.
-    async fn read_and_join(&self, id: Uuid) -> Result<watch::Receiver<Arc<Deal>>, DealError> {
+    async fn read_and_join(&self, id: Uuid) -> Result<watch::Receiver<Arc<Version>>, DealError> {
         let updates = {
             // Read under the lock the listener reads under: a change committed after this read is
             // notified and read after it, one committed before is in it.
@@ -113,16 +119,16 @@ impl Watchers {
                 Some(sender) => {
                     // Only a change is sent on: watchers joining add no messages for the others.
                     sender.send_if_modified(|current| {
-                        let changed = **current != deal;
+                        let changed = current.deal != deal;
                         if changed {
-                            *current = Arc::new(deal);
+                            *current = Version::new(deal);
                         }
                         changed
                     });
                     sender.subscribe()
                 }
                 None => {
-                    let (sender, receiver) = watch::channel(Arc::new(deal));
+                    let (sender, receiver) = watch::channel(Version::new(deal));
                     channels.insert(id, sender);
                     receiver
                 }
@@ -161,7 +167,7 @@ impl Watchers {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         for deal in deals {
             if let Some(sender) = channels.get(&deal.id) {
-                sender.send_replace(Arc::new(deal));
+                sender.send_replace(Version::new(deal));
             }
         }
         Ok(())
@@ -225,11 +231,39 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
     }
 }
 
+/// A version of a watched deal as the listener read it, and its encoding for each audience, made
+/// by the first stream that sends it and copied by the others.
+struct Version {
+    deal: Deal,
+    for_admins: OnceLock<Bytes>,
+    for_customers: OnceLock<Bytes>,
+}
+
+impl Version {
+    fn new(deal: Deal) -> Arc<Self> {
+        Arc::new(Self { deal, for_admins: OnceLock::new(), for_customers: OnceLock::new() })
+    }
+
+    /// The message `audience` is sent of this version, the deal being in `state` by the clock.
+    fn message(&self, audience: Audience, state: DealState) -> Bytes {
+        if state != self.deal.state {
+            // The clock moved the deal on (its start or end) before a change was read: rare, and
+            // for this version only.
+            return encoded::encode(&audience.deal(&Deal { state, ..self.deal.clone() }));
+        }
+        let slot = match audience {
+            Audience::Admins => &self.for_admins,
+            Audience::Customers => &self.for_customers,
+        };
+        slot.get_or_init(|| encoded::encode(&audience.deal(&self.deal))).clone()
+    }
+}
+
 /// One watcher's source: its deal's channel, and what it sends next. The deal's state is advanced
 /// by the clock too: a scheduled deal goes ACTIVE at its start and an active one EXPIRED at its end
 /// without waiting for the sweep.
 struct Feed {
-    updates: watch::Receiver<Arc<Deal>>,
+    updates: watch::Receiver<Arc<Version>>,
     audience: Audience,
     shutdown: watch::Receiver<bool>,
     next: Next,
@@ -247,10 +281,10 @@ enum Next {
 }
 
 /// The next message and the feed after it, or `None` at the end.
-type NextMessage = Pin<Box<dyn Future<Output = Option<(Result<pb::Deal, Status>, Feed)>> + Send>>;
+type NextMessage = Pin<Box<dyn Future<Output = Option<(Result<Reply<pb::Deal>, Status>, Feed)>> + Send>>;
 
 impl Feed {
-    async fn next(mut self) -> Option<(Result<pb::Deal, Status>, Self)> {
+    async fn next(mut self) -> Option<(Result<Reply<pb::Deal>, Status>, Self)> {
         match self.next {
             Next::End => return None,
             Next::Now => {}
@@ -271,13 +305,13 @@ impl Feed {
                 }
             }
         }
-        let deal = Arc::clone(&self.updates.borrow_and_update());
-        let shown = as_of(&deal, Utc::now());
-        self.next = match shown.state {
+        let version = Arc::clone(&self.updates.borrow_and_update());
+        let state = state_at(&version.deal, Utc::now());
+        self.next = match state {
             DealState::Expired => Next::End,
-            _ => Next::Wait { transition: transition_after(&shown) },
+            _ => Next::Wait { transition: transition_after(&version.deal, state) },
         };
-        Some((Ok(self.audience.deal(&shown)), self))
+        Some((Ok(Reply::Encoded(version.message(self.audience, state))), self))
     }
 }
 
@@ -298,23 +332,22 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
-/// `deal` with its state as of `now`: the stored state is the last one written, the clock may have
-/// moved it on.
-fn as_of(deal: &Deal, now: DateTime<Utc>) -> Deal {
+/// `deal`'s state as of `now`: the stored state is the last one written, the clock may have moved it
+/// on.
+fn state_at(deal: &Deal, now: DateTime<Utc>) -> DealState {
     let end = deal.terms.expire_time.min(daily_reset_after(deal.terms.start_time));
-    let state = match deal.state {
+    match deal.state {
         DealState::Expired => DealState::Expired,
         _ if now >= end => DealState::Expired,
         DealState::Scheduled if now >= deal.terms.start_time => DealState::Active,
         state => state,
-    };
-    Deal { state, ..deal.clone() }
+    }
 }
 
-/// When the clock next changes the state of `deal` (its start, or its end).
-fn transition_after(deal: &Deal) -> DateTime<Utc> {
+/// When the clock next changes the state of `deal`, in `state` now (its start, or its end).
+fn transition_after(deal: &Deal, state: DealState) -> DateTime<Utc> {
     let end = deal.terms.expire_time.min(daily_reset_after(deal.terms.start_time));
-    match deal.state {
+    match state {
         DealState::Scheduled => deal.terms.start_time.min(end),
         _ => end,
     }
@@ -333,7 +366,7 @@ impl Drop for DealStream {
 }
 
 impl Stream for DealStream {
-    type Item = Result<pb::Deal, Status>;
+    type Item = Result<Reply<pb::Deal>, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let Some(next) = self.next.as_mut() else { return Poll::Ready(None) };
@@ -373,16 +406,38 @@ mod tests {
     fn the_clock_starts_a_scheduled_deal_and_ends_a_live_one() {
         let start = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
         let scheduled = Deal { state: DealState::Scheduled, ..sample_deal(start) };
-        assert_eq!(as_of(&scheduled, start - TimeDelta::seconds(1)).state, DealState::Scheduled);
-        assert_eq!(transition_after(&scheduled), start);
-        assert_eq!(as_of(&scheduled, start).state, DealState::Active);
+        assert_eq!(state_at(&scheduled, start - TimeDelta::seconds(1)), DealState::Scheduled);
+        assert_eq!(transition_after(&scheduled, DealState::Scheduled), start);
+        assert_eq!(state_at(&scheduled, start), DealState::Active);
         let live = sample_deal(start);
-        assert_eq!(transition_after(&live), start + TimeDelta::hours(2));
-        assert_eq!(as_of(&live, start + TimeDelta::hours(2)).state, DealState::Expired);
+        assert_eq!(transition_after(&live, DealState::Active), start + TimeDelta::hours(2));
+        assert_eq!(state_at(&live, start + TimeDelta::hours(2)), DealState::Expired);
         // A deal that would run past midnight ends at the daily reset.
         let late = sample_deal(Utc.with_ymd_and_hms(2026, 11, 25, 23, 0, 0).unwrap());
         let midnight = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
-        assert_eq!(transition_after(&late), midnight);
-        assert_eq!(as_of(&late, midnight).state, DealState::Expired);
+        assert_eq!(transition_after(&late, DealState::Active), midnight);
+        assert_eq!(state_at(&late, midnight), DealState::Expired);
+    }
+
+    #[test]
+    fn a_version_is_sent_as_each_audience_sees_it_in_the_state_the_clock_shows() {
+        use prost::Message as _;
+        let start = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
+        let version = Version::new(Deal { state: DealState::Scheduled, ..sample_deal(start) });
+        let sent = |audience, state| pb::Deal::decode(version.message(audience, state)).unwrap();
+        for audience in [Audience::Admins, Audience::Customers] {
+            assert_eq!(sent(audience, DealState::Scheduled), audience.deal(&version.deal));
+            // Encoded once: the second send is the same bytes.
+            assert_eq!(
+                version.message(audience, DealState::Scheduled),
+                version.message(audience, DealState::Scheduled)
+            );
+        }
+        assert!(sent(Audience::Customers, DealState::Scheduled).final_price.is_none());
+        assert!(sent(Audience::Admins, DealState::Scheduled).final_price.is_some());
+        // Live by the clock before the listener read it so: customers see its price.
+        let live = sent(Audience::Customers, DealState::Active);
+        assert_eq!(live.state, pb::deal::State::Active as i32);
+        assert!(live.final_price.is_some());
     }
 }
