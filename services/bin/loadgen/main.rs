@@ -6,6 +6,7 @@ mod report;
 mod scenario;
 mod setup;
 mod watch;
+mod watched_load;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
