@@ -93,7 +93,14 @@ impl Watchers {
             None => self.read_and_join(id).await?,
         };
         metrics::deal_watchers(1.0);
-        let feed = Feed { updates, audience, shutdown: self.shutdown.clone(), next: Next::Now };
+        let feed = Feed {
+            updates,
+            audience,
+            shutdown: self.shutdown.clone(),
+            next: Next::Now,
+            clock: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            clock_set_for: None,
+        };
         Ok(DealStream { next: Some(Box::pin(feed.next())), _permit: permit })
     }
 
@@ -267,6 +274,10 @@ struct Feed {
     audience: Audience,
     shutdown: watch::Receiver<bool>,
     next: Next,
+    /// Fires at the deal's next transition by the clock. Kept for the stream's life and set again
+    /// only when the transition moves: a timer made per message costs the timer wheel's lock.
+    clock: Pin<Box<tokio::time::Sleep>>,
+    clock_set_for: Option<DateTime<Utc>>,
 }
 
 /// What a feed does next.
@@ -289,7 +300,11 @@ impl Feed {
             Next::End => return None,
             Next::Now => {}
             Next::Wait { transition } => {
-                let until_transition = (transition - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                if self.clock_set_for != Some(transition) {
+                    let until_transition = (transition - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    self.clock.as_mut().reset(tokio::time::Instant::now() + until_transition);
+                    self.clock_set_for = Some(transition);
+                }
                 tokio::select! {
                     biased;
                     () = stopped(&mut self.shutdown) => {
@@ -301,7 +316,10 @@ impl Feed {
                             return None;
                         }
                     }
-                    () = tokio::time::sleep(until_transition) => {}
+                    () = &mut self.clock => {
+                        // Fired: a later transition sets it again.
+                        self.clock_set_for = None;
+                    }
                 }
             }
         }
