@@ -38,8 +38,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     args.runtime.block_on("deal-service", async {
-        let _telemetry = args.observability.init_logs("deal-service");
-        cli::exit_code("deal-service", run(args).await)
+        let telemetry = args.observability.init_logs("deal-service");
+        let code = cli::exit_code("deal-service", run(args).await);
+        telemetry.shut_down().await;
+        code
     })
 }
 

@@ -33,8 +33,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     args.runtime.block_on("expiry-worker", async {
-        let _telemetry = args.observability.init_logs("expiry-worker");
-        cli::exit_code("expiry-worker", run(args).await)
+        let telemetry = args.observability.init_logs("expiry-worker");
+        let code = cli::exit_code("expiry-worker", run(args).await);
+        telemetry.shut_down().await;
+        code
     })
 }
 

@@ -65,8 +65,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     args.runtime.block_on("order-service", async {
-        let _telemetry = args.observability.init_logs("order-service");
-        cli::exit_code("order-service", run(args).await)
+        let telemetry = args.observability.init_logs("order-service");
+        let code = cli::exit_code("order-service", run(args).await);
+        telemetry.shut_down().await;
+        code
     })
 }
 

@@ -53,7 +53,7 @@ pub struct DealApi {
 
 impl DealApi {
     /// ListDeals, its reply sent as bytes when it is the first page of live deals.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(name = "list_deals", skip_all)]
     pub async fn list_deals_encoded(
         &self,
         request: Request<pb::ListDealsRequest>,
@@ -63,7 +63,7 @@ impl DealApi {
     }
 
     /// WatchDeal, each version of the deal sent as bytes encoded once for all its watchers.
-    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().name))]
+    #[tracing::instrument(name = "watch_deal", skip_all, fields(deal = %request.get_ref().name))]
     pub async fn watch_deal_encoded(
         &self,
         request: Request<pb::WatchDealRequest>,

@@ -4,9 +4,11 @@
 //!
 //! What a customer can see: data at most [`MAX_STALENESS`] old (units left, prices), and never a deal
 //! past its `expire_time` or the daily reset by this server's clock: the snapshot is filtered at every
-//! request. The page is sent as bytes: each deal of the snapshot is encoded once, as a page holding
-//! it alone, and a page is their concatenation (`shared::encoded`). A deal that became live within the window may be missing until the next read. UpdateDeal
+//! request. A deal that became live within the window may be missing until the next read. UpdateDeal
 //! and CreateDeal on this instance drop the snapshot at once; on other instances it ages out.
+//!
+//! The page is sent as bytes: each deal of the snapshot is encoded once, as a page holding it alone,
+//! and a page is their concatenation (`shared::encoded`).
 
 use std::{
     sync::{Arc, RwLock},

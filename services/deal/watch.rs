@@ -7,10 +7,9 @@
 //! Each stream reads its channel only when the connection can take a message (HTTP/2 flow control
 //! decides when its body is polled), so it holds no queue and no task of its own: what it sends is
 //! the latest version at that moment, encoded once for all the streams that send it (each version
-//! holds its bytes for each audience, made by the first stream to send them; `shared::encoded`). A
-//! deal watched already is joined without reading the
-//! database: its channel holds what the listener read last. A stream holds a permit of
-//! `--max-watchers` for its whole life. On a lost listener connection (notifications sent
+//! holds its bytes for each audience, made by the first stream to send them; `shared::encoded`).
+//! A deal watched already is joined without reading the database: its channel holds what the
+//! listener read last. A stream holds a permit of `--max-watchers` for its whole life. On a lost listener connection (notifications sent
 //! meanwhile are lost) every watched deal is read again. Streams end with OK after the deal's
 //! EXPIRED message, and with UNAVAILABLE when the server shuts down.
 
@@ -238,31 +237,33 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
     }
 }
 
-/// A version of a watched deal as the listener read it, and its encoding for each audience, made
-/// by the first stream that sends it and copied by the others.
+/// A version of a watched deal as the listener read it, and its encodings, made by the first
+/// stream that sends each and copied by the others: one per audience and per state the clock may
+/// show it in. The stored state lags the clock by up to a sweep (a sale's first seconds are read as
+/// `scheduled` until the worker starts it), so the shown state is part of the key.
 struct Version {
     deal: Deal,
-    for_admins: OnceLock<Bytes>,
-    for_customers: OnceLock<Bytes>,
+    encoded: [OnceLock<Bytes>; 6],
 }
 
 impl Version {
     fn new(deal: Deal) -> Arc<Self> {
-        Arc::new(Self { deal, for_admins: OnceLock::new(), for_customers: OnceLock::new() })
+        Arc::new(Self { deal, encoded: Default::default() })
     }
 
     /// The message `audience` is sent of this version, the deal being in `state` by the clock.
     fn message(&self, audience: Audience, state: DealState) -> Bytes {
-        if state != self.deal.state {
-            // The clock moved the deal on (its start or end) before a change was read: rare, and
-            // for this version only.
-            return encoded::encode(&audience.deal(&Deal { state, ..self.deal.clone() }));
-        }
-        let slot = match audience {
-            Audience::Admins => &self.for_admins,
-            Audience::Customers => &self.for_customers,
+        let audience_index = match audience {
+            Audience::Admins => 0,
+            Audience::Customers => 1,
         };
-        slot.get_or_init(|| encoded::encode(&audience.deal(&self.deal))).clone()
+        let state_index = match state {
+            DealState::Scheduled => 0,
+            DealState::Active => 1,
+            DealState::Expired => 2,
+        };
+        let slot = &self.encoded[audience_index * 3 + state_index];
+        slot.get_or_init(|| encoded::encode(&audience.deal(&Deal { state, ..self.deal.clone() }))).clone()
     }
 }
 
@@ -445,11 +446,9 @@ mod tests {
         let sent = |audience, state| pb::Deal::decode(version.message(audience, state)).unwrap();
         for audience in [Audience::Admins, Audience::Customers] {
             assert_eq!(sent(audience, DealState::Scheduled), audience.deal(&version.deal));
-            // Encoded once: the second send is the same bytes.
-            assert_eq!(
-                version.message(audience, DealState::Scheduled),
-                version.message(audience, DealState::Scheduled)
-            );
+            // Encoded once: every send shares the first one's bytes.
+            let first = version.message(audience, DealState::Scheduled);
+            assert_eq!(first.as_ptr(), version.message(audience, DealState::Scheduled).as_ptr());
         }
         assert!(sent(Audience::Customers, DealState::Scheduled).final_price.is_none());
         assert!(sent(Audience::Admins, DealState::Scheduled).final_price.is_some());
@@ -457,5 +456,8 @@ mod tests {
         let live = sent(Audience::Customers, DealState::Active);
         assert_eq!(live.state, pb::deal::State::Active as i32);
         assert!(live.final_price.is_some());
+        let first = version.message(Audience::Customers, DealState::Active);
+        let again = version.message(Audience::Customers, DealState::Active);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "a state the clock shows is encoded once too");
     }
 }

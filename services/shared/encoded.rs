@@ -30,9 +30,10 @@ impl<T: Message + Default> Reply<T> {
     pub fn into_message(self) -> Result<T, Status> {
         match self {
             Self::Message(message) => Ok(message),
-            Self::Encoded(bytes) => {
-                T::decode(bytes).map_err(|err| Status::internal(format!("a reply we encoded: {err}")))
-            }
+            Self::Encoded(bytes) => T::decode(bytes).map_err(|err| {
+                tracing::error!(error = %err, "a reply we encoded does not decode");
+                Status::internal("internal error")
+            }),
         }
     }
 }
