@@ -12,7 +12,7 @@ HA_PG_BIN=${HA_PG_BIN:-/usr/lib/postgresql/15/bin}
 HA_NODES=(pg1 pg2 pg3)
 
 # Ports, from HA_PORT: etcd 0–1, Postgres 10–12, Patroni's REST 20–22, HAProxy 30 (Postgres), 31
-# (deal-service), 32 (order-service), 33 (its stats), the services 40–49.
+# (deal-service), 32 (order-service), the services 40–45.
 ha_port() { echo $((HA_PORT + $1)); }
 ha_node_index() { case "$1" in pg1) echo 0 ;; pg2) echo 1 ;; pg3) echo 2 ;; esac; }
 ha_pg_port() { ha_port $((10 + $(ha_node_index "$1"))); }
