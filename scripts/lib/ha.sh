@@ -19,10 +19,13 @@ ha_pg_port() { ha_port $((10 + $(ha_node_index "$1"))); }
 ha_rest_port() { ha_port $((20 + $(ha_node_index "$1"))); }
 ha_database_url() { echo "postgres://postgres@127.0.0.1:$(ha_port 30)/${1:-topkart}"; }
 
-# Installs Debian's patroni, etcd-server and haproxy when one is missing (as root, through apt-get).
+# Installs Debian's patroni, etcd-server and haproxy when one is missing (as root, through apt-get),
+# and the tools this file uses: curl (Patroni's REST API, etcd's health) and pkill (procps).
 ha_install() {
   local missing=()
   command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v pkill >/dev/null 2>&1 || missing+=(procps)
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
   [ -x "$HA_PG_BIN/postgres" ] || missing+=(postgresql-15)
