@@ -55,6 +55,8 @@ pub enum Scenario {
     Mixed,
     Surge,
     Watch,
+    /// Runs apart ([`crate::failover`]): the hot deal while the database fails over.
+    Failover,
 }
 
 impl Scenario {
@@ -65,7 +67,7 @@ impl Scenario {
     }
 
     fn places_orders(self) -> bool {
-        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed | Self::Surge | Self::Watch)
+        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed | Self::Surge | Self::Watch | Self::Failover)
     }
 }
 
@@ -101,6 +103,9 @@ pub type LoadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs `scenario` and reports on it.
 pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadError> {
+    if scenario == Scenario::Failover {
+        return Err("failover runs apart, with its own report".into());
+    }
     let deal_channels = channels(&options.deal_service, options.connections).await?;
     let order_channels = if scenario.places_orders() {
         channels(&options.order_service, options.connections).await?
@@ -112,13 +117,13 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
         (Scenario::HotDeal | Scenario::Watch, Some(name)) => {
             admin.reread(&[dealpb::Deal { name: name.clone(), ..Default::default() }]).await?
         }
-        (_, Some(_)) => return Err("--deal is for hot-deal and watch".into()),
+        (_, Some(_)) => return Err("--deal is for hot-deal, watch and failover".into()),
         (Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch, None) => {
             vec![admin.create_deal("hot deal", options.units).await?]
         }
         (Scenario::Browse | Scenario::ListDeals, None) => admin.create_deals(50, options.units).await?,
         (Scenario::Mixed, None) => admin.create_deals(20, options.units).await?,
-        (Scenario::HealthCheck, None) => Vec::new(),
+        (Scenario::HealthCheck | Scenario::Failover, None) => Vec::new(),
     };
     let deal_names: Arc<[String]> = deals.iter().map(|deal| deal.name.clone()).collect();
     let clients = Clients { scenario, options: &options, deals: &deal_channels, orders: &order_channels, deal_names };
@@ -291,7 +296,9 @@ impl Client {
         let roll = self.next_random();
         let deal = (roll >> 8) as usize % self.deal_names.len().max(1);
         match self.scenario {
-            Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch => Call::Order(0),
+            Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch | Scenario::Failover => {
+                Call::Order(0)
+            }
             Scenario::ListDeals => Call::List,
             Scenario::HealthCheck => Call::Health,
             Scenario::Browse if roll.is_multiple_of(2) => Call::List,
@@ -378,7 +385,7 @@ impl Client {
 const SETTLE_TIME: Duration = Duration::from_secs(1);
 
 /// The delay a refusal's `RetryInfo` asks for.
-fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+pub(crate) fn retry_delay(status: &tonic::Status) -> Option<Duration> {
     use tonic_types::StatusExt;
     let delay = status.get_error_details().retry_info()?.retry_delay?;
     Some(delay)
