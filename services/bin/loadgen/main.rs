@@ -87,7 +87,12 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     watch_connections: usize,
 
-    /// deal-service's process id, to read its resident memory from /proc (`watch`).
+    /// The deal-service the watchers watch through (`watch`), when it is not the one the orders
+    /// reserve from (`--deal-service`).
+    #[arg(long)]
+    watch_deal_service: Option<String>,
+
+    /// The watched deal-service's process id, to read its resident memory from /proc (`watch`).
     #[arg(long, env = "DEAL_SERVICE_PID")]
     deal_service_pid: Option<u32>,
 
@@ -151,6 +156,7 @@ async fn run(args: Args) -> Result<bool, cli::MainError> {
         deal: args.deal,
         watchers: args.watchers,
         watch_connections: args.watch_connections,
+        watch_deal_service: args.watch_deal_service,
         deal_service_pid: args.deal_service_pid,
     };
     if scenario == Scenario::Failover {

@@ -94,7 +94,9 @@ pub struct Options {
     /// WatchDeal streams of the `watch` scenario, and their connections.
     pub watchers: usize,
     pub watch_connections: usize,
-    /// deal-service's process, whose resident memory the `watch` scenario reads.
+    /// The deal-service the watchers use; `deal_service` when unset.
+    pub watch_deal_service: Option<String>,
+    /// The watched deal-service's process, whose resident memory the `watch` scenario reads.
     pub deal_service_pid: Option<u32>,
 }
 

@@ -28,7 +28,7 @@ pub(crate) async fn run(
     let authorization =
         options.signer.as_ref().map(|signer| authorization(signer, Role::Customer, "loadgen-watcher")).transpose()?;
     let watchers = watch::Watchers::open(
-        &options.deal_service,
+        options.watch_deal_service.as_ref().unwrap_or(&options.deal_service),
         options.watch_connections,
         options.watchers,
         &deal.name,
