@@ -17,11 +17,12 @@ use std::{
 };
 
 use tonic::Code;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     proto::deal as pb,
-    shared::{call::CallContext, coalesce::Coalescer},
+    shared::{call::CallContext, coalesce::Coalescer, metrics},
 };
 
 use super::{
@@ -43,8 +44,10 @@ struct Waiting {
     request: pb::ReserveUnitsRequest,
     /// When its caller stops waiting for deal-service's answer.
     give_up_at: Instant,
-    /// Its call's request id and trace context; a batch carries its first request's.
+    /// Its call's request id and trace context, and its span; a batch call carries its first
+    /// request's, and runs in its span (so that, with `otel`, its `traceparent` is that order's).
     context: CallContext,
+    span: tracing::Span,
 }
 
 /// A reservation's answer, and whether the item alone failed in a way worth resending it.
@@ -88,7 +91,12 @@ impl Reserving {
         let request = deals::reserve_request(reservation_id, order);
         let mut backoff = deals::FIRST_BACKOFF;
         for attempt in 1..=deals::ATTEMPTS {
-            let waiting = Waiting { request: request.clone(), give_up_at, context: context.clone() };
+            let waiting = Waiting {
+                request: request.clone(),
+                give_up_at,
+                context: context.clone(),
+                span: tracing::Span::current(),
+            };
             let answer = tokio::time::timeout_at(give_up_at.into(), self.reservations.submit(order.deal_id, waiting));
             let (result, resend) = match answer.await {
                 Ok(Some(answer)) => answer,
@@ -119,11 +127,14 @@ impl Reserving {
 
 /// One BatchReserveUnits call for `waiting`, one answer each, in order.
 async fn reserve_batch(deals: &DealsClient, faults: &Faults, waiting: Vec<Waiting>) -> Vec<Answer> {
+    metrics::deal_call_batch("reserve", waiting.len());
     faults.before_reserve_batch(waiting.len()).await;
-    let Some(context) = waiting.first().map(|first| first.context.clone()) else { return Vec::new() };
+    let Some((context, span)) = waiting.first().map(|first| (first.context.clone(), first.span.clone())) else {
+        return Vec::new();
+    };
     let requests: Vec<(pb::ReserveUnitsRequest, Instant)> =
         waiting.into_iter().map(|waiting| (waiting.request, waiting.give_up_at)).collect();
-    match deals.reserve_batch(&context, &requests, faults).await {
+    match deals.reserve_batch(&context, &requests, faults).instrument(span).await {
         Ok(results) => results
             .into_iter()
             .map(|result| {
@@ -138,6 +149,7 @@ async fn reserve_batch(deals: &DealsClient, faults: &Faults, waiting: Vec<Waitin
 
 /// One BatchConfirmUnits call for `ids`, one answer each, in order.
 async fn confirm_batch(deals: &DealsClient, ids: &[Uuid]) -> Vec<Result<(), OrderError>> {
+    metrics::deal_call_batch("confirm", ids.len());
     match deals.confirm_batch(&CallContext::detached(CONFIRM_DEADLINE), ids).await {
         Ok(results) => results,
         Err(err) => ids.iter().map(|_| Err(err.clone())).collect(),
