@@ -206,3 +206,64 @@ async fn a_reserve_batch_resent_after_its_reply_was_lost_gives_every_order_its_s
     assert_eq!(app.get_deal(&deal.name).await.available_units, 100 - 1 - 2 * TOGETHER as i32);
     assert_invariants(&pool).await;
 }
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn each_request_of_a_reserve_batch_gets_its_own_answer_as_if_it_came_alone(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let limited = dealpb::Deal { max_units_per_customer: Some(3), ..deal_request(10) };
+    let deal = app.deals.clone().create_deal(dealpb::CreateDealRequest { deal: Some(limited) }).await.unwrap();
+    let deal = deal.into_inner().name;
+    let reserve = |id: Uuid, customer: &str, quantity| dealpb::ReserveUnitsRequest {
+        deal: deal.clone(),
+        reservation_id: id.to_string(),
+        quantity,
+        customer_id: customer.into(),
+        ..Default::default()
+    };
+    let (first, again) = (Uuid::new_v4(), Uuid::new_v4());
+    let requests = vec![
+        reserve(first, "alice", 2),
+        // Invalid: refused alone.
+        reserve(Uuid::new_v4(), "alice", 0),
+        // Past alice's limit of 3, counting the 2 the request before took.
+        reserve(Uuid::new_v4(), "alice", 2),
+        // A retry of the first in the same call: its hold, nothing more taken.
+        reserve(first, "alice", 2),
+        // Its caller's time was up before the call reached the database: left out.
+        dealpb::ReserveUnitsRequest { timeout: Some(prost_types::Duration::default()), ..reserve(again, "bob", 1) },
+        reserve(Uuid::new_v4(), "bob", 3),
+    ];
+    let mut call = app.reservations.clone();
+    let results = call.batch_reserve_units(dealpb::BatchReserveUnitsRequest { requests }).await.unwrap();
+    let outcomes: Vec<Result<i32, (Code, String)>> = results
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|result| match result.result.expect("a result") {
+            dealpb::reservation_result::Result::Reservation(reservation) => Ok(reservation.quantity),
+            dealpb::reservation_result::Result::Error(status) => {
+                let status = topkart::shared::status::from_message(status);
+                let reason =
+                    tonic_types::StatusExt::get_error_details(&status).error_info().map(|info| info.reason.clone());
+                Err((status.code(), reason.unwrap_or_default()))
+            }
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Ok(2),
+            Err((Code::InvalidArgument, "INVALID_ARGUMENT".into())),
+            Err((Code::FailedPrecondition, "PER_CUSTOMER_LIMIT_EXCEEDED".into())),
+            Ok(2),
+            Err((Code::DeadlineExceeded, "DEADLINE_EXCEEDED".into())),
+            Ok(3),
+        ]
+    );
+    assert_eq!(hold_states(&pool, &[first, again]).await, [Some("reserved".into()), None]);
+    assert_eq!(app.get_deal(&deal).await.available_units, 10 - 2 - 3);
+    // An empty call, or one beyond 500, is refused as a whole.
+    let empty = call.batch_reserve_units(dealpb::BatchReserveUnitsRequest { requests: Vec::new() }).await;
+    assert_invalid(empty, &["requests"]);
+    assert_invariants(&pool).await;
+}
