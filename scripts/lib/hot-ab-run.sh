@@ -71,6 +71,6 @@ sleep 1
 psql -qAt "$DATABASE_URL" -c "select 'h2load deal: orders ' || (select count(*) from orders where deal_id = '$deal') || ', units taken ' || (select total_units - available_units from deals where id = '$deal')"
 curl -s http://127.0.0.1:50192/metrics | grep -E '^topkart_deal_call_batch_size_(sum|count)' || true
 curl -s http://127.0.0.1:50191/metrics | grep -E '^topkart_reservation_batch_size_(sum|count)' || true
-echo "peak RSS KiB: deal-service $(awk '/^VmHWM/ {print $2}' /proc/$deal_pid/status), order-service $(awk '/^VmHWM/ {print $2}' /proc/$order_pid/status)"
+echo "peak RSS KiB: deal-service $(awk '/^VmHWM/ {print $2}' /proc/"$deal_pid"/status), order-service $(awk '/^VmHWM/ {print $2}' /proc/"$order_pid"/status)"
 "$bin/invariant-check" && echo "invariants hold"
 echo "== end $(date -u +%H:%M:%S) load: $(cut -d' ' -f1-3 /proc/loadavg)"
