@@ -27,9 +27,9 @@ async fn faulty_order_service(app: &TestApp, faults: Faults) -> (std::net::Socke
     spawn_order_service_with_faults(app.pool.clone(), deals_client(app.deal_addr), faults).await
 }
 
-/// `buyer` orders `quantity` units of `deal` under `id` at `addr`, waiting at most `timeout`.
+/// `buyer` orders `quantity` units of `deal` under `id` over `channel`, waiting at most `timeout`.
 fn order(
-    addr: std::net::SocketAddr,
+    channel: &tonic::transport::Channel,
     deal: &str,
     buyer: String,
     quantity: i32,
@@ -37,8 +37,8 @@ fn order(
     timeout: Duration,
 ) -> impl Future<Output = Result<pb::Order, tonic::Status>> + Send + 'static {
     let deal = deal.to_owned();
+    let mut orders = orders_with(channel, Bearer::of(&token(Role::Customer, &buyer)));
     async move {
-        let mut orders = orders_with(&channel(addr).await, Bearer::of(&token(Role::Customer, &buyer)));
         let mut request = Request::new(pb::CreateOrderRequest {
             waitlist_entry: String::new(),
             order: Some(order_request(&deal, quantity)),
@@ -85,13 +85,15 @@ async fn a_batch_of_together(
     faults: &Faults,
     buyers: impl Fn(usize) -> (String, i32, Duration),
 ) -> Vec<(Uuid, tokio::task::JoinHandle<Result<pb::Order, tonic::Status>>)> {
-    let first = tokio::spawn(order(addr, &deal.name, "first".into(), 1, Uuid::new_v4(), PATIENT));
+    // One connection, made before: the orders then reach order-service at once.
+    let channel = channel(addr).await;
+    let first = tokio::spawn(order(&channel, &deal.name, "first".into(), 1, Uuid::new_v4(), PATIENT));
     eventually("the first order's call reaches the gate", || async { faults.reserve_batch_sizes() == [1] }).await;
     let together: Vec<_> = (0..TOGETHER)
         .map(|index| {
             let (buyer, quantity, timeout) = buyers(index);
             let id = Uuid::new_v4();
-            (id, tokio::spawn(order(addr, &deal.name, buyer, quantity, id, timeout)))
+            (id, tokio::spawn(order(&channel, &deal.name, buyer, quantity, id, timeout)))
         })
         .collect();
     // They reach order-service's queue for the deal while the first call waits at the gate.
