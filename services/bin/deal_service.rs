@@ -15,6 +15,9 @@ struct Args {
     #[command(flatten)]
     observability: cli::ObservabilityArgs,
 
+    #[command(flatten)]
+    runtime: cli::RuntimeArgs,
+
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     listen_addr: SocketAddr,
@@ -32,11 +35,14 @@ struct Args {
     web: cli::WebArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let _telemetry = args.observability.init_logs("deal-service");
-    cli::exit_code("deal-service", run(args).await)
+    args.runtime.block_on("deal-service", async {
+        let telemetry = args.observability.init_logs("deal-service");
+        let code = cli::exit_code("deal-service", run(args).await);
+        telemetry.shut_down().await;
+        code
+    })
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {

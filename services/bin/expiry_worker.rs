@@ -15,6 +15,9 @@ struct Args {
     #[command(flatten)]
     observability: cli::ObservabilityArgs,
 
+    #[command(flatten)]
+    runtime: cli::RuntimeArgs,
+
     /// Address to serve gRPC health on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50053")]
     listen_addr: SocketAddr,
@@ -27,11 +30,14 @@ struct Args {
     tls: cli::TlsArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let _telemetry = args.observability.init_logs("expiry-worker");
-    cli::exit_code("expiry-worker", run(args).await)
+    args.runtime.block_on("expiry-worker", async {
+        let telemetry = args.observability.init_logs("expiry-worker");
+        let code = cli::exit_code("expiry-worker", run(args).await);
+        telemetry.shut_down().await;
+        code
+    })
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {

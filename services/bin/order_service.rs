@@ -19,6 +19,9 @@ struct Args {
     #[command(flatten)]
     observability: cli::ObservabilityArgs,
 
+    #[command(flatten)]
+    runtime: cli::RuntimeArgs,
+
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     listen_addr: SocketAddr,
@@ -59,11 +62,14 @@ struct Args {
     web: cli::WebArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let _telemetry = args.observability.init_logs("order-service");
-    cli::exit_code("order-service", run(args).await)
+    args.runtime.block_on("order-service", async {
+        let telemetry = args.observability.init_logs("order-service");
+        let code = cli::exit_code("order-service", run(args).await);
+        telemetry.shut_down().await;
+        code
+    })
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {

@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -10,7 +11,10 @@ use std::{
 use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::watch;
-use tonic::{Request, Response, Status};
+use tonic::{
+    Request, Response, Status,
+    codegen::tokio_stream::{Stream, StreamExt},
+};
 use uuid::Uuid;
 
 use crate::{
@@ -18,6 +22,7 @@ use crate::{
     shared::{
         auth::{self, Caller, Role},
         customers,
+        encoded::{self, Reply},
         money::Price,
         names, paging, quantity,
         status::Violations,
@@ -55,6 +60,30 @@ pub struct DealApi {
 }
 
 impl DealApi {
+    /// ListDeals, its reply sent as bytes when it is the first page of live deals.
+    #[tracing::instrument(name = "list_deals", skip_all)]
+    pub async fn list_deals_encoded(
+        &self,
+        request: Request<pb::ListDealsRequest>,
+    ) -> Result<Response<Reply<pb::ListDealsResponse>>, Status> {
+        let caller = authorize(&request, READERS)?;
+        reply(self.list(request.get_ref(), caller).await)
+    }
+
+    /// WatchDeal, each version of the deal sent as bytes encoded once for all its watchers.
+    #[tracing::instrument(name = "watch_deal", skip_all, fields(deal = %request.get_ref().name))]
+    pub async fn watch_deal_encoded(
+        &self,
+        request: Request<pb::WatchDealRequest>,
+    ) -> Result<Response<DealStream>, Status> {
+        let audience = Audience::of(authorize(&request, READERS)?);
+        let mut violations = Violations::default();
+        let id = names::parse("name", names::DEALS, &request.get_ref().name, &mut violations);
+        let watch =
+            async { self.watchers.watch(violations.into_result(id)?.ok_or(DealError::DealNotFound)?, audience).await };
+        reply(watch.await)
+    }
+
     /// The API over `pool`, streaming at most `max_watchers` WatchDeal calls, which end when
     /// `shutdown` turns true.
     pub fn new(pool: PgPool, max_watchers: usize, shutdown: watch::Receiver<bool>) -> Self {
@@ -87,25 +116,26 @@ impl DealService for DealApi {
         reply(self.get(&request.get_ref().name).await.map(|deal| audience.deal(&deal)))
     }
 
-    #[tracing::instrument(skip_all)]
+    // ListDeals and WatchDeal are served by `routes::DealRoutes`, which sends their replies as
+    // bytes encoded once; these two are their generated routes, reached only by a server built
+    // without it, and decode what the others send as bytes.
+
     async fn list_deals(
         &self,
         request: Request<pb::ListDealsRequest>,
     ) -> Result<Response<pb::ListDealsResponse>, Status> {
-        let caller = authorize(&request, READERS)?;
-        reply(self.list(request.get_ref(), caller).await)
+        let page = self.list_deals_encoded(request).await?.into_inner();
+        Ok(Response::new(page.into_message()?))
     }
 
-    type WatchDealStream = DealStream;
+    type WatchDealStream = Pin<Box<dyn Stream<Item = Result<pb::Deal, Status>> + Send>>;
 
-    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().name))]
-    async fn watch_deal(&self, request: Request<pb::WatchDealRequest>) -> Result<Response<DealStream>, Status> {
-        let audience = Audience::of(authorize(&request, READERS)?);
-        let mut violations = Violations::default();
-        let id = names::parse("name", names::DEALS, &request.get_ref().name, &mut violations);
-        let watch =
-            async { self.watchers.watch(violations.into_result(id)?.ok_or(DealError::DealNotFound)?, audience).await };
-        reply(watch.await)
+    async fn watch_deal(
+        &self,
+        request: Request<pb::WatchDealRequest>,
+    ) -> Result<Response<Self::WatchDealStream>, Status> {
+        let stream = self.watch_deal_encoded(request).await?.into_inner();
+        Ok(Response::new(Box::pin(stream.map(|message| message.and_then(Reply::into_message)))))
     }
 
     #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal, reservation = %request.get_ref().reservation_id))]
@@ -246,7 +276,11 @@ impl DealApi {
         store::get_deal(&self.pool, id).await?.ok_or(DealError::DealNotFound)
     }
 
-    async fn list(&self, request: &pb::ListDealsRequest, caller: &Caller) -> Result<pb::ListDealsResponse, DealError> {
+    async fn list(
+        &self,
+        request: &pb::ListDealsRequest,
+        caller: &Caller,
+    ) -> Result<Reply<pb::ListDealsResponse>, DealError> {
         let mut violations = Violations::default();
         let limit = paging::page_size("page_size", request.page_size, &mut violations);
         let filter = match pb::deal::State::try_from(request.state) {
@@ -269,10 +303,16 @@ impl DealApi {
         violations.into_result(())?;
 
         if let (DealFilter::Live, None) = (filter, after)
-            && let Some((deals, next)) = self.live_deals.first_page(limit as usize).await?
+            && let Some((mut page, next)) = self.live_deals.first_page(limit as usize).await?
         {
-            let next_page_token = next.map(|cursor| cursor.to_token(filter_key)).unwrap_or_default();
-            return Ok(pb::ListDealsResponse { deals, next_page_token });
+            if let Some(cursor) = next {
+                let next_page_token = cursor.to_token(filter_key);
+                page.extend_from_slice(&encoded::encode(&pb::ListDealsResponse {
+                    next_page_token,
+                    ..Default::default()
+                }));
+            }
+            return Ok(Reply::Encoded(page.freeze()));
         }
         let mut deals = store::list_deals(&self.pool, filter, after, limit + 1).await?;
         let next_page_token = paging::cut_page(&mut deals, limit, filter_key, |last| paging::Cursor {
@@ -280,7 +320,9 @@ impl DealApi {
             id: last.id,
         });
         let audience = Audience::of(caller);
-        Ok(pb::ListDealsResponse { deals: deals.iter().map(|deal| audience.deal(deal)).collect(), next_page_token })
+        let page =
+            pb::ListDealsResponse { deals: deals.iter().map(|deal| audience.deal(deal)).collect(), next_page_token };
+        Ok(Reply::Message(page))
     }
 
     async fn reserve(&self, request: &pb::ReserveUnitsRequest) -> Result<Reservation, DealError> {

@@ -6,18 +6,25 @@
 //! past its `expire_time` or the daily reset by this server's clock: the snapshot is filtered at every
 //! request. A deal that became live within the window may be missing until the next read. UpdateDeal
 //! and CreateDeal on this instance drop the snapshot at once; on other instances it ages out.
+//!
+//! The page is sent as bytes: each deal of the snapshot is encoded once, as a page holding it alone,
+//! and a page is their concatenation (`shared::encoded`).
 
 use std::{
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::{
     proto::deal as pb,
-    shared::paging::{Cursor, MAX_PAGE_SIZE},
+    shared::{
+        encoded,
+        paging::{Cursor, MAX_PAGE_SIZE},
+    },
 };
 
 use super::{
@@ -37,8 +44,9 @@ struct Snapshot {
     /// When its query started.
     taken: Instant,
     deals: Vec<Deal>,
-    /// The same deals as the API shows them, converted once per snapshot rather than per request.
-    protos: Vec<pb::Deal>,
+    /// Each of the same deals as the API shows them, encoded once per snapshot as a
+    /// `ListDealsResponse` holding only it.
+    encoded: Vec<Bytes>,
     /// Whether it holds every live deal (fewer rows came back than were asked for).
     complete: bool,
 }
@@ -55,10 +63,11 @@ impl LiveDeals {
         Self { pool, snapshot: RwLock::new(None), refresh: tokio::sync::Mutex::new(()) }
     }
 
-    /// The first page of `page_size` live deals, soonest expiry first, and, when more follow, the
-    /// cursor after its last deal; `None` when the snapshot cannot tell (too many of its deals
-    /// expired since it was read): the caller then asks the database.
-    pub async fn first_page(&self, page_size: usize) -> Result<Option<(Vec<pb::Deal>, Option<Cursor>)>, sqlx::Error> {
+    /// The first page of `page_size` live deals, soonest expiry first, as an encoded
+    /// `ListDealsResponse` without its `next_page_token`, and, when more follow, the cursor after its
+    /// last deal; `None` when the snapshot cannot tell (too many of its deals expired since it was
+    /// read): the caller then asks the database.
+    pub async fn first_page(&self, page_size: usize) -> Result<Option<(BytesMut, Option<Cursor>)>, sqlx::Error> {
         let snapshot = self.fresh_snapshot().await?;
         let now = Utc::now();
         // One more than the page tells whether another page follows.
@@ -72,7 +81,11 @@ impl LiveDeals {
             let last = &snapshot.deals[page[page.len() - 1]];
             Cursor { at: last.terms.expire_time, id: last.id }
         });
-        Ok(Some((page.iter().map(|&i| snapshot.protos[i].clone()).collect(), next)))
+        let mut encoded = BytesMut::with_capacity(page.iter().map(|&i| snapshot.encoded[i].len()).sum());
+        for &i in page {
+            encoded.extend_from_slice(&snapshot.encoded[i]);
+        }
+        Ok(Some((encoded, next)))
     }
 
     /// Drops the snapshot, after a change made through this instance.
@@ -96,8 +109,13 @@ impl LiveDeals {
         }
         let taken = Instant::now();
         let deals = store::list_deals(&self.pool, DealFilter::Live, None, SNAPSHOT_ROWS as i64).await?;
-        let protos = deals.iter().map(deal_to_proto).collect();
-        let snapshot = Arc::new(Snapshot { taken, complete: deals.len() < SNAPSHOT_ROWS, deals, protos });
+        let encoded = deals
+            .iter()
+            .map(|deal| {
+                encoded::encode(&pb::ListDealsResponse { deals: vec![deal_to_proto(deal)], ..Default::default() })
+            })
+            .collect();
+        let snapshot = Arc::new(Snapshot { taken, complete: deals.len() < SNAPSHOT_ROWS, deals, encoded });
         *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&snapshot));
         Ok(snapshot)
     }

@@ -20,6 +20,38 @@ use super::{
     telemetry::{self, LogFormat},
 };
 
+/// The threads a service runs on.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct RuntimeArgs {
+    /// Threads that run the service's tasks. 1, the default, runs them all on one thread (tokio's
+    /// current-thread scheduler): on the benchmark machine that sold the hot deal faster and
+    /// streamed WatchDeal at half the CPU per message (BENCHMARKS.md, "One thread per service").
+    /// Past one core, run more replicas, or give more threads here (a work-stealing scheduler).
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: u16,
+}
+
+impl RuntimeArgs {
+    /// Runs `main` to its end on the runtime these settings describe.
+    pub fn block_on(self, binary: &str, main: impl Future<Output = ExitCode>) -> ExitCode {
+        let mut builder = match self.worker_threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            threads => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(threads.into());
+                builder
+            }
+        };
+        match builder.enable_all().build() {
+            Ok(runtime) => runtime.block_on(main),
+            Err(err) => {
+                eprintln!("{binary}: cannot start the runtime: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 /// Database settings.
 #[derive(Debug, clap::Args)]
 pub struct DatabaseArgs {

@@ -49,17 +49,28 @@ where
     type Decoder = MessageDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::new(ENCODE_BUFFER_BYTES, ENCODE_YIELD_BYTES))
+        ProstEncoder::new(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        MessageDecoder(PhantomData)
+        MessageDecoder::default()
     }
+}
+
+/// How every reply is buffered: [`ENCODE_BUFFER_BYTES`], [`ENCODE_YIELD_BYTES`].
+pub fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(ENCODE_BUFFER_BYTES, ENCODE_YIELD_BYTES)
 }
 
 /// Decodes one `U`, saying whose fault it is when it cannot.
 #[derive(Debug)]
 pub struct MessageDecoder<U>(PhantomData<U>);
+
+impl<U> Default for MessageDecoder<U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
 
 impl<U: Message + Name + Default> Decoder for MessageDecoder<U> {
     type Item = U;

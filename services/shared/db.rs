@@ -67,9 +67,11 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
 }
 
 /// SQLSTATEs worth a retry: connection exceptions (08), too many connections (53300), the server
-/// shutting down or starting (57P01–57P03), deadlocks and serialization failures (40P01, 40001).
+/// shutting down or starting (57P01–57P03), deadlocks and serialization failures (40P01, 40001),
+/// and a write refused by a read-only server (25006): during a failover or switchover a connection
+/// can reach the old primary, now a standby, before the proxy in front stops sending it there.
 fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "53300" | "57P01" | "57P02" | "57P03" | "40P01" | "40001")
+    code.starts_with("08") || matches!(code, "53300" | "57P01" | "57P02" | "57P03" | "40P01" | "40001" | "25006")
 }
 
 #[cfg(test)]
@@ -78,7 +80,7 @@ mod tests {
 
     #[test]
     fn transient_sqlstates_are_the_ones_worth_a_retry() {
-        for code in ["08006", "08001", "53300", "57P01", "57P03", "40P01", "40001"] {
+        for code in ["08006", "08001", "53300", "57P01", "57P03", "40P01", "40001", "25006"] {
             assert!(is_transient_sqlstate(code), "{code}");
         }
         for code in ["23505", "42601", "22P02", "P0001"] {

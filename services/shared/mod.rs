@@ -1,6 +1,6 @@
 //! Pieces every binary shares: the database pool and migrations, the gRPC server plumbing (health,
 //! reflection, graceful shutdown), error details, and the conversions between protobuf and domain
-//! values (money, timestamps, resource names, pages), and request coalescing.
+//! values (money, timestamps, resource names, pages), request coalescing, and replies encoded once.
 
 pub mod auth;
 pub mod call;
@@ -9,6 +9,7 @@ pub mod coalesce;
 pub mod codec;
 pub mod customers;
 pub mod db;
+pub mod encoded;
 pub mod layers;
 pub mod methods;
 pub mod metrics;

@@ -23,6 +23,14 @@ pub struct Telemetry {
     _exporter: Option<super::otel::Exporter>,
 }
 
+impl Telemetry {
+    /// Flushes and stops the span exporter on a thread of its own: its last export goes out over a
+    /// gRPC connection whose tasks run on the runtime, which may have only the calling thread.
+    pub async fn shut_down(self) {
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+    }
+}
+
 /// Installs the global subscriber for the binary `service`. Call once, first thing in `main`
 /// after reading the flags, and keep what it returns until `main` ends.
 #[must_use = "dropping it stops exporting spans"]

@@ -363,3 +363,41 @@ async fn release_of_an_unknown_reservation_is_not_found(pool: PgPool) {
         &["reservation_id"],
     );
 }
+
+/// `deal::routes` serves ListDeals and WatchDeal from bytes encoded once; the generated routes of
+/// the two (a server built without it) answer the same, decoded.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn the_generated_routes_of_list_deals_and_watch_deal_answer_as_the_encoded_ones(pool: PgPool) {
+    use tonic::codegen::tokio_stream::StreamExt;
+    use topkart::{
+        deal::grpc::DealApi,
+        proto::deal::deal_service_server::DealService,
+        shared::auth::{Caller, Role},
+    };
+
+    let app = spawn_app(pool.clone()).await;
+    for units in [3, 5, 8] {
+        app.create_deal(units).await;
+    }
+    let first = app.create_deal(13).await;
+    let mut client = app.deals.clone();
+    let page_request = pb::ListDealsRequest { page_size: 2, ..Default::default() };
+    let served = client.list_deals(page_request.clone()).await.unwrap().into_inner();
+    assert_eq!(served.deals.len(), 2);
+    assert!(!served.next_page_token.is_empty());
+
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let api = DealApi::new(pool, 10, stopping);
+    fn as_customer<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.extensions_mut().insert(Caller::Token { subject: "alice".into(), role: Role::Customer });
+        request
+    }
+    let generated = api.list_deals(as_customer(page_request)).await.unwrap().into_inner();
+    assert_eq!(generated, served);
+
+    let watch_request = pb::WatchDealRequest { name: first.name.clone() };
+    let mut watched = api.watch_deal(as_customer(watch_request)).await.unwrap().into_inner();
+    let now = watched.next().await.unwrap().unwrap();
+    assert_eq!(now, app.get_deal(&first.name).await);
+}

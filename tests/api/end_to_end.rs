@@ -42,6 +42,8 @@ async fn the_readme_flow_runs_on_the_real_binaries(pool: PgPool) {
         &[
             &["--listen-addr", &order_addr.to_string(), "--deal-service-url", &format!("http://{deal_addr}")][..],
             &claims,
+            // The other scheduler: deal-service and the worker run on one thread (the default).
+            &["--worker-threads", "3"],
         ]
         .concat(),
         &logs.join("order-service.log"),

@@ -2,10 +2,13 @@
 //! statuses; exits 1 when a check after the run fails (errors, oversold units, broken invariants).
 
 mod discard;
+mod failover;
 mod report;
 mod scenario;
 mod setup;
+mod timeline;
 mod watch;
+mod watched_load;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -42,7 +45,7 @@ struct Args {
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
 
-    /// Seconds measured.
+    /// Seconds measured (`failover`: the longest it runs before SIGTERM stops it).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
 
@@ -87,6 +90,15 @@ struct Args {
     /// deal-service's process id, to read its resident memory from /proc (`watch`).
     #[arg(long, env = "DEAL_SERVICE_PID")]
     deal_service_pid: Option<u32>,
+
+    /// `NAME=URL` of a server whose `grpc.health.v1` status to follow (`failover`; repeatable).
+    #[arg(long)]
+    health: Vec<String>,
+
+    /// The file of `UNIX_MS NAME` lines the test writes as it causes events (`failover`), read at
+    /// the end to report each event's error window.
+    #[arg(long)]
+    events: Option<PathBuf>,
 
     /// Also write the report as JSON to this file.
     #[arg(long)]
@@ -141,6 +153,15 @@ async fn run(args: Args) -> Result<bool, cli::MainError> {
         watch_connections: args.watch_connections,
         deal_service_pid: args.deal_service_pid,
     };
+    if scenario == Scenario::Failover {
+        let failover = failover::FailoverOptions { health: args.health, events: args.events };
+        let report = failover::run(options, failover).await.map_err(|err| err.to_string())?;
+        print!("{}", report.to_text());
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_vec(&report)?)?;
+        }
+        return Ok(report.passed());
+    }
     let report = scenario::run(scenario, options).await.map_err(|err| err.to_string())?;
     print!("{}", report.to_text());
     if let Some(path) = &args.json {

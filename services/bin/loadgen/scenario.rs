@@ -40,8 +40,8 @@ use topkart::{
 
 use crate::{
     discard,
-    report::{Check, Recorder, Report, Rss, WatchReport},
-    setup, watch,
+    report::{Check, Recorder, Report},
+    setup, watched_load,
 };
 
 /// What to run; on the command line in kebab case (`hot-deal-sell-out`).
@@ -55,6 +55,8 @@ pub enum Scenario {
     Mixed,
     Surge,
     Watch,
+    /// Runs apart ([`crate::failover`]): the hot deal while the database fails over.
+    Failover,
 }
 
 impl Scenario {
@@ -65,7 +67,7 @@ impl Scenario {
     }
 
     fn places_orders(self) -> bool {
-        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed | Self::Surge | Self::Watch)
+        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed | Self::Surge | Self::Watch | Self::Failover)
     }
 }
 
@@ -101,6 +103,9 @@ pub type LoadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs `scenario` and reports on it.
 pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadError> {
+    if scenario == Scenario::Failover {
+        return Err("failover runs apart, with its own report".into());
+    }
     let deal_channels = channels(&options.deal_service, options.connections).await?;
     let order_channels = if scenario.places_orders() {
         channels(&options.order_service, options.connections).await?
@@ -112,19 +117,19 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
         (Scenario::HotDeal | Scenario::Watch, Some(name)) => {
             admin.reread(&[dealpb::Deal { name: name.clone(), ..Default::default() }]).await?
         }
-        (_, Some(_)) => return Err("--deal is for hot-deal and watch".into()),
+        (_, Some(_)) => return Err("--deal is for hot-deal, watch and failover".into()),
         (Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch, None) => {
             vec![admin.create_deal("hot deal", options.units).await?]
         }
         (Scenario::Browse | Scenario::ListDeals, None) => admin.create_deals(50, options.units).await?,
         (Scenario::Mixed, None) => admin.create_deals(20, options.units).await?,
-        (Scenario::HealthCheck, None) => Vec::new(),
+        (Scenario::HealthCheck | Scenario::Failover, None) => Vec::new(),
     };
     let deal_names: Arc<[String]> = deals.iter().map(|deal| deal.name.clone()).collect();
     let clients = Clients { scenario, options: &options, deals: &deal_channels, orders: &order_channels, deal_names };
 
     let (load, watched) = if scenario == Scenario::Watch {
-        let (load, watched) = watched_load(&clients, &deals[0]).await?;
+        let (load, watched) = watched_load::run(&clients, &deals[0]).await?;
         (load, Some(watched))
     } else {
         (clients.drive(Instant::now() + options.warmup).await?, None)
@@ -132,7 +137,7 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
 
     let mut checks = vec![unexpected_statuses(scenario, &load.recorder)];
     if let Some((watched, report)) = &watched {
-        checks.extend(watch_checks(watched, report));
+        checks.extend(watched_load::checks(watched, report));
     }
     if scenario.places_orders() {
         let after = admin.reread(&deals).await?;
@@ -158,25 +163,25 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
 }
 
 /// The clients of a run and what they call.
-struct Clients<'a> {
+pub(crate) struct Clients<'a> {
     scenario: Scenario,
-    options: &'a Options,
+    pub options: &'a Options,
     deals: &'a [Channel],
     orders: &'a [Channel],
     deal_names: Arc<[String]>,
 }
 
 /// What one stretch of load did.
-struct Load {
-    recorder: Recorder,
+pub(crate) struct Load {
+    pub recorder: Recorder,
     /// Units of every order placed, warm-up included.
-    ordered_units: i64,
-    window: Duration,
+    pub ordered_units: i64,
+    pub window: Duration,
 }
 
 impl Clients<'_> {
     /// Runs every client until `duration` after `record_from`, recording from then on.
-    async fn drive(&self, record_from: Instant) -> Result<Load, LoadError> {
+    pub async fn drive(&self, record_from: Instant) -> Result<Load, LoadError> {
         let options = self.options;
         let end = record_from + options.duration;
         let mut clients = Vec::with_capacity(options.concurrency);
@@ -202,102 +207,6 @@ impl Clients<'_> {
         load.window = Instant::now().saturating_duration_since(record_from);
         Ok(load)
     }
-}
-
-/// The `watch` scenario: the hot deal's orders alone, then with its watchers (joined before the
-/// orders start); the load with the watchers, what they saw and what they cost.
-async fn watched_load(
-    clients: &Clients<'_>,
-    deal: &dealpb::Deal,
-) -> Result<(Load, (watch::Watched, WatchReport)), LoadError> {
-    let options = clients.options;
-    let alone = clients.drive(Instant::now() + options.warmup).await?;
-    let rss = |pid: Option<u32>| pid.and_then(watch::rss_kib);
-    let rss_before = rss(options.deal_service_pid);
-
-    let authorization =
-        options.signer.as_ref().map(|signer| authorization(signer, Role::Customer, "loadgen-watcher")).transpose()?;
-    let watchers = watch::Watchers::open(
-        &options.deal_service,
-        options.watch_connections,
-        options.watchers,
-        &deal.name,
-        authorization.as_ref(),
-    )
-    .await?;
-    let joined_in = watchers.joined().await?;
-    let rss_joined = rss(options.deal_service_pid);
-
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let leads = match (&options.database, Uuid::parse_str(deal.name.trim_start_matches("deals/"))) {
-        (Some(pool), Ok(id)) => Some(tokio::spawn(watch::stamp_leads(pool.clone(), id, stopped.clone()))),
-        _ => None,
-    };
-    let peak = options.deal_service_pid.map(|pid| tokio::spawn(watch::peak_rss_kib(pid, stopped)));
-    let record_from = Instant::now() + options.warmup;
-    watchers.measure(record_from, record_from + options.duration);
-    let with = clients.drive(record_from).await?;
-    let _ = stop.send(true);
-    let watched = watchers.stop().await?;
-    let leads = match leads {
-        Some(task) => task.await??,
-        None => None,
-    };
-    let rss_peak = match peak {
-        Some(task) => task.await?,
-        None => None,
-    };
-
-    let alone_ordered_units = alone.ordered_units;
-    let alone = alone.recorder.summary(alone.window);
-    let with_ok_per_s = with.recorder.count(Code::Ok) as f64 / with.window.as_secs_f64().max(f64::MIN_POSITIVE);
-    let rss = match (rss_before, rss_joined, rss_peak) {
-        (Some(before), Some(joined), Some(peak)) => Some(Rss::new(before, joined, peak, watched.watchers)),
-        _ => None,
-    };
-    let report = WatchReport {
-        watchers: watched.watchers,
-        connections: watched.connections,
-        joined_s: joined_in.as_secs_f64(),
-        changes: watched.changes,
-        changes_per_s: watched.changes as f64 / with.window.as_secs_f64().max(f64::MIN_POSITIVE),
-        watchers_without_change: watched.without_change,
-        ended: watched.ended.clone(),
-        delay_ms: watched.delays.quantiles(),
-        stamp_lead_ms: leads.map(|leads| leads.quantiles()),
-        orders_ratio: with_ok_per_s / alone.ok_per_s.max(f64::MIN_POSITIVE),
-        without_watchers: alone,
-        alone_ordered_units,
-        rss_kib: rss,
-    };
-    Ok((with, (watched, report)))
-}
-
-/// The orders without watchers met no error either; every watcher's stream stayed open and
-/// carried changes.
-fn watch_checks(watched: &watch::Watched, report: &WatchReport) -> Vec<Check> {
-    let ended: u64 = watched.ended.values().sum();
-    let alone = &report.without_watchers;
-    vec![
-        Check {
-            name: "no errors without watchers".into(),
-            passed: alone.ok == alone.requests,
-            detail: format!("{} calls ended other than OK", alone.requests - alone.ok),
-        },
-        Check {
-            name: "streams stayed open".into(),
-            passed: ended == 0,
-            detail: format!("{ended} of {} streams ended during the run {:?}", watched.watchers, watched.ended),
-        },
-        Check {
-            name: "every watcher saw changes".into(),
-            passed: watched.without_change == 0,
-            detail: format!(
-                "{} of {} watchers received no change in the window",
-                watched.without_change, watched.watchers
-            ),
-        },
-    ]
 }
 
 pub(crate) async fn channels(url: &str, connections: usize) -> Result<Vec<Channel>, LoadError> {
@@ -387,7 +296,9 @@ impl Client {
         let roll = self.next_random();
         let deal = (roll >> 8) as usize % self.deal_names.len().max(1);
         match self.scenario {
-            Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch => Call::Order(0),
+            Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch | Scenario::Failover => {
+                Call::Order(0)
+            }
             Scenario::ListDeals => Call::List,
             Scenario::HealthCheck => Call::Health,
             Scenario::Browse if roll.is_multiple_of(2) => Call::List,
@@ -474,7 +385,7 @@ impl Client {
 const SETTLE_TIME: Duration = Duration::from_secs(1);
 
 /// The delay a refusal's `RetryInfo` asks for.
-fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+pub(crate) fn retry_delay(status: &tonic::Status) -> Option<Duration> {
     use tonic_types::StatusExt;
     let delay = status.get_error_details().retry_info()?.retry_delay?;
     Some(delay)

@@ -6,39 +6,32 @@
 //!
 //! Each stream reads its channel only when the connection can take a message (HTTP/2 flow control
 //! decides when its body is polled), so it holds no queue and no task of its own: what it sends is
-//! the latest version at that moment. A deal watched already is joined without reading the
-//! database: its channel holds what the listener read last. A stream holds a permit of
-//! `--max-watchers` for its whole life. On a lost listener connection (notifications sent
+//! the latest version at that moment, encoded once for all the streams that send it (each version
+//! holds its bytes for each audience, made by the first stream to send them; `shared::encoded`).
+//! A deal watched already is joined without reading the database: its channel holds what the
+//! listener read last. A stream holds a permit of `--max-watchers` for its whole life. On a lost listener connection (notifications sent
 //! meanwhile are lost) every watched deal is read again. Streams end with OK after the deal's
-//! EXPIRED message, and with UNAVAILABLE when the server shuts down.
+//! EXPIRED message, and with UNAVAILABLE when the server shuts down ([`stream`]).
+
+mod stream;
 
 use std::{
     collections::HashMap,
-    future::Future,
-    pin::Pin,
     sync::{Arc, Mutex, PoisonError},
-    task::{Context, Poll},
     time::Duration,
 };
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgListener};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tonic::{Code, Status, codegen::tokio_stream::Stream};
+use tokio::sync::{Semaphore, watch};
+use tonic::{Code, Status};
 use uuid::Uuid;
 
-use crate::{
-    proto::deal as pb,
-    shared::{metrics, status},
-};
+use crate::shared::status;
 
-use super::{
-    DOMAIN,
-    convert::Audience,
-    domain::{Deal, DealState, daily_reset_after},
-    error::DealError,
-    store,
-};
+use super::{DOMAIN, convert::Audience, error::DealError, store};
+
+pub use stream::DealStream;
+use stream::Version;
 
 /// The channel every change of a deal is notified on, with the deal's id.
 const CHANNEL: &str = "deal_changed";
@@ -54,7 +47,7 @@ const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The watched deals of this process and the permits of its streams.
 pub struct Watchers {
     pool: PgPool,
-    channels: Mutex<HashMap<Uuid, watch::Sender<Arc<Deal>>>>,
+    channels: Mutex<HashMap<Uuid, watch::Sender<Arc<Version>>>>,
     /// Held from a read of deals until what it read is sent, so a channel never goes back from a
     /// newer read to an older one.
     reading: tokio::sync::Mutex<()>,
@@ -86,22 +79,20 @@ impl Watchers {
             Some(updates) => updates,
             None => self.read_and_join(id).await?,
         };
-        metrics::deal_watchers(1.0);
-        let feed = Feed { updates, audience, shutdown: self.shutdown.clone(), next: Next::Now };
-        Ok(DealStream { next: Some(Box::pin(feed.next())), _permit: permit })
+        Ok(DealStream::new(updates, audience, self.shutdown.clone(), permit))
     }
 
     /// The channel of deal `id` if it is watched already: the listener keeps its version current
     /// (a change not read yet will be), so joining it needs no read. Under the channels' lock, so
     /// a refresh counts this watcher from then on.
-    fn join(&self, id: Uuid) -> Option<watch::Receiver<Arc<Deal>>> {
+    fn join(&self, id: Uuid) -> Option<watch::Receiver<Arc<Version>>> {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         channels.get(&id).filter(|sender| sender.receiver_count() > 0).map(watch::Sender::subscribe)
     }
 
     /// The first watcher of deal `id` (or the first after all left, when its channel went stale):
     /// reads it and makes its channel.
-    async fn read_and_join(&self, id: Uuid) -> Result<watch::Receiver<Arc<Deal>>, DealError> {
+    async fn read_and_join(&self, id: Uuid) -> Result<watch::Receiver<Arc<Version>>, DealError> {
         let updates = {
             // Read under the lock the listener reads under: a change committed after this read is
             // notified and read after it, one committed before is in it.
@@ -113,16 +104,16 @@ impl Watchers {
                 Some(sender) => {
                     // Only a change is sent on: watchers joining add no messages for the others.
                     sender.send_if_modified(|current| {
-                        let changed = **current != deal;
+                        let changed = current.deal != deal;
                         if changed {
-                            *current = Arc::new(deal);
+                            *current = Version::new(deal);
                         }
                         changed
                     });
                     sender.subscribe()
                 }
                 None => {
-                    let (sender, receiver) = watch::channel(Arc::new(deal));
+                    let (sender, receiver) = watch::channel(Version::new(deal));
                     channels.insert(id, sender);
                     receiver
                 }
@@ -161,7 +152,7 @@ impl Watchers {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         for deal in deals {
             if let Some(sender) = channels.get(&deal.id) {
-                sender.send_replace(Arc::new(deal));
+                sender.send_replace(Version::new(deal));
             }
         }
         Ok(())
@@ -225,132 +216,6 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
     }
 }
 
-/// One watcher's source: its deal's channel, and what it sends next. The deal's state is advanced
-/// by the clock too: a scheduled deal goes ACTIVE at its start and an active one EXPIRED at its end
-/// without waiting for the sweep.
-struct Feed {
-    updates: watch::Receiver<Arc<Deal>>,
-    audience: Audience,
-    shutdown: watch::Receiver<bool>,
-    next: Next,
-}
-
-/// What a feed does next.
-#[derive(Clone, Copy)]
-enum Next {
-    /// Send the latest version now (the first message).
-    Now,
-    /// Wait for a change, the clock's next transition, or the shutdown.
-    Wait { transition: DateTime<Utc> },
-    /// Nothing: the stream is over.
-    End,
-}
-
-/// The next message and the feed after it, or `None` at the end.
-type NextMessage = Pin<Box<dyn Future<Output = Option<(Result<pb::Deal, Status>, Feed)>> + Send>>;
-
-impl Feed {
-    async fn next(mut self) -> Option<(Result<pb::Deal, Status>, Self)> {
-        match self.next {
-            Next::End => return None,
-            Next::Now => {}
-            Next::Wait { transition } => {
-                let until_transition = (transition - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                tokio::select! {
-                    biased;
-                    () = stopped(&mut self.shutdown) => {
-                        self.next = Next::End;
-                        return Some((Err(shutting_down()), self));
-                    }
-                    changed = self.updates.changed() => {
-                        if changed.is_err() {
-                            return None;
-                        }
-                    }
-                    () = tokio::time::sleep(until_transition) => {}
-                }
-            }
-        }
-        let deal = Arc::clone(&self.updates.borrow_and_update());
-        let shown = as_of(&deal, Utc::now());
-        self.next = match shown.state {
-            DealState::Expired => Next::End,
-            _ => Next::Wait { transition: transition_after(&shown) },
-        };
-        Some((Ok(self.audience.deal(&shown)), self))
-    }
-}
-
-/// UNAVAILABLE for the streams of a server shutting down. A client that reads nothing finds its
-/// stream cut when the server's connections close.
-fn shutting_down() -> Status {
-    status::retryable(
-        Code::Unavailable,
-        DOMAIN,
-        "SHUTTING_DOWN",
-        "the server is shutting down; watch again",
-        RECONNECT_AFTER,
-    )
-}
-
-/// Completes when the server starts shutting down (or can no longer say).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
-}
-
-/// `deal` with its state as of `now`: the stored state is the last one written, the clock may have
-/// moved it on.
-fn as_of(deal: &Deal, now: DateTime<Utc>) -> Deal {
-    let end = deal.terms.expire_time.min(daily_reset_after(deal.terms.start_time));
-    let state = match deal.state {
-        DealState::Expired => DealState::Expired,
-        _ if now >= end => DealState::Expired,
-        DealState::Scheduled if now >= deal.terms.start_time => DealState::Active,
-        state => state,
-    };
-    Deal { state, ..deal.clone() }
-}
-
-/// When the clock next changes the state of `deal` (its start, or its end).
-fn transition_after(deal: &Deal) -> DateTime<Utc> {
-    let end = deal.terms.expire_time.min(daily_reset_after(deal.terms.start_time));
-    match deal.state {
-        DealState::Scheduled => deal.terms.start_time.min(end),
-        _ => end,
-    }
-}
-
-/// The stream a WatchDeal call returns; it holds the call's watcher permit.
-pub struct DealStream {
-    next: Option<NextMessage>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for DealStream {
-    fn drop(&mut self) {
-        metrics::deal_watchers(-1.0);
-    }
-}
-
-impl Stream for DealStream {
-    type Item = Result<pb::Deal, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(next) = self.next.as_mut() else { return Poll::Ready(None) };
-        match next.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                self.next = None;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some((message, feed))) => {
-                self.next = Some(Box::pin(feed.next()));
-                Poll::Ready(Some(message))
-            }
-        }
-    }
-}
-
 /// RESOURCE_EXHAUSTED for a watcher beyond `--max-watchers`.
 pub fn too_many_watchers() -> Status {
     status::retryable(
@@ -360,29 +225,4 @@ pub fn too_many_watchers() -> Status {
         "this server watches as many deals as it may; retry later or elsewhere",
         FULL_RETRY_AFTER,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::{TimeDelta, TimeZone};
-
-    use super::*;
-    use crate::deal::domain::sample_deal;
-
-    #[test]
-    fn the_clock_starts_a_scheduled_deal_and_ends_a_live_one() {
-        let start = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
-        let scheduled = Deal { state: DealState::Scheduled, ..sample_deal(start) };
-        assert_eq!(as_of(&scheduled, start - TimeDelta::seconds(1)).state, DealState::Scheduled);
-        assert_eq!(transition_after(&scheduled), start);
-        assert_eq!(as_of(&scheduled, start).state, DealState::Active);
-        let live = sample_deal(start);
-        assert_eq!(transition_after(&live), start + TimeDelta::hours(2));
-        assert_eq!(as_of(&live, start + TimeDelta::hours(2)).state, DealState::Expired);
-        // A deal that would run past midnight ends at the daily reset.
-        let late = sample_deal(Utc.with_ymd_and_hms(2026, 11, 25, 23, 0, 0).unwrap());
-        let midnight = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
-        assert_eq!(transition_after(&late), midnight);
-        assert_eq!(as_of(&late, midnight).state, DealState::Expired);
-    }
 }
