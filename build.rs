@@ -22,6 +22,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     // does not decode (the caller's fault) from a reply that does not (ours).
     let mut messages = prost_build::Config::new();
     messages.enable_type_names();
+    // `google.rpc.Status` (a batch's per-request errors) is tonic-types' own, which tonic's status
+    // details already decode.
+    messages.extern_path(".google.rpc", "::tonic_types::pb");
     tonic_prost_build::configure()
         .codec_path("crate::shared::codec::Codec")
         .compile_fds_with_config(descriptors, messages)?;

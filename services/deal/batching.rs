@@ -7,10 +7,17 @@
 //! disk flush). One transaction per reservation caps a deal at about one flush per sale; a batch
 //! shares the lock and the flush among everyone who came while the last one ran. Several
 //! deal-service instances may batch the same deal: their batches take the row lock in turn.
+//!
+//! A batch call (BatchReserveUnits, BatchConfirmUnits) feeds its requests into these same batches,
+//! all at once, so that they share one transaction (with whatever else waits for the deal); each
+//! request of it that carries a deadline is left out of a batch that starts after it.
 
 use std::{
     collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
     sync::Arc,
+    time::Instant,
 };
 
 use sqlx::PgPool;
@@ -25,10 +32,14 @@ use super::{
     store,
 };
 
-/// The most requests one batch takes; the rest go in the next one.
-const MAX_BATCH: usize = 500;
+/// The most requests one batch takes; the rest go in the next one. Also the most one batch call
+/// may carry, so that its requests fit one batch.
+pub const MAX_BATCH: usize = 500;
 
 type Answer = Result<Reservation, DealError>;
+
+/// The answer to one request of a batch call, coming.
+pub type AnswerFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 /// Reservations per deal, and confirmations, coalesced.
 pub struct Batches {
@@ -59,6 +70,38 @@ impl Batches {
     pub async fn confirm(&self, id: Uuid) -> Answer {
         self.confirmations.submit((), id).await.unwrap_or_else(|| Err(batch_crashed()))
     }
+
+    /// Reserves for every request of `requests` from deal `deal_id`, all in the deal's next batch;
+    /// a request whose deadline has passed when that batch starts is left out of it
+    /// (`DeadlineExceeded`). One answer per request, in order.
+    pub fn reserve_all(&self, deal_id: Uuid, requests: Vec<(UnitRequest, Option<Instant>)>) -> Vec<AnswerFuture> {
+        let deadlines: Vec<Option<Instant>> = requests.iter().map(|(_, deadline)| *deadline).collect();
+        answers_of(self.reservations.submit_all(deal_id, requests), deadlines)
+    }
+
+    /// Confirms every hold of `ids`, in the next batch of confirmations.
+    pub fn confirm_all(&self, ids: Vec<Uuid>) -> Vec<AnswerFuture> {
+        let deadlines = vec![None; ids.len()];
+        answers_of(self.confirmations.submit_all((), ids.into_iter().map(|id| (id, None))), deadlines)
+    }
+}
+
+fn answers_of(
+    receivers: Vec<tokio::sync::oneshot::Receiver<Answer>>,
+    deadlines: Vec<Option<Instant>>,
+) -> Vec<AnswerFuture> {
+    receivers
+        .into_iter()
+        .zip(deadlines)
+        .map(|(receiver, deadline)| -> AnswerFuture {
+            Box::pin(async move {
+                receiver.await.unwrap_or_else(|_| match deadline {
+                    Some(deadline) if deadline <= Instant::now() => Err(DealError::DeadlineExceeded),
+                    _ => Err(batch_crashed()),
+                })
+            })
+        })
+        .collect()
 }
 
 fn batch_crashed() -> DealError {

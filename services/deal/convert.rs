@@ -2,13 +2,17 @@
 //! what the API shows of a deal, a reservation and a waitlist entry, and the enum values of their
 //! states.
 
+use tonic::Status;
+
 use crate::{
     proto::deal as pb,
     shared::{
         auth::{Caller, Role},
-        names, time,
+        names, status, time,
     },
 };
+
+use super::error::DealError;
 
 use super::domain::{
     Deal, DealState, Reservation, ReservationState,
@@ -74,6 +78,20 @@ pub fn reservation_to_proto(reservation: &Reservation) -> pb::Reservation {
         update_time: Some(time::to_proto(reservation.update_time)),
         approval_window: reservation.approval_window_seconds.map(seconds),
     }
+}
+
+/// The results of a batch call, one per request, in order: each reservation as ReserveUnits or
+/// ConfirmUnits would return it, or the status it would fail with, as a `google.rpc.Status`.
+pub fn reservation_results_to_proto(results: Vec<Result<Reservation, DealError>>) -> Vec<pb::ReservationResult> {
+    results
+        .into_iter()
+        .map(|result| pb::ReservationResult {
+            result: Some(match result {
+                Ok(reservation) => pb::reservation_result::Result::Reservation(reservation_to_proto(&reservation)),
+                Err(err) => pb::reservation_result::Result::Error(status::to_message(&Status::from(err))),
+            }),
+        })
+        .collect()
 }
 
 /// Who a deal is shown to: customers see a scheduled deal's terms but its final price only once it

@@ -70,6 +70,9 @@ pub enum DealError {
     /// The entry was claimed or left; it can be neither claimed nor left again.
     #[error("waitlist entry closed")]
     WaitlistEntryClosed,
+    /// A request of a batch whose own deadline passed before its batch started: nothing was done.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
     /// This server streams as many WatchDeal calls as `--max-watchers` allows.
     #[error("too many watchers")]
     TooManyWatchers,
@@ -115,6 +118,7 @@ impl DealError {
             ReservationReleased => "RESERVATION_RELEASED",
             Database(err) if crate::shared::db::is_unavailable(err) => "DATABASE_UNAVAILABLE",
             TooManyWatchers => "TOO_MANY_WATCHERS",
+            DeadlineExceeded => "DEADLINE_EXCEEDED",
             UnitsAvailable { .. } => "UNITS_AVAILABLE",
             RequestIdReused => "REQUEST_ID_REUSED",
             WaitlistEntryNotFound => "WAITLIST_ENTRY_NOT_FOUND",
@@ -206,6 +210,11 @@ impl From<DealError> for Status {
                 Code::FailedPrecondition,
                 "WAITLIST_ENTRY_CLOSED",
                 "the entry was claimed or left; it is no longer in the waitlist",
+            ),
+            DeadlineExceeded => reason(
+                Code::DeadlineExceeded,
+                "DEADLINE_EXCEEDED",
+                "the request's timeout passed before its batch started; nothing was reserved",
             ),
             TooManyWatchers => super::watch::too_many_watchers(),
             Internal(cause) => {

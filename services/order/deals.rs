@@ -1,5 +1,6 @@
-//! order-service's client of deal-service: reserve and release units over gRPC, with a deadline on
-//! every call, and deal-service's answers mapped onto order-service's errors.
+//! order-service's client of deal-service: reserve, confirm and release units over gRPC, with a
+//! deadline on every call, and deal-service's answers mapped onto order-service's errors. Each
+//! result of a batch call is mapped exactly as the unary call's status would be.
 
 use std::{
     sync::{
@@ -25,12 +26,12 @@ use crate::{
         call::CallContext,
         money::Price,
         names,
-        status::Violations,
+        status::{self, Violations},
         time,
     },
 };
 
-use super::{domain::NewOrder, error::OrderError};
+use super::{domain::NewOrder, error::OrderError, faults::Faults};
 
 /// Units reserved for an order, at the price they were reserved at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,9 +47,9 @@ pub struct ReservedUnits {
 /// How many times a call that failed as UNAVAILABLE (deal-service down, a connection reset, a
 /// refused stream) is sent in all, time allowing. Every call here is idempotent (by reservation
 /// id), so resending cannot take or give units twice.
-const ATTEMPTS: usize = 3;
+pub const ATTEMPTS: usize = 3;
 /// The pause before resending, doubled each time.
-const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// Time kept back from the caller's deadline for what follows the call (recording the order and
 /// replying), so a reservation is never made for a caller that cannot be answered in time.
 pub const MARGIN: Duration = Duration::from_millis(50);
@@ -155,65 +156,68 @@ impl DealsClient {
         Ok(Self { clients, next: Arc::new(AtomicUsize::new(0)), deadline, credentials: Arc::new(credentials) })
     }
 
-    /// Reserves the units of `order` under `reservation_id` (the order id), for its customer,
-    /// within the caller's deadline less [`MARGIN`].
-    pub async fn reserve(
+    /// Reserves units for every request of `requests` in one BatchReserveUnits call: each with its
+    /// own deadline, the call's the latest of them. One answer per request, in order; `Err` when the
+    /// call itself failed (after resending it while time allowed), for every request alike.
+    pub async fn reserve_batch(
         &self,
         context: &CallContext,
-        reservation_id: Uuid,
-        order: &NewOrder,
-    ) -> Result<ReservedUnits, OrderError> {
-        let request = pb::ReserveUnitsRequest {
-            deal: names::format(names::DEALS, order.deal_id),
-            reservation_id: reservation_id.to_string(),
-            quantity: order.quantity,
-            expected_unit_price: order.shown_unit_price.as_ref().map(Price::to_proto),
-            customer_id: order.customer_id.clone(),
-            waitlist_entry: order
-                .waitlist_entry
-                .map(|entry| names::format_waitlist_entry(order.deal_id, entry))
-                .unwrap_or_default(),
+        requests: &[(pb::ReserveUnitsRequest, Instant)],
+        faults: &Faults,
+    ) -> Result<Vec<Result<ReservedUnits, OrderError>>, OrderError> {
+        let Some(latest) = requests.iter().map(|(_, give_up_at)| *give_up_at).max() else { return Ok(Vec::new()) };
+        // Rebuilt for every attempt, so that a resent call carries the time each caller has left.
+        let message = || pb::BatchReserveUnitsRequest {
+            requests: requests
+                .iter()
+                .map(|(request, give_up_at)| pb::ReserveUnitsRequest {
+                    timeout: Some(time::duration_to_proto(give_up_at.saturating_duration_since(Instant::now()))),
+                    ..request.clone()
+                })
+                .collect(),
         };
-        let budget = context.remaining().saturating_sub(MARGIN);
-        let reservation = self
-            .call(context, budget, &request, |mut client, request| async move { client.reserve_units(request).await })
+        let budget = latest.saturating_duration_since(Instant::now());
+        let response = self
+            .call(context, budget, message, |mut client, request| async move {
+                faults.lose_reply(client.batch_reserve_units(request).await)
+            })
             .await?;
-        let mut violations = Violations::default();
-        let unit_price = Price::parse("unit_price", reservation.unit_price.as_ref(), &mut violations);
-        let hold_time = reservation.create_time.as_ref().and_then(|at| time::parse("create_time", at, &mut violations));
-        let approval_window = reservation
-            .approval_window
-            .as_ref()
-            .and_then(|window| chrono::TimeDelta::try_seconds(window.seconds).filter(|_| window.nanos == 0));
-        if reservation.approval_window.is_some() && approval_window.is_none() {
-            violations.add("approval_window", "must be whole seconds");
-        }
-        match (unit_price, hold_time) {
-            (Some(unit_price), Some(hold_time)) if violations.is_empty() => {
-                Ok(ReservedUnits { unit_price, hold_time, approval_window })
-            }
-            _ => Err(OrderError::Internal(format!("deal-service sent an invalid reservation: {violations:?}"))),
-        }
+        results_of(response.results, requests.len(), |reservation| reserved_units(&reservation))
+    }
+
+    /// Confirms the holds of `ids`, whose orders are recorded, in one BatchConfirmUnits call.
+    pub async fn confirm_batch(
+        &self,
+        context: &CallContext,
+        ids: &[Uuid],
+    ) -> Result<Vec<Result<(), OrderError>>, OrderError> {
+        let message = || pb::BatchConfirmUnitsRequest {
+            requests: ids.iter().map(|id| pb::ConfirmUnitsRequest { reservation_id: id.to_string() }).collect(),
+        };
+        let response = self
+            .call(context, context.remaining(), message, |mut client, request| async move {
+                client.batch_confirm_units(request).await
+            })
+            .await?;
+        results_of(response.results, ids.len(), |_| Ok(()))
     }
 
     /// Gives the units of `reservation_id` back; a retry gives nothing back twice.
     pub async fn release(&self, context: &CallContext, reservation_id: Uuid) -> Result<(), OrderError> {
         let request = pb::ReleaseUnitsRequest { reservation_id: reservation_id.to_string() };
-        self.call(context, context.remaining(), &request, |mut client, request| async move {
-            client.release_units(request).await
-        })
+        self.call(
+            context,
+            context.remaining(),
+            || request.clone(),
+            |mut client, request| async move { client.release_units(request).await },
+        )
         .await?;
         Ok(())
     }
 
-    /// Confirms the hold of `reservation_id`, whose order is recorded.
-    pub async fn confirm(&self, context: &CallContext, reservation_id: Uuid) -> Result<(), OrderError> {
-        let request = pb::ConfirmUnitsRequest { reservation_id: reservation_id.to_string() };
-        self.call(context, context.remaining(), &request, |mut client, request| async move {
-            client.confirm_units(request).await
-        })
-        .await?;
-        Ok(())
+    /// The longest a call may take, whatever the caller's deadline.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// The next connection's client, in turn.
@@ -224,17 +228,16 @@ impl DealsClient {
 
     /// Sends an idempotent call within `budget` (and never longer than the client's deadline): as
     /// `grpc-timeout` for deal-service, and as a local timer for a server that never answers. It
-    /// carries the caller's request id and trace context, and is resent on another connection
-    /// while deal-service is UNAVAILABLE and time is left.
+    /// carries the caller's request id and trace context, and is resent (`message` made again) on
+    /// another connection while deal-service is UNAVAILABLE and time is left.
     async fn call<Req, Resp, Fut>(
         &self,
         context: &CallContext,
         budget: Duration,
-        message: &Req,
+        message: impl Fn() -> Req,
         send: impl Fn(DealServiceClient<Channel>, Request<Req>) -> Fut,
     ) -> Result<Resp, OrderError>
     where
-        Req: Clone,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let give_up_at = Instant::now() + budget.min(self.deadline);
@@ -244,7 +247,7 @@ impl DealsClient {
             if left.is_zero() {
                 return Err(OrderError::DealServiceUnavailable { code: Code::DeadlineExceeded });
             }
-            let mut request = Request::new(message.clone());
+            let mut request = Request::new(message());
             request.set_timeout(left);
             context.propagate(request.metadata_mut());
             if let Some(token) = self.credentials.bearer()? {
@@ -267,6 +270,62 @@ impl DealsClient {
         }
         unreachable_attempts()
     }
+}
+
+/// The request built from what order-service knows of `order`, to reserve under `reservation_id`.
+pub fn reserve_request(reservation_id: Uuid, order: &NewOrder) -> pb::ReserveUnitsRequest {
+    pb::ReserveUnitsRequest {
+        deal: names::format(names::DEALS, order.deal_id),
+        reservation_id: reservation_id.to_string(),
+        quantity: order.quantity,
+        expected_unit_price: order.shown_unit_price.as_ref().map(Price::to_proto),
+        customer_id: order.customer_id.clone(),
+        waitlist_entry: order
+            .waitlist_entry
+            .map(|entry| names::format_waitlist_entry(order.deal_id, entry))
+            .unwrap_or_default(),
+        timeout: None,
+    }
+}
+
+/// What order-service needs of a reservation deal-service made.
+fn reserved_units(reservation: &pb::Reservation) -> Result<ReservedUnits, OrderError> {
+    let mut violations = Violations::default();
+    let unit_price = Price::parse("unit_price", reservation.unit_price.as_ref(), &mut violations);
+    let hold_time = reservation.create_time.as_ref().and_then(|at| time::parse("create_time", at, &mut violations));
+    let approval_window = reservation
+        .approval_window
+        .as_ref()
+        .and_then(|window| chrono::TimeDelta::try_seconds(window.seconds).filter(|_| window.nanos == 0));
+    if reservation.approval_window.is_some() && approval_window.is_none() {
+        violations.add("approval_window", "must be whole seconds");
+    }
+    match (unit_price, hold_time) {
+        (Some(unit_price), Some(hold_time)) if violations.is_empty() => {
+            Ok(ReservedUnits { unit_price, hold_time, approval_window })
+        }
+        _ => Err(OrderError::Internal(format!("deal-service sent an invalid reservation: {violations:?}"))),
+    }
+}
+
+/// Each result of a batch call, as its request's answer: the reservation read by `read`, or the
+/// status it carries mapped exactly as a unary call's status is.
+fn results_of<T>(
+    results: Vec<pb::ReservationResult>,
+    expected: usize,
+    read: impl Fn(pb::Reservation) -> Result<T, OrderError>,
+) -> Result<Vec<Result<T, OrderError>>, OrderError> {
+    if results.len() != expected {
+        return Err(OrderError::Internal(format!("deal-service answered {} of {expected} requests", results.len())));
+    }
+    Ok(results
+        .into_iter()
+        .map(|result| match result.result {
+            Some(pb::reservation_result::Result::Reservation(reservation)) => read(reservation),
+            Some(pb::reservation_result::Result::Error(status)) => Err(from_deal_status(status::from_message(status))),
+            None => Err(OrderError::Internal("deal-service sent an empty result".into())),
+        })
+        .collect())
 }
 
 /// The loop above always returns; this keeps the compiler satisfied without a panic.

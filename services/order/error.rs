@@ -15,8 +15,9 @@ use super::{
 /// The retry delay suggested when deal-service could not be reached.
 const DEAL_SERVICE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Everything an order-service request can fail with.
-#[derive(Debug, thiserror::Error)]
+/// Everything an order-service request can fail with. Cloneable, so that a batch call that failed
+/// answers every request in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum OrderError {
     /// The request is malformed; every bad field is named.
     #[error("invalid argument: {0:?}")]

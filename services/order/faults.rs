@@ -1,12 +1,13 @@
 //! Test-only fault injection: makes order-service fail between reserving units and recording the
-//! order, as a crash there would, or stop there until the test lets it go on. Compiled in only with
+//! order, as a crash there would, or stop there until the test lets it go on; holds its batch calls
+//! to deal-service until the test lets them go, or loses one's reply. Compiled in only with
 //! the `test-faults` cargo feature, which `scripts/test` passes and `cargo build` (debug or release)
 //! leaves off: without it [`Faults`] is empty, `default` is its only constructor, and
 //! [`Faults::after_reserve`] always succeeds. The binaries only ever pass `Faults::default()`.
 
 #[cfg(feature = "test-faults")]
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicU64, Ordering},
 };
 
@@ -26,6 +27,18 @@ pub struct Faults {
     /// Every order waits here, after its units are reserved, for a permit of its own.
     #[cfg(feature = "test-faults")]
     gate: Option<Arc<Semaphore>>,
+    /// Every BatchReserveUnits call waits here, before it is sent, for a permit of its own.
+    #[cfg(feature = "test-faults")]
+    batch_gate: Option<Arc<Semaphore>>,
+    /// The size of every BatchReserveUnits call, as it reached the gate.
+    #[cfg(feature = "test-faults")]
+    batch_sizes: Arc<Mutex<Vec<usize>>>,
+    /// The reply of this attempt of a BatchReserveUnits call (counted from 1, resends included) is
+    /// lost after deal-service made it (0: none).
+    #[cfg(feature = "test-faults")]
+    lose_reply_of_attempt: u64,
+    #[cfg(feature = "test-faults")]
+    batch_attempts: Arc<AtomicU64>,
 }
 
 impl Faults {
@@ -40,6 +53,59 @@ impl Faults {
     #[cfg(feature = "test-faults")]
     pub fn pause_after_reserve(gate: Arc<Semaphore>) -> Self {
         Self { gate: Some(gate), ..Self::default() }
+    }
+
+    /// Also holds every BatchReserveUnits call, before it is sent, until `gate` gives it a permit.
+    #[cfg(feature = "test-faults")]
+    pub fn pause_reserve_batches(self, gate: Arc<Semaphore>) -> Self {
+        Self { batch_gate: Some(gate), ..self }
+    }
+
+    /// Also loses the reply of the `n`-th BatchReserveUnits call sent (resends count): deal-service
+    /// has served it, and order-service sees the stream fail as a broken connection would make it.
+    #[cfg(feature = "test-faults")]
+    pub fn lose_reserve_batch_reply(self, n: u64) -> Self {
+        Self { lose_reply_of_attempt: n, ..self }
+    }
+
+    /// The size of every BatchReserveUnits call made so far, in order.
+    #[cfg(feature = "test-faults")]
+    pub fn reserve_batch_sizes(&self) -> Vec<usize> {
+        self.batch_sizes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// How many BatchReserveUnits calls were sent so far, resends included (counted only with
+    /// [`Self::lose_reserve_batch_reply`]).
+    #[cfg(feature = "test-faults")]
+    pub fn reserve_batch_sends(&self) -> u64 {
+        self.batch_attempts.load(Ordering::Relaxed)
+    }
+
+    /// Called before a BatchReserveUnits call of `size` reservations is sent.
+    pub(super) async fn before_reserve_batch(&self, size: usize) {
+        #[cfg(feature = "test-faults")]
+        {
+            self.batch_sizes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(size);
+            if let Some(gate) = &self.batch_gate
+                && let Ok(permit) = gate.acquire().await
+            {
+                permit.forget();
+            }
+        }
+        #[cfg(not(feature = "test-faults"))]
+        let _ = size;
+    }
+
+    /// The reply of a BatchReserveUnits call as order-service sees it: lost, if it is the one.
+    pub(super) fn lose_reply<T>(&self, reply: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+        #[cfg(feature = "test-faults")]
+        if self.lose_reply_of_attempt > 0 {
+            let attempt = self.batch_attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            if attempt == self.lose_reply_of_attempt && reply.is_ok() {
+                return Err(tonic::Status::unknown("injected fault: the reply was lost"));
+            }
+        }
+        reply
     }
 
     /// Called between the reservation and the order write.

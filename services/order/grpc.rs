@@ -24,6 +24,7 @@ use super::{
     faults::Faults,
     placing::Placing,
     recording::Recorder,
+    reserving::Reserving,
     store,
 };
 
@@ -37,8 +38,8 @@ pub struct OrderApi {
 impl OrderApi {
     /// The API over `pool`, reserving through `deals`, with `faults` injected (tests only).
     pub fn new(pool: PgPool, deals: DealsClient, faults: Faults) -> Self {
-        let placing =
-            Placing { pool: pool.clone(), deals: deals.clone(), recorder: Recorder::new(pool.clone()), faults };
+        let reserving = Reserving::new(deals.clone(), faults.clone());
+        let placing = Placing { pool: pool.clone(), reserving, recorder: Recorder::new(pool.clone()), faults };
         Self { deciding: Deciding { pool: pool.clone(), deals }, pool, placing }
     }
 }

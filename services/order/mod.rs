@@ -4,8 +4,9 @@
 //! Layers: [`grpc`] decodes, validates, calls and maps errors, with [`convert`] turning domain
 //! values into messages and back; [`domain`] holds the rules, [`placing`] (the CreateOrder
 //! protocol) and [`deciding`] (approve, reject, cancel) apply them; [`store`] holds the SQL, and
-//! [`recording`] coalesces the order inserts; [`deals`] is the client of deal-service; [`error`] is
-//! the one error type and its mapping to gRPC status.
+//! [`recording`] coalesces the order inserts; [`deals`] is the client of deal-service, and
+//! [`reserving`] coalesces the reservations and confirmations sent through it into batch calls;
+//! [`error`] is the one error type and its mapping to gRPC status.
 
 pub mod convert;
 pub mod deals;
@@ -16,6 +17,7 @@ pub mod faults;
 pub mod grpc;
 pub mod placing;
 pub mod recording;
+pub mod reserving;
 pub mod store;
 
 use std::future::Future;

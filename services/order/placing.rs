@@ -19,19 +19,17 @@ use crate::shared::{
 };
 
 use super::{
-    deals::DealsClient,
     domain::{NewOrder, Order},
     error::OrderError,
     faults::Faults,
     recording::{Recorded, Recorder},
+    reserving::Reserving,
     store::{self, OrderInsert},
 };
 
 /// The least time left for which a reservation is still started: below it the caller could not be
 /// answered in time, and the hold would only be abandoned.
 const MIN_TIME_TO_PLACE: Duration = Duration::from_millis(60);
-/// How long a background confirmation or release may take.
-const BACKGROUND_DEADLINE: Duration = Duration::from_secs(2);
 /// How often, and how far apart, an abandonment looks again for a hold that a reservation still in
 /// flight may yet make.
 const ABANDON_LOOKS: u32 = 5;
@@ -44,7 +42,7 @@ static ABANDONING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(AB
 /// What placing an order needs.
 pub struct Placing {
     pub pool: PgPool,
-    pub deals: DealsClient,
+    pub reserving: Reserving,
     pub recorder: Recorder,
     pub faults: Faults,
 }
@@ -57,7 +55,7 @@ impl Placing {
         }
         // From here until the order is recorded, a hold may exist that nobody will order.
         let mut attempt = Attempt::begin(self.pool.clone(), id);
-        let reserved = match self.deals.reserve(context, id, new).await {
+        let reserved = match self.reserving.reserve(context, id, new).await {
             Ok(reserved) => reserved,
             Err(err) => return self.after_refusal(&mut attempt, new, err).await,
         };
@@ -87,7 +85,7 @@ impl Placing {
         match self.recorder.record(insert).await? {
             Recorded::New(order) => {
                 attempt.recorded();
-                self.confirm_later(id);
+                self.reserving.confirm_later(id);
                 tracing::debug!(order = %order.id, deal = %order.deal_id, quantity = order.quantity, "order placed");
                 Ok(order)
             }
@@ -125,17 +123,6 @@ impl Placing {
             }
             other => other,
         })
-    }
-
-    /// Confirms the hold off the customer's path: the expiry worker confirms holds whose order
-    /// exists, so the reply need not wait for this.
-    fn confirm_later(&self, id: Uuid) {
-        let deals = self.deals.clone();
-        tokio::spawn(async move {
-            if let Err(err) = deals.confirm(&CallContext::detached(BACKGROUND_DEADLINE), id).await {
-                tracing::debug!(order = %id, error = ?err, "hold not confirmed; the expiry worker will confirm it");
-            }
-        });
     }
 }
 

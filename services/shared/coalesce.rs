@@ -6,7 +6,10 @@
 //! one transaction and one commit, and to confirm holds in one statement.
 //!
 //! A request whose caller has gone (its deadline passed, or it cancelled) before its batch starts is
-//! left out of the batch: no work is done for nobody.
+//! left out of the batch: no work is done for nobody. A caller that stops waiting drops its answer
+//! (a cancelled call); a request may also carry its deadline, for callers that wait on several
+//! answers at once (a batch call, whose requests each have their own). [`Coalescer::submit_all`]
+//! queues several requests of a key at once, so they go in the same batch.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -14,6 +17,7 @@ use std::{
     hash::Hash,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Instant,
 };
 
 use tokio::sync::oneshot;
@@ -26,6 +30,14 @@ type ServeBatch<K, R, A> = Box<dyn Fn(K, Vec<R>) -> BatchFuture<A> + Send + Sync
 struct Pending<R, A> {
     request: R,
     reply: oneshot::Sender<A>,
+    /// When its caller stops waiting, if it said.
+    deadline: Option<Instant>,
+}
+
+impl<R, A> Pending<R, A> {
+    fn caller_gone(&self, now: Instant) -> bool {
+        self.reply.is_closed() || self.deadline.is_some_and(|deadline| deadline <= now)
+    }
 }
 
 /// Per-key queues and the function that serves a batch.
@@ -50,15 +62,36 @@ where
 
     /// Serves `request` with the next batch of `key`. `None` only if serving its batch panicked.
     pub async fn submit(self: &Arc<Self>, key: K, request: R) -> Option<A> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending { request, reply };
+        let answer = self.submit_all(key, [(request, None)]).pop()?;
+        answer.await.ok()
+    }
+
+    /// Queues `requests` for `key` together (so that they go in the same batch, the batch size
+    /// allowing), each with the deadline past which it is left out of a batch not started yet.
+    /// Each receiver gets its request's answer; an error if it was left out, or if serving its
+    /// batch panicked. Dropping a receiver leaves its request out likewise.
+    pub fn submit_all(
+        self: &Arc<Self>,
+        key: K,
+        requests: impl IntoIterator<Item = (R, Option<Instant>)>,
+    ) -> Vec<oneshot::Receiver<A>> {
+        let (pending, answers): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .map(|(request, deadline)| {
+                let (reply, answer) = oneshot::channel();
+                (Pending { request, reply, deadline }, answer)
+            })
+            .unzip();
+        if pending.is_empty() {
+            return answers;
+        }
         let first = match self.queues().entry(key) {
             Entry::Occupied(mut queue) => {
-                queue.get_mut().push(pending);
+                queue.get_mut().extend(pending);
                 false
             }
             Entry::Vacant(entry) => {
-                entry.insert(vec![pending]);
+                entry.insert(pending);
                 true
             }
         };
@@ -66,7 +99,7 @@ where
             // A task of its own, so that a caller giving up (a deadline) never strands the others.
             tokio::spawn(Arc::clone(self).drain(key));
         }
-        answer.await.ok()
+        answers
     }
 
     fn queues(&self) -> MutexGuard<'_, HashMap<K, Vec<Pending<R, A>>>> {
@@ -88,7 +121,8 @@ where
                     return;
                 }
                 // Callers that gave up while waiting are dropped here, without counting to the batch.
-                queue.retain(|pending| !pending.reply.is_closed());
+                let now = Instant::now();
+                queue.retain(|pending| !pending.caller_gone(now));
                 let size = queue.len().min(self.max_batch);
                 queue.drain(..size).collect()
             };
@@ -205,6 +239,32 @@ mod tests {
         assert_eq!(first.await.unwrap(), Some(2));
         assert_eq!(stays.await.unwrap(), Some(6));
         assert_eq!(*sizes.lock().unwrap(), [1, 1]);
+    }
+
+    #[tokio::test]
+    async fn requests_submitted_together_go_in_one_batch_and_one_past_its_deadline_is_left_out() {
+        let gate = Arc::new(Semaphore::new(0));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let coalescer = doubler(Arc::clone(&gate), Arc::clone(&sizes));
+        let first = coalescer.submit_all(1, [(1, None)]);
+        tokio::task::yield_now().await;
+        // While the first batch waits, three come together, one of them with a deadline that passes
+        // before their batch starts: it is left out, and the two others go together.
+        let passed = Instant::now();
+        let together = coalescer.submit_all(1, [(2, None), (3, Some(passed)), (4, None)]);
+        gate.add_permits(2);
+        assert_eq!(first.into_iter().next().unwrap().await.ok(), Some(2));
+        let answers: Vec<Option<u32>> = futures_of(together).await;
+        assert_eq!(answers, [Some(4), None, Some(8)]);
+        assert_eq!(*sizes.lock().unwrap(), [1, 2]);
+    }
+
+    async fn futures_of(receivers: Vec<oneshot::Receiver<u32>>) -> Vec<Option<u32>> {
+        let mut answers = Vec::new();
+        for receiver in receivers {
+            answers.push(receiver.await.ok());
+        }
+        answers
     }
 
     #[tokio::test]

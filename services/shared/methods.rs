@@ -43,10 +43,12 @@ const INFRASTRUCTURE: [(&str, &str); 4] = [
 ];
 
 /// The methods only order-service calls (the service role; README, "Who may call what").
-const INTERNAL: [&str; 3] = [
+const INTERNAL: [&str; 5] = [
     "/topkart.deal.v1.DealService/ReserveUnits",
     "/topkart.deal.v1.DealService/ConfirmUnits",
     "/topkart.deal.v1.DealService/ReleaseUnits",
+    "/topkart.deal.v1.DealService/BatchReserveUnits",
+    "/topkart.deal.v1.DealService/BatchConfirmUnits",
 ];
 
 static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
@@ -135,7 +137,7 @@ mod tests {
         assert_eq!(request_domain("topkart.deal.v1.CreateDealRequest"), Some(crate::deal::DOMAIN));
         assert_eq!(request_domain("topkart.deal.v1.ReserveUnitsRequest"), Some(crate::deal::DOMAIN));
         assert_eq!(request_domain("topkart.order.v1.CreateOrderRequest"), Some(crate::order::DOMAIN));
-        assert_eq!(REQUESTS.len(), 18, "one request message per method");
+        assert_eq!(REQUESTS.len(), 20, "one request message per method");
         for reply in ["topkart.deal.v1.Deal", "topkart.order.v1.Order", "topkart.deal.v1.ListDealsResponse"] {
             assert_eq!(request_domain(reply), None, "{reply}");
         }

@@ -12,6 +12,7 @@
 //! | `topkart_reservation_batch_size` | histogram | |
 //! | `topkart_reservations_total` | counter | `outcome` (`reserved`, or the refusal's reason) |
 //! | `topkart_order_insert_batch_size` | histogram | |
+//! | `topkart_deal_call_batch_size` | histogram | `call` (`reserve`, `confirm`) |
 //! | `topkart_order_inserts_total` | counter | `outcome` (`recorded`, `existing`, `too_late`, `failed`) |
 //! | `topkart_db_pool_connections` | gauge | `state` (`in_use`, `idle`) |
 //! | `topkart_sweep_seconds`, `topkart_daily_reset_seconds` | histogram | |
@@ -91,6 +92,10 @@ fn describe() {
         "Reservations decided, by outcome (reserved, or the refusal's reason)."
     );
     describe_histogram!("topkart_order_insert_batch_size", "Orders recorded together in one statement.");
+    describe_histogram!(
+        "topkart_deal_call_batch_size",
+        "Reservations or confirmations order-service sent to deal-service in one batch call."
+    );
     describe_counter!("topkart_order_inserts_total", "Order inserts, by outcome.");
     describe_gauge!("topkart_db_pool_connections", "Database connections of this process, in use and idle.");
     describe_gauge!("topkart_deal_watchers", "WatchDeal streams open on this deal-service.");
@@ -218,6 +223,11 @@ pub fn reservation_batch(size: usize) {
 /// One reservation's outcome: `reserved`, `existing`, or a refusal's reason.
 pub fn reservation(outcome: &'static str) {
     counter!("topkart_reservations_total", "outcome" => outcome).increment(1);
+}
+
+/// A batch call to deal-service (`reserve` or `confirm`) of `size` requests.
+pub fn deal_call_batch(call: &'static str, size: usize) {
+    histogram!("topkart_deal_call_batch_size", "call" => call).record(size as f64);
 }
 
 /// A batch of `size` order inserts.

@@ -4,6 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use prost::Message as _;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -90,6 +91,26 @@ pub fn internal(domain: &str) -> Status {
     with_reason(Code::Internal, domain, "INTERNAL", "internal error", [])
 }
 
+/// `status` as a `google.rpc.Status` message (one request's error in a batch's reply): its code,
+/// message and details. A status built with details carries them encoded as exactly this message.
+pub fn to_message(status: &Status) -> tonic_types::pb::Status {
+    let decoded =
+        (!status.details().is_empty()).then(|| tonic_types::pb::Status::decode(status.details()).ok()).flatten();
+    decoded.unwrap_or_else(|| tonic_types::pb::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    })
+}
+
+/// The status a `google.rpc.Status` message stands for, its details readable as a unary call's
+/// are (`StatusExt::get_error_details`).
+pub fn from_message(message: tonic_types::pb::Status) -> Status {
+    let code = Code::from(message.code);
+    let text = message.message.clone();
+    Status::with_details(code, text, message.encode_to_vec().into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +133,20 @@ mod tests {
             .collect();
         assert_eq!(fields, ["deal.product_name", "deal.total_units"]);
         assert_eq!(details.error_info().expect("error info").reason, "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn a_status_sent_as_a_message_reads_back_the_same_details_and_all() {
+        let refused =
+            retryable(Code::Unavailable, "deal.topkart.com", "DATABASE_UNAVAILABLE", "later", DATABASE_RETRY_AFTER);
+        let back = from_message(to_message(&refused));
+        assert_eq!((back.code(), back.message()), (Code::Unavailable, "later"));
+        let details = back.get_error_details();
+        assert_eq!(details.error_info().expect("error info").reason, "DATABASE_UNAVAILABLE");
+        assert_eq!(details.retry_info().expect("retry info").retry_delay, Some(DATABASE_RETRY_AFTER));
+        // A bare status (the transport's) keeps its code and message.
+        let bare = from_message(to_message(&Status::deadline_exceeded("too late")));
+        assert_eq!((bare.code(), bare.message()), (Code::DeadlineExceeded, "too late"));
+        assert!(bare.get_error_details().error_info().is_none());
     }
 }

@@ -1,4 +1,5 @@
-//! `google.protobuf.Timestamp` to and from UTC instants, at the microsecond precision Postgres keeps.
+//! `google.protobuf.Timestamp` to and from UTC instants, at the microsecond precision Postgres keeps;
+//! and timeouts as `google.protobuf.Duration`.
 
 use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use prost_types::Timestamp;
@@ -29,6 +30,11 @@ pub fn to_proto(instant: DateTime<Utc>) -> Timestamp {
         // Below one second, so it fits.
         nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// A timeout as a `google.protobuf.Duration` (the longest one prost can hold, for one beyond it).
+pub fn duration_to_proto(duration: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 999_999_999 })
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ fn expected(rpc: &str, who: Who) -> Code {
     let allowed: &[Who] = match rpc {
         "CreateDeal" | "UpdateDeal" | "ListDeals(state)" | "ApproveOrder" | "RejectOrder" => &[Admin],
         "GetDeal" | "WatchDeal" | "ListDeals" | "ListOrders" | "ListWaitlistEntries" => &[CustomerA, CustomerB, Admin],
-        "ReserveUnits" | "ConfirmUnits" | "ReleaseUnits" => &[Service],
+        "ReserveUnits" | "ConfirmUnits" | "ReleaseUnits" | "BatchReserveUnits" | "BatchConfirmUnits" => &[Service],
         "CreateOrder" | "JoinWaitlist" => &[CustomerA, CustomerB],
         "GetOrder" | "GetWaitlistEntry" => &[CustomerA, Admin],
         "CancelOrder" | "LeaveWaitlist" => &[CustomerA],
@@ -170,6 +170,19 @@ async fn call(app: &TestApp, deal: &dealpb::Deal, rpc: &str, who: Who) -> Code {
         "ConfirmUnits" => {
             code(deals.confirm_units(dealpb::ConfirmUnitsRequest { reservation_id: reservation().await }).await)
         }
+        "BatchReserveUnits" => {
+            let request = dealpb::ReserveUnitsRequest {
+                deal: deal.name.clone(),
+                reservation_id: uuid::Uuid::new_v4().to_string(),
+                quantity: 1,
+                ..Default::default()
+            };
+            code(deals.batch_reserve_units(dealpb::BatchReserveUnitsRequest { requests: vec![request] }).await)
+        }
+        "BatchConfirmUnits" => {
+            let request = dealpb::ConfirmUnitsRequest { reservation_id: reservation().await };
+            code(deals.batch_confirm_units(dealpb::BatchConfirmUnitsRequest { requests: vec![request] }).await)
+        }
         "ReleaseUnits" => {
             code(deals.release_units(dealpb::ReleaseUnitsRequest { reservation_id: reservation().await }).await)
         }
@@ -205,6 +218,8 @@ async fn every_rpc_answers_every_caller_with_the_code_it_must(pool: PgPool) {
         "ReserveUnits",
         "ConfirmUnits",
         "ReleaseUnits",
+        "BatchReserveUnits",
+        "BatchConfirmUnits",
         "CreateOrder",
         "GetOrder",
         "ListOrders",

@@ -56,6 +56,7 @@ async fn concurrent_reservations_of_mixed_sizes_and_retries_each_get_an_exact_an
         .enumerate()
         .flat_map(|(n, id)| {
             let request = dealpb::ReserveUnitsRequest {
+                timeout: None,
                 waitlist_entry: String::new(),
                 deal: deal.name.clone(),
                 reservation_id: id.clone(),

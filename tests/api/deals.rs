@@ -282,6 +282,7 @@ async fn reserve_and_release_are_idempotent_by_reservation_id(pool: PgPool) {
     let mut client = app.reservations.clone();
     let reservation_id = uuid::Uuid::new_v4().to_string();
     let reserve = |quantity| pb::ReserveUnitsRequest {
+        timeout: None,
         waitlist_entry: String::new(),
         deal: deal.name.clone(),
         reservation_id: reservation_id.clone(),
@@ -309,6 +310,7 @@ async fn reserve_refuses_with_a_reason_and_takes_nothing(pool: PgPool) {
     let deal = app.create_deal(5).await;
     let mut client = app.reservations.clone();
     let reserve = |deal: &str, quantity, price: Option<i64>| pb::ReserveUnitsRequest {
+        timeout: None,
         waitlist_entry: String::new(),
         deal: deal.into(),
         reservation_id: uuid::Uuid::new_v4().to_string(),

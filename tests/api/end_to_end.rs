@@ -233,7 +233,7 @@ async fn the_binaries_log_json_carry_request_ids_across_services_and_serve_metri
     let created_ok = [("grpc_method", "CreateOrder"), ("grpc_code", "OK")];
     assert_eq!(crate::surge::sample(&order_text, "grpc_server_handled_total", &created_ok), 1.0);
     let deal_text = crate::surge::scrape(deal_metrics).await;
-    let reserved_ok = [("grpc_method", "ReserveUnits"), ("grpc_code", "OK")];
+    let reserved_ok = [("grpc_method", "BatchReserveUnits"), ("grpc_code", "OK")];
     assert_eq!(crate::surge::sample(&deal_text, "grpc_server_handled_total", &reserved_ok), 1.0);
 
     for process in [deal, order, worker] {

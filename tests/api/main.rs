@@ -2,6 +2,7 @@
 //! fresh Postgres database per test.
 
 mod authorization;
+mod batch_calls;
 mod cluster;
 mod concurrency;
 mod crashes;

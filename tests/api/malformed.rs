@@ -186,7 +186,7 @@ async fn a_request_that_does_not_decode_is_malformed_request_on_every_rpc_and_wr
             }
         }
     }
-    assert_eq!(calls, 18 * 5, "every RPC of both APIs was tried");
+    assert_eq!(calls, 20 * 5, "every RPC of both APIs was tried");
     assert!(failures.is_empty(), "{} calls failed:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(row_counts(&pool).await, before, "a request that did not decode wrote something");
     assert_invariants(&pool).await;

@@ -290,7 +290,7 @@ async fn the_metrics_count_calls_by_method_and_code_and_the_batches_behind_them(
     assert_eq!(moved("grpc_server_handled_total", &code("INVALID_ARGUMENT")), 1.0);
     assert_eq!(moved("grpc_server_handled_total", &[("grpc_method", "GetOrder"), ("grpc_code", "NOT_FOUND")]), 1.0);
     assert_eq!(moved("grpc_server_handling_seconds_count", &code("OK")), 1.0);
-    assert_eq!(moved("grpc_server_handled_total", &[("grpc_method", "ReserveUnits"), ("grpc_code", "OK")]), 1.0);
+    assert_eq!(moved("grpc_server_handled_total", &[("grpc_method", "BatchReserveUnits"), ("grpc_code", "OK")]), 1.0);
     assert_eq!(moved("topkart_reservations_total", &[("outcome", "reserved")]), 1.0);
     assert_eq!(moved("topkart_reservation_batch_size_count", &[]), 1.0);
     assert_eq!(moved("topkart_order_inserts_total", &[("outcome", "recorded")]), 1.0);

@@ -102,6 +102,7 @@ fn reason(status: &tonic::Status) -> String {
 async fn hold(app: &TestApp, deal: &str, quantity: i32, customer: &str, entry: &str) -> Uuid {
     let id = Uuid::new_v4();
     let request = dealpb::ReserveUnitsRequest {
+        timeout: None,
         deal: deal.into(),
         reservation_id: id.to_string(),
         quantity,

@@ -358,6 +358,7 @@ fn seeds() -> Vec<Vec<u8>> {
             expected_unit_price: Some(inr(4_999)),
             customer_id: "alice".into(),
             waitlist_entry: String::new(),
+            timeout: Some(prost_types::Duration { seconds: 1, nanos: 500_000_000 }),
         }
         .encode_to_vec(),
         dealpb::ReleaseUnitsRequest { reservation_id: id.to_string() }.encode_to_vec(),
@@ -686,6 +687,7 @@ fn hostile_request() -> BoxedStrategy<Vec<u8>> {
                     expected_unit_price,
                     customer_id,
                     waitlist_entry,
+                    timeout: None,
                 }
                 .encode_to_vec()
             }),

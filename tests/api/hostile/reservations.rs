@@ -14,6 +14,7 @@ async fn hostile_reservation_requests_are_refused_and_write_nothing(pool: PgPool
         quantity,
         expected_unit_price,
         customer_id: String::new(),
+        timeout: None,
     };
     let fresh = || Uuid::new_v4().to_string();
     let cases = vec![
