@@ -36,7 +36,9 @@ impl DealRoutes {
     }
 }
 
-/// `codec`'s route, decoding requests as the generated routes do.
+/// `codec`'s route, decoding requests as the generated routes do. A setting given to the generated
+/// server in [`DealRoutes::new`] (message sizes, compression) is given here too, or these two
+/// methods would not have it.
 fn route<T, U>() -> Grpc<ReplyCodec<T, U>>
 where
     T: prost::Message + Send + 'static,
