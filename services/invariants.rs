@@ -19,7 +19,7 @@ impl std::fmt::Display for Violation {
 }
 
 /// Each invariant and the query that lists the rows breaking it (one text column each).
-const CHECKS: [(&str, &str); 8] = [
+const CHECKS: [(&str, &str); 9] = [
     (
         "every unit is available, held or offered: total_units = available_units + units of live reservations \
          + units offered to the waitlist",
@@ -65,6 +65,19 @@ const CHECKS: [(&str, &str); 8] = [
           group by d.id, c.customer_id
          having sum(c.quantity) > greatest(d.max_units_per_customer,
                     coalesce(sum(c.quantity) filter (where c.taken_at < d.max_units_per_customer_since), 0))",
+    ),
+    (
+        "the per-customer totals that the limit is checked against (customer_holdings) are what each \
+         customer of a limited deal holds, and unlimited deals have none",
+        "with counted as (
+             select d.id as deal_id, c.customer_id, c.units
+               from deals d cross join lateral counted_holdings(d.id) c
+              where d.max_units_per_customer is not null
+         )
+         select format('customer %s of deal %s: total %s, holds %s', coalesce(t.customer_id, c.customer_id),
+                       coalesce(t.deal_id, c.deal_id), coalesce(t.units, 0), coalesce(c.units, 0))
+           from counted c full join customer_holdings t on t.deal_id = c.deal_id and t.customer_id = c.customer_id
+          where coalesce(t.units, 0) <> coalesce(c.units, 0)",
     ),
     (
         "0 <= available_units <= total_units",

@@ -346,29 +346,22 @@ pub async fn take_units(
 
 /// The units each of `customers` holds of deal `deal_id`, as its per-customer limit counts them:
 /// held and confirmed reservations, and the units asked for by waiting and offered waitlist
-/// entries. Read under the deal's row lock, it cannot change before the transaction ends.
+/// entries. Triggers keep these totals for deals with a limit only (migration 12), so a customer
+/// with thousands of holds is one row. Read under the deal's row lock, they cannot change before
+/// the transaction ends.
 #[tracing::instrument(name = "sql.units_held_by_customers", skip_all, fields(deal = %deal_id, customers = customers.len()))]
 pub async fn units_held_by_customers(
     conn: &mut PgConnection,
     deal_id: Uuid,
     customers: &[&str],
 ) -> Result<HashMap<String, i32>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "select customer_id, sum(quantity)
-           from (select customer_id, quantity
-                   from reservations
-                  where deal_id = $1 and customer_id = any($2) and state in ('reserved', 'confirmed')
-                 union all
-                 select customer_id, quantity
-                   from waitlist_entries
-                  where deal_id = $1 and customer_id = any($2) and state in ('waiting', 'offered')) holds
-          group by customer_id",
-    )
-    .bind(deal_id)
-    .bind(customers)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|(customer, units)| (customer, i32::try_from(units).unwrap_or(i32::MAX))).collect())
+    let rows: Vec<(String, i32)> =
+        sqlx::query_as("select customer_id, units from customer_holdings where deal_id = $1 and customer_id = any($2)")
+            .bind(deal_id)
+            .bind(customers)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// One reservation to insert: its id, units and customer.

@@ -18,6 +18,18 @@ async fn limited_deal(deals: &Deals, units: i32, limit: i32) -> dealpb::Deal {
     deals.clone().create_deal(dealpb::CreateDealRequest { deal: Some(deal) }).await.expect("create deal").into_inner()
 }
 
+/// Sets deal `name`'s per-customer limit (`None` removes it), through UpdateDeal's mask.
+async fn set_limit(deals: &Deals, name: &str, limit: Option<i32>) -> dealpb::Deal {
+    let patch = dealpb::Deal { name: name.into(), max_units_per_customer: limit, ..Default::default() };
+    let mask = FieldMask { paths: vec!["max_units_per_customer".into()] };
+    deals
+        .clone()
+        .update_deal(dealpb::UpdateDealRequest { deal: Some(patch), update_mask: Some(mask) })
+        .await
+        .expect("update the limit")
+        .into_inner()
+}
+
 fn order_of(deal: &str, quantity: i32) -> orderpb::CreateOrderRequest {
     orderpb::CreateOrderRequest {
         waitlist_entry: String::new(),
@@ -103,18 +115,7 @@ async fn lowering_the_limit_keeps_existing_orders_and_limits_new_ones(pool: PgPo
     let first = alice.create_order(order_of(&deal.name, 4)).await.expect("4 of 5").into_inner();
     assert_eq!(app.get_deal(&deal.name).await.max_units_per_customer, Some(5));
 
-    let set_limit = |limit: Option<i32>| {
-        let mut deals = app.deals.clone();
-        let patch = dealpb::Deal { name: deal.name.clone(), max_units_per_customer: limit, ..Default::default() };
-        let mask = FieldMask { paths: vec!["max_units_per_customer".into()] };
-        async move {
-            deals
-                .update_deal(dealpb::UpdateDealRequest { deal: Some(patch), update_mask: Some(mask) })
-                .await
-                .expect("update the limit")
-                .into_inner()
-        }
-    };
+    let set_limit = |limit| set_limit(&app.deals, &deal.name, limit);
     assert_eq!(set_limit(Some(2)).await.max_units_per_customer, Some(2));
     let order = alice.get_order(orderpb::GetOrderRequest { name: first.name.clone() }).await.unwrap().into_inner();
     assert_eq!((order.state(), order.quantity), (orderpb::order::State::PendingApproval, 4), "the order stands");
@@ -129,6 +130,30 @@ async fn lowering_the_limit_keeps_existing_orders_and_limits_new_ones(pool: PgPo
     assert_eq!(set_limit(None).await.max_units_per_customer, None);
     alice.create_order(order_of(&deal.name, 10)).await.expect("no limit left");
     assert_eq!(units_of(&pool, "alice").await, 12);
+    assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_limit_set_after_sales_counts_what_each_customer_already_holds(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(100).await;
+    let mut alice = app.orders.clone();
+    alice.create_order(order_of(&deal.name, 4)).await.expect("4 units, no limit yet");
+    let set_limit = |limit| set_limit(&app.deals, &deal.name, limit);
+
+    set_limit(Some(5)).await;
+    let refused = alice.create_order(order_of(&deal.name, 2)).await.expect_err("4 held + 2 > 5");
+    assert_eq!(over_the_limit(&refused), ("5".into(), "1".into()));
+    alice.create_order(order_of(&deal.name, 1)).await.expect("the fifth unit");
+    assert_invariants(&pool).await;
+
+    // Sales while there is no limit count once it is back.
+    set_limit(None).await;
+    alice.create_order(order_of(&deal.name, 10)).await.expect("no limit");
+    set_limit(Some(20)).await;
+    let refused = alice.create_order(order_of(&deal.name, 6)).await.expect_err("15 held + 6 > 20");
+    assert_eq!(over_the_limit(&refused), ("20".into(), "5".into()));
+    assert_eq!(units_of(&pool, "alice").await, 15);
     assert_invariants(&pool).await;
 }
 
