@@ -130,8 +130,8 @@ pub enum Authenticator {
 pub struct Verifier(Keys);
 
 enum Keys {
-    /// An HS256 secret or a PEM public key: every token is checked against it.
-    Single(KeyCheck),
+    /// An HS256 secret or a PEM public key: every token is checked against it, once.
+    Single(KeyCheck, VerifiedTokens),
     /// Keys chosen by the token's `kid`, re-read when the file changes.
     Jwks(jwks::JwksFile),
 }
@@ -141,7 +141,7 @@ impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Verify(verifier) => match &verifier.0 {
-                Keys::Single(key) => write!(f, "Authenticator::Verify({:?})", key.validation.algorithms),
+                Keys::Single(key, _) => write!(f, "Authenticator::Verify({:?})", key.validation.algorithms),
                 Keys::Jwks(file) => write!(f, "Authenticator::Verify(jwks {})", file.path().display()),
             },
             Self::Insecure => write!(f, "Authenticator::Insecure"),
@@ -298,7 +298,8 @@ impl Authenticator {
     }
 
     fn single(key: DecodingKey, algorithm: Algorithm, expected: &Expected) -> Self {
-        Self::Verify(Arc::new(Verifier(Keys::Single(KeyCheck::new(key, algorithm, expected)))))
+        let check = KeyCheck::new(key, algorithm, expected);
+        Self::Verify(Arc::new(Verifier(Keys::Single(check, VerifiedTokens::default()))))
     }
 
     /// The caller that `metadata` proves, or UNAUTHENTICATED. Only the key's own algorithm is
@@ -313,7 +314,7 @@ impl Authenticator {
             return Ok(Caller::Trusted);
         };
         let claims = match &verifier.0 {
-            Keys::Single(key) => key.verify(bearer_token(headers)?)?,
+            Keys::Single(key, verified) => verified.get_or_verify(bearer_token(headers)?, |token| key.verify(token))?,
             Keys::Jwks(file) => file.verify(bearer_token(headers)?)?,
         };
         // Subjects name customers, admins and services: 1 to 128 printable characters.
@@ -450,6 +451,9 @@ fn permission_denied(domain: &str, roles: &[Role]) -> Status {
 }
 
 mod jwks;
+
+mod verified;
+use verified::VerifiedTokens;
 
 mod signer;
 pub use signer::Signer;

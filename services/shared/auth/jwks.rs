@@ -19,7 +19,7 @@ use jsonwebtoken::{
 };
 use tonic::Status;
 
-use super::{AuthConfigError, Claims, Expected, KeyCheck, describe, unauthenticated};
+use super::{AuthConfigError, Claims, Expected, KeyCheck, VerifiedTokens, describe, unauthenticated};
 
 /// How often the calls look at the file.
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
@@ -66,9 +66,10 @@ fn inode(_: &std::fs::Metadata) -> u64 {
     0
 }
 
-/// The keys of one version of the file, by `kid`.
+/// The keys of one version of the file, by `kid`, and the tokens they verified.
 pub(super) struct KeySet {
     keys: HashMap<String, KeyCheck>,
+    verified: VerifiedTokens,
 }
 
 impl JwksFile {
@@ -172,19 +173,21 @@ impl KeySet {
         if keys.is_empty() {
             return Err("no keys: a JWKS file must hold at least one RSA or Ed25519 public key".into());
         }
-        Ok(Self { keys })
+        Ok(Self { keys, verified: VerifiedTokens::default() })
     }
 
     /// The claims of `token` if the key its `kid` names signed it, under that key's algorithm alone.
     fn verify(&self, token: &str) -> Result<Claims, Status> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|err| unauthenticated(&format!("invalid token: {}", describe(&err))))?;
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.keys.get(kid))
-            .ok_or_else(|| unauthenticated("invalid token: unknown key"))?;
-        key.verify(token)
+        self.verified.get_or_verify(token, |token| {
+            let header = jsonwebtoken::decode_header(token)
+                .map_err(|err| unauthenticated(&format!("invalid token: {}", describe(&err))))?;
+            let key = header
+                .kid
+                .as_deref()
+                .and_then(|kid| self.keys.get(kid))
+                .ok_or_else(|| unauthenticated("invalid token: unknown key"))?;
+            key.verify(token)
+        })
     }
 }
 
