@@ -19,7 +19,7 @@ impl std::fmt::Display for Violation {
 }
 
 /// Each invariant and the query that lists the rows breaking it (one text column each).
-const CHECKS: [(&str, &str); 9] = [
+const CHECKS: [(&str, &str); 10] = [
     (
         "every unit is available, held or offered: total_units = available_units + units of live reservations \
          + units offered to the waitlist",
@@ -78,6 +78,11 @@ const CHECKS: [(&str, &str); 9] = [
                        coalesce(t.deal_id, c.deal_id), coalesce(t.units, 0), coalesce(c.units, 0))
            from counted c full join customer_holdings t on t.deal_id = c.deal_id and t.customer_id = c.customer_id
           where coalesce(t.units, 0) <> coalesce(c.units, 0)",
+    ),
+    (
+        "every reservation belongs to a deal",
+        "select format('reservation %s of deal %s, which does not exist', r.id, r.deal_id)
+           from reservations r where not exists (select from deals d where d.id = r.deal_id)",
     ),
     (
         "0 <= available_units <= total_units",

@@ -406,11 +406,17 @@ pub async fn release(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sql
 
 /// Confirms the held reservations among `ids`, in one statement. Returns those it confirmed; the
 /// others were not held (confirmed before, released, or unknown).
+///
+/// Written as a join with the ids so that the plan looks each one up by primary key. With `id =
+/// any($1) and state = 'reserved'` the generic plan also scanned the partial index of held
+/// reservations (`reservations_held_by_create_time`) whole, dead entries of every hold confirmed
+/// since the last vacuum included: 75,000 of them and 4 of a batch's 6 ms in a hot-deal run.
 #[tracing::instrument(name = "sql.confirm", skip_all, fields(rows = ids.len()))]
 pub async fn confirm(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Reservation>, sqlx::Error> {
     let rows: Vec<ReservationRow> = sqlx::query_as(concat!(
         "update reservations set state = 'confirmed', update_time = now()
-          where id = any($1) and state = 'reserved'
+           from unnest($1::uuid[]) as confirming (reservation_id)
+          where reservations.id = confirming.reservation_id and reservations.state = 'reserved'
          returning ",
         reservation_columns!()
     ))

@@ -77,47 +77,51 @@ pub struct OrderInsert {
     pub approve_deadline: Option<DateTime<Utc>>,
 }
 
-/// Records placed orders, pending approval, in one statement, each unless the database clock has
+/// Records placed orders, pending approval, in one transaction, each unless the database clock has
 /// passed its `write_by` or its attempt was abandoned. Returns the orders it recorded; the others
 /// were too late, abandoned, or their id was recorded before (a retry).
 ///
-/// Each insert holds its hold's advisory lock (`hold_lock_key`) until the statement commits. The
-/// materialized CTE takes each row's lock before that row's checks run (the filter runs on the
-/// CTE's rows as they come), and the ids are locked in sorted order, so two batches sharing ids
-/// cannot deadlock. Under that lock:
+/// The first statement takes every hold's advisory lock (`hold_lock_key`), in id order so that two
+/// batches sharing ids cannot deadlock, held until the commit; the insert comes after, in a
+/// statement of its own, so its snapshot is taken once every lock is granted. Under those locks:
 /// - the expiry worker settles a hold only under its lock and only long after `write_by`, so it
 ///   either sees the order, or the insert comes after it and finds `write_by` long past (the clock
 ///   is read per row, `clock_timestamp()`);
 /// - an abandonment ([`crate::shared::reservations::abandon`]) marks the id under the same lock,
 ///   so either it sees the order and leaves the hold, or the insert sees its mark and records
-///   nothing: `order_abandoned` is volatile, so it reads with a snapshot taken after the lock.
+///   nothing.
 ///
 /// An order recorded here always keeps its units.
 #[tracing::instrument(name = "sql.insert_orders", skip_all, fields(rows = orders.len()))]
 pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<Order>, sqlx::Error> {
     let mut sorted: Vec<&OrderInsert> = orders.iter().collect();
     sorted.sort_by_key(|order| order.id);
+    let ids: Vec<Uuid> = sorted.iter().map(|order| order.id).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "select pg_advisory_xact_lock(hold_lock_key(attempt.id))
+           from unnest($1::uuid[]) with ordinality as attempt (id, position)
+          order by attempt.position",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
     let rows: Vec<OrderRow> = sqlx::query_as(concat!(
-        "with attempt as materialized (
-             select attempt.*, pg_advisory_xact_lock(hold_lock_key(attempt.id))
-               from unnest($1::uuid[], $2::uuid[], $3::text[], $4::integer[], $5::text[], $6::bigint[],
-                           $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
-                    with ordinality
-                    as attempt (id, deal_id, customer_id, quantity, currency_code, unit_price_micros,
-                                total_price_micros, write_by, placed_at, approve_deadline, position)
-              order by attempt.position
-         )
-         insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, \
+        "insert into orders (id, deal_id, customer_id, quantity, currency_code, unit_price_micros, \
                              total_price_micros, state, create_time, approve_deadline)
          select id, deal_id, customer_id, quantity, currency_code, unit_price_micros, total_price_micros,
                 'pending_approval', placed_at, approve_deadline
-           from attempt
-          where clock_timestamp() < write_by and not order_abandoned(attempt.id)
+           from unnest($1::uuid[], $2::uuid[], $3::text[], $4::integer[], $5::text[], $6::bigint[],
+                       $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+                as attempt (id, deal_id, customer_id, quantity, currency_code, unit_price_micros,
+                            total_price_micros, write_by, placed_at, approve_deadline)
+          where clock_timestamp() < write_by
+            and not exists (select from abandoned_orders where abandoned_orders.id = attempt.id)
          on conflict (id) do nothing
          returning ",
         order_columns!()
     ))
-    .bind(sorted.iter().map(|order| order.id).collect::<Vec<_>>())
+    .bind(&ids)
     .bind(sorted.iter().map(|order| order.deal_id).collect::<Vec<_>>())
     .bind(sorted.iter().map(|order| order.customer_id.as_str()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|order| order.quantity).collect::<Vec<_>>())
@@ -127,8 +131,9 @@ pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<
     .bind(sorted.iter().map(|order| order.write_by).collect::<Vec<_>>())
     .bind(sorted.iter().map(|order| order.placed_at).collect::<Vec<_>>())
     .bind(sorted.iter().map(|order| order.approve_deadline).collect::<Vec<_>>())
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(rows.into_iter().map(Order::from).collect())
 }
 
