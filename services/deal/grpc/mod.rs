@@ -17,7 +17,7 @@ use crate::{
     proto::deal::{self as pb, deal_service_server::DealService},
     shared::{
         auth::{self, Caller, Role},
-        encoded::{self, Reply},
+        encoded::Reply,
         names, paging, quantity,
         status::Violations,
     },
@@ -298,16 +298,9 @@ impl DealApi {
         violations.into_result(())?;
 
         if let (DealFilter::Live, None) = (filter, after)
-            && let Some((mut page, next)) = self.live_deals.first_page(limit as usize).await?
+            && let Some(page) = self.live_deals.first_page(limit as usize, |next| next.to_token(filter_key)).await?
         {
-            if let Some(cursor) = next {
-                let next_page_token = cursor.to_token(filter_key);
-                page.extend_from_slice(&encoded::encode(&pb::ListDealsResponse {
-                    next_page_token,
-                    ..Default::default()
-                }));
-            }
-            return Ok(Reply::Encoded(page.freeze()));
+            return Ok(Reply::Encoded(page));
         }
         let mut deals = store::list_deals(&self.pool, filter, after, limit + 1).await?;
         let next_page_token = paging::cut_page(&mut deals, limit, filter_key, |last| paging::Cursor {
