@@ -111,7 +111,8 @@ impl Scenario {
     /// Empties the tables and seeds this scenario's deals in `layout`, then `vacuum analyze`s
     /// them, as autovacuum would have.
     pub async fn seed(&self, pool: &PgPool, layout: Layout) -> Result<(), sqlx::Error> {
-        sqlx::raw_sql("truncate deals, reservations, waitlist_entries, daily_resets").execute(pool).await?;
+        // `cascade` empties every table that refers to deals too, the ones added after this was written.
+        sqlx::raw_sql("truncate deals, daily_resets cascade").execute(pool).await?;
         sqlx::query(
             "insert into deals (id, product_name, currency_code, actual_price_micros, final_price_micros,
                                 total_units, available_units, start_time, expire_time, state)
