@@ -75,6 +75,36 @@ async fn the_end_of_a_deal_is_its_last_message_and_the_stream_ends_ok(pool: PgPo
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_statement_changing_more_deals_than_a_notification_names_reaches_every_watcher(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let (first, second) = (app.create_deal(5).await, app.create_deal(7).await);
+    let mut streams = [watch(&app.deals, &first.name).await.unwrap(), watch(&app.deals, &second.name).await.unwrap()];
+    for stream in &mut streams {
+        next(stream).await.unwrap().unwrap();
+    }
+    // 150 more deals, so that one statement changes 152 of them (a sweep or the daily reset would).
+    sqlx::query(
+        "insert into deals (id, product_name, currency_code, actual_price_micros, final_price_micros, total_units,
+                            available_units, start_time, expire_time, state)
+         select gen_random_uuid(), product_name, currency_code, actual_price_micros, final_price_micros, total_units,
+                available_units, start_time, expire_time, state
+           from deals, generate_series(1, 150) where id = $1",
+    )
+    .bind(uuid(&first.name))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("update deals set total_units = total_units + 10, available_units = available_units + 10")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let [mut a, mut b] = streams;
+    assert_eq!(until(&mut a, |deal| deal.total_units == 15).await.available_units, 15);
+    assert_eq!(until(&mut b, |deal| deal.total_units == 17).await.available_units, 17);
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn watchers_beyond_the_limit_are_refused_and_a_shutdown_ends_the_streams_unavailable(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(5).await;

@@ -1,6 +1,8 @@
-//! WatchDeal's fan-out: one `LISTEN deal_changed` connection per process (migration
-//! `…_deal_changes_notify.sql` notifies every change of a deal at its commit, whichever instance or
-//! worker made it), one read of a changed deal per burst of notifications however many watch it,
+//! WatchDeal's fan-out: one `LISTEN deal_changed` connection per process (migrations
+//! `…_deal_changes_notify.sql` and `…_deal_changes_in_bulk.sql` notify every change of a deal at its
+//! commit, whichever instance or worker made it: by its id, or `*` for a statement that changed more
+//! than 100 deals, on which every watched deal is read), one read of a changed deal per burst of
+//! notifications however many watch it,
 //! and a `tokio::sync::watch` channel per watched deal that keeps only the latest version: a
 //! watcher that reads slowly skips versions instead of piling them up.
 //!
@@ -35,6 +37,8 @@ use stream::Version;
 
 /// The channel every change of a deal is notified on, with the deal's id.
 const CHANNEL: &str = "deal_changed";
+/// The payload of a notification for more deals than it names (migration 14).
+const MANY_CHANGED: &str = "*";
 /// How long the listener waits before reconnecting after an error.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// The least time between two reads of changed deals. Each read wakes every watcher of the deals it
@@ -206,10 +210,16 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
             while let Some(notification) = listener.next_buffered() {
                 changed.push(notification);
             }
-            let mut ids: Vec<Uuid> = changed.iter().filter_map(|n| n.payload().parse().ok()).collect();
-            ids.sort_unstable();
-            ids.dedup();
             let Some(live) = watchers.upgrade() else { return };
+            // A statement that changed many deals at once (a sweep, the daily reset) names none.
+            let ids = if changed.iter().any(|n| n.payload() == MANY_CHANGED) {
+                live.watched()
+            } else {
+                let mut ids: Vec<Uuid> = changed.iter().filter_map(|n| n.payload().parse().ok()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            };
             last_read = tokio::time::Instant::now();
             live.refresh_until_read(ids).await;
         }
