@@ -5,6 +5,11 @@
 -- Kept for limited deals only, so unlimited ones pay nothing: setting a limit fills a deal's rows in,
 -- removing it deletes them. Every change to them is made under the deal's row lock, which orders
 -- them against each other and against the fill.
+-- Writers of holds wait until this migration commits: a hold taken or released by a running
+-- service between the fill below and the triggers' creation would otherwise be missed by both, and
+-- the total off for good (and, too low, make a later release fail the `units >= 0` check).
+lock table deals, reservations, waitlist_entries in share row exclusive mode;
+
 create table customer_holdings (
     deal_id     uuid not null references deals (id),
     customer_id text not null,

@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::shared::status;
 
-use super::{DOMAIN, convert::Audience, error::DealError, store};
+use super::{DOMAIN, convert::Audience, domain::Deal, error::DealError, store};
 
 pub use stream::DealStream;
 use stream::Version;
@@ -106,14 +106,8 @@ impl Watchers {
             channels.retain(|_, sender| sender.receiver_count() > 0);
             match channels.get(&id) {
                 Some(sender) => {
-                    // Only a change is sent on: watchers joining add no messages for the others.
-                    sender.send_if_modified(|current| {
-                        let changed = current.deal != deal;
-                        if changed {
-                            *current = Version::new(deal);
-                        }
-                        changed
-                    });
+                    // Watchers joining add no messages for the others.
+                    publish(sender, deal);
                     sender.subscribe()
                 }
                 None => {
@@ -156,11 +150,23 @@ impl Watchers {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         for deal in deals {
             if let Some(sender) = channels.get(&deal.id) {
-                sender.send_replace(Version::new(deal));
+                publish(sender, deal);
             }
         }
         Ok(())
     }
+}
+
+/// Sends `deal` to its watchers if it differs from what they were sent last: a read that finds no
+/// change (a `*` notification, a refresh after a lost connection) sends nothing.
+fn publish(sender: &watch::Sender<Arc<Version>>, deal: Deal) {
+    sender.send_if_modified(|current| {
+        let changed = current.deal != deal;
+        if changed {
+            *current = Version::new(deal);
+        }
+        changed
+    });
 }
 
 /// The listener loop, for as long as the watchers exist: every burst of notifications becomes one
