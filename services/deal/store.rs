@@ -257,31 +257,62 @@ pub async fn list_deals(
     Ok(rows.into_iter().map(Deal::from).collect())
 }
 
+/// A deal locked for a sale by [`lock_deal_for_sale`].
+#[derive(Debug)]
+pub struct Sale {
+    pub deal: Deal,
+    /// The instant of the sale: the deal's state is as of then.
+    pub at: DateTime<Utc>,
+    /// The units each of the customers asked about holds of the deal, as its per-customer limit
+    /// counts them: held and confirmed reservations, and the units asked for by waiting and
+    /// offered waitlist entries. Triggers keep these totals for deals with a limit only (migration
+    /// 12), so a customer with thousands of holds is one row; a customer who holds nothing, or a
+    /// deal without a limit, has no entry. Read under the lock, they cannot change before the
+    /// transaction ends.
+    pub held: HashMap<String, i32>,
+}
+
 /// Locks a deal for a sale, until the transaction ends, and reads it with its state at the instant
-/// of the sale, which is also returned. `None` when there is no such deal.
+/// of the sale, and what each of `customers` holds of it. `None` when there is no such deal.
 ///
 /// The lock is taken by a statement of its own first, so that the read starts only once the lock is
 /// ours: its `statement_timestamp()` is then the instant of the sale. (With `now()`, fixed when the
-/// transaction starts, a batch queued on the lock across the expiry would still pass.)
-#[tracing::instrument(name = "sql.lock_deal_for_sale", skip_all, fields(deal = %id))]
+/// transaction starts, a batch queued on the lock across the expiry would still pass.) Everything
+/// else the sale needs under the lock comes in that one read: a deal's batches take its lock one
+/// after the other, so each round trip made while holding it delays every batch behind.
+#[tracing::instrument(name = "sql.lock_deal_for_sale", skip_all, fields(deal = %id, customers = customers.len()))]
 pub async fn lock_deal_for_sale(
     conn: &mut PgConnection,
     id: Uuid,
-) -> Result<Option<(Deal, DateTime<Utc>)>, sqlx::Error> {
+    customers: &[&str],
+) -> Result<Option<Sale>, sqlx::Error> {
     let locked: Option<i32> =
         sqlx::query_scalar("select 1 from deals where id = $1 for update").bind(id).fetch_optional(&mut *conn).await?;
     if locked.is_none() {
         return Ok(None);
     }
+    // Each asked customer is one lookup by the whole key, whatever the deal's number of customers:
+    // the `limit` (the key is unique) keeps the planner from turning the lateral lookups into a
+    // join that reads every holding of the deal, as a correlated `deal_id = deals.id` did. The two
+    // arrays come from one aggregation, so they list the same rows in the same order.
     let row: SaleRow = sqlx::query_as(concat!(
-        "select statement_timestamp() as at, ",
+        "with held as (
+             select coalesce(array_agg(asked.customer_id), '{}') as held_by, coalesce(array_agg(h.units), '{}') as held_units
+               from unnest($2::text[]) as asked (customer_id)
+               cross join lateral (select units from customer_holdings
+                                    where deal_id = $1 and customer_id = asked.customer_id limit 1) h
+         )
+         select statement_timestamp() as at, ",
         deal_columns!("statement_timestamp()"),
-        " from deals where id = $1"
+        ", held.held_by, held.held_units
+           from deals, held where deals.id = $1"
     ))
     .bind(id)
+    .bind(customers)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Some((row.deal.into(), row.at)))
+    let held = row.held_by.into_iter().zip(row.held_units).collect();
+    Ok(Some(Sale { deal: row.deal.into(), at: row.at, held }))
 }
 
 #[derive(sqlx::FromRow)]
@@ -289,6 +320,8 @@ struct SaleRow {
     at: DateTime<Utc>,
     #[sqlx(flatten)]
     deal: DealRow,
+    held_by: Vec<String>,
+    held_units: Vec<i32>,
 }
 
 /// The reservations among `ids` that exist.
@@ -342,26 +375,6 @@ pub async fn take_units(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(Reservation::from).collect())
-}
-
-/// The units each of `customers` holds of deal `deal_id`, as its per-customer limit counts them:
-/// held and confirmed reservations, and the units asked for by waiting and offered waitlist
-/// entries. Triggers keep these totals for deals with a limit only (migration 12), so a customer
-/// with thousands of holds is one row. Read under the deal's row lock, they cannot change before
-/// the transaction ends.
-#[tracing::instrument(name = "sql.units_held_by_customers", skip_all, fields(deal = %deal_id, customers = customers.len()))]
-pub async fn units_held_by_customers(
-    conn: &mut PgConnection,
-    deal_id: Uuid,
-    customers: &[&str],
-) -> Result<HashMap<String, i32>, sqlx::Error> {
-    let rows: Vec<(String, i32)> =
-        sqlx::query_as("select customer_id, units from customer_holdings where deal_id = $1 and customer_id = any($2)")
-            .bind(deal_id)
-            .bind(customers)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows.into_iter().collect())
 }
 
 /// One reservation to insert: its id, units and customer.

@@ -20,19 +20,13 @@ use super::{
 /// Adds `join` to its deal's waitlist, or answers a retry with the entry it made.
 pub async fn join(pool: &PgPool, join: &Join) -> Result<WaitlistEntry, DealError> {
     let mut tx = pool.begin().await?;
-    let (deal, _) = store::lock_deal_for_sale(&mut tx, join.deal_id).await?.ok_or(DealError::DealNotFound)?;
+    let store::Sale { deal, held, .. } = store::lock_deal_for_sale(&mut tx, join.deal_id, &[join.customer.as_str()])
+        .await?
+        .ok_or(DealError::DealNotFound)?;
     if let Some(existing) = entries::get_entry(&mut *tx, join.id).await? {
         return retried_join(existing, join);
     }
-    let holds = if deal.terms.max_units_per_customer.is_some() {
-        store::units_held_by_customers(&mut tx, deal.id, &[join.customer.as_str()])
-            .await?
-            .get(&join.customer)
-            .copied()
-            .unwrap_or(0)
-    } else {
-        0
-    };
+    let holds = held.get(&join.customer).copied().unwrap_or(0);
     if let Some(refusal) = waitlist::join_refusal(&deal, join, holds) {
         return Err(refusal);
     }
@@ -98,7 +92,8 @@ pub async fn claim(pool: &PgPool, deal_id: Uuid, claim: &Claim) -> Result<Reserv
         customer: Some(claim.customer.clone()),
     };
     let mut tx = pool.begin().await?;
-    let (deal, at) = store::lock_deal_for_sale(&mut tx, deal_id).await?.ok_or(DealError::DealNotFound)?;
+    let store::Sale { deal, at, .. } =
+        store::lock_deal_for_sale(&mut tx, deal_id, &[]).await?.ok_or(DealError::DealNotFound)?;
     let window = deal.terms.approval_window_seconds;
     let with_window = |reservation: Reservation| Reservation { approval_window_seconds: window, ..reservation };
     if let Some(existing) = store::reservations_by_id(&mut tx, &[claim.id]).await?.pop() {
