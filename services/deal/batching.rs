@@ -130,12 +130,14 @@ async fn reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest]) -
 
 async fn try_reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest]) -> Result<Vec<Answer>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // Read before the deal's lock, to keep a round trip out of the time the lock is held (batches
-    // of the deal from other instances wait for it). A reservation inserted after this read
-    // (another instance serving a retry of the same id) is still answered right: take_units skips
-    // an id inserted first, and the request is answered from the row that won. One released after
-    // this read is answered as it was when read, the answer it would have had a moment earlier;
-    // its caller learns of the release when it confirms, as after any release.
+    let mut customers: Vec<&str> = requests.iter().filter_map(|request| request.customer.as_deref()).collect();
+    customers.sort_unstable();
+    customers.dedup();
+    let Some(store::Sale { deal, at, held }) = store::lock_deal_for_sale(&mut tx, deal_id, &customers).await? else {
+        return Ok(requests.iter().map(|_| Err(DealError::DealNotFound)).collect());
+    };
+    // Under the lock: a retry of an id that another instance's batch is inserting must find that
+    // batch's hold, or it would be decided again against units and a limit that already count it.
     let ids: Vec<Uuid> = requests.iter().map(|request| request.id).collect();
     let existing: HashMap<Uuid, Reservation> = store::reservations_by_id(&mut tx, &ids)
         .await?
@@ -143,12 +145,6 @@ async fn try_reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest
         .map(|reservation| (reservation.id, reservation))
         .collect();
     let existing_ids: HashSet<Uuid> = existing.keys().copied().collect();
-    let mut customers: Vec<&str> = requests.iter().filter_map(|request| request.customer.as_deref()).collect();
-    customers.sort_unstable();
-    customers.dedup();
-    let Some(store::Sale { deal, at, held }) = store::lock_deal_for_sale(&mut tx, deal_id, &customers).await? else {
-        return Ok(requests.iter().map(|_| Err(DealError::DealNotFound)).collect());
-    };
     let allocations = allocation::allocate(&deal, requests, &existing_ids, &held);
     let takes: Vec<store::Take<'_>> = requests
         .iter()

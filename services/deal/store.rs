@@ -294,13 +294,15 @@ pub async fn lock_deal_for_sale(
     // Each asked customer is one lookup by the whole key, whatever the deal's number of customers:
     // the `limit` (the key is unique) keeps the planner from turning the lateral lookups into a
     // join that reads every holding of the deal, as a correlated `deal_id = deals.id` did. The two
-    // arrays come from one aggregation, so they list the same rows in the same order.
+    // arrays come from one aggregation, so they list the same rows in the same order. A deal without
+    // a limit has no holdings: the `exists`, checked once, skips the lookups.
     let row: SaleRow = sqlx::query_as(concat!(
         "with held as (
              select coalesce(array_agg(asked.customer_id), '{}') as held_by, coalesce(array_agg(h.units), '{}') as held_units
                from unnest($2::text[]) as asked (customer_id)
                cross join lateral (select units from customer_holdings
                                     where deal_id = $1 and customer_id = asked.customer_id limit 1) h
+              where exists (select from deals where id = $1 and max_units_per_customer is not null)
          )
          select statement_timestamp() as at, ",
         deal_columns!("statement_timestamp()"),

@@ -2,7 +2,7 @@
 //! however many instances the orders arrive through.
 
 use prost_types::FieldMask;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use topkart::{
@@ -285,5 +285,57 @@ async fn approvals_racing_their_deadlines_and_two_workers_end_each_order_exactly
     assert_eq!(ended(0..5), [false; 5], "past their deadline: expired");
     assert_eq!(ended(15..20), [true; 5], "a minute to go: approved");
     assert_eq!(app.get_deal(&deal.name).await.available_units, 100 - 2 * approved as i32);
+    assert_invariants(&pool).await;
+}
+
+/// One reservation reaches two deal-service instances at once (a resent call), while its deal is
+/// locked, so that both batches wait for the lock. Whichever inserts the hold, the other must find
+/// it under the lock and answer with it: deciding it again would refuse it, the limit of 1 already
+/// counting it, and leave the hold to the worker.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn one_reservation_sent_to_two_instances_at_once_is_one_hold_and_answered_the_same_by_both(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = limited_deal(&app.deals, 10, 1).await;
+    let (other, _stop_other) = spawn_deal_service(pool.clone()).await;
+    let service = Bearer::of(&token(Role::Service, "order-service"));
+    let clients = [app.reservations.clone(), deals_with(&channel(other).await, service)];
+    let request = dealpb::ReserveUnitsRequest {
+        deal: deal.name.clone(),
+        reservation_id: uuid::Uuid::new_v4().to_string(),
+        quantity: 1,
+        customer_id: "alice".into(),
+        ..Default::default()
+    };
+
+    // Connections of their own: the services draw on the test's pool.
+    let options = pool.connect_options();
+    let (mut lock, mut watch) = (
+        sqlx::PgConnection::connect_with(&options).await.unwrap(),
+        sqlx::PgConnection::connect_with(&options).await.unwrap(),
+    );
+    sqlx::query("begin").execute(&mut lock).await.unwrap();
+    sqlx::query("select from deals where id = $1 for update").bind(uuid(&deal.name)).execute(&mut lock).await.unwrap();
+    let calls: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let request = request.clone();
+            tokio::spawn(async move { client.reserve_units(request).await })
+        })
+        .collect();
+    let waiting = "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'";
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>(waiting).fetch_one(&mut watch).await.unwrap() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "both batches wait for the deal's lock");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    sqlx::query("rollback").execute(&mut lock).await.unwrap();
+
+    let answers: Vec<_> = join_all(calls).await.into_iter().map(|call| call.unwrap()).collect();
+    for answer in &answers {
+        let reservation = answer.as_ref().expect("both instances answer with the hold").get_ref();
+        assert_eq!((reservation.reservation_id.as_str(), reservation.quantity), (request.reservation_id.as_str(), 1));
+        assert_eq!(reservation.state(), dealpb::reservation::State::Reserved);
+    }
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 9, "its unit is taken once");
     assert_invariants(&pool).await;
 }
