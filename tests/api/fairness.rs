@@ -322,7 +322,8 @@ async fn one_reservation_sent_to_two_instances_at_once_is_one_hold_and_answered_
             tokio::spawn(async move { client.reserve_units(request).await })
         })
         .collect();
-    let waiting = "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'";
+    let waiting =
+        "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'";
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while sqlx::query_scalar::<_, i64>(waiting).fetch_one(&mut watch).await.unwrap() < 2 {
         assert!(tokio::time::Instant::now() < deadline, "both batches wait for the deal's lock");
