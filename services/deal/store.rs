@@ -277,9 +277,9 @@ pub struct Sale {
 ///
 /// The lock is taken by a statement of its own first, so that the read starts only once the lock is
 /// ours: its `statement_timestamp()` is then the instant of the sale. (With `now()`, fixed when the
-/// transaction starts, a batch queued on the lock across the expiry would still pass.) Everything
-/// else the sale needs under the lock comes in that one read: a deal's batches take its lock one
-/// after the other, so each round trip made while holding it delays every batch behind.
+/// transaction starts, a batch queued on the lock across the expiry would still pass.) The deal and
+/// its customers' holdings come in that one read: a deal's batches take its lock one after the
+/// other, so each round trip made while holding it delays every batch behind.
 #[tracing::instrument(name = "sql.lock_deal_for_sale", skip_all, fields(deal = %id, customers = customers.len()))]
 pub async fn lock_deal_for_sale(
     conn: &mut PgConnection,
