@@ -17,14 +17,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::{
     proto::deal as pb,
     shared::{
-        encoded,
+        encoded::{self, Framed},
         paging::{Cursor, MAX_PAGE_SIZE},
     },
 };
@@ -60,7 +60,7 @@ struct Snapshot {
 /// order, as a snapshot gains none.
 #[derive(Clone)]
 struct Page {
-    encoded: Bytes,
+    framed: Framed,
     until: DateTime<Utc>,
 }
 
@@ -84,18 +84,18 @@ impl LiveDeals {
         &self,
         page_size: usize,
         token_after: impl FnOnce(Cursor) -> String,
-    ) -> Result<Option<Bytes>, sqlx::Error> {
+    ) -> Result<Option<Framed>, sqlx::Error> {
         let snapshot = self.fresh_snapshot().await?;
         let now = Utc::now();
         let mut pages = snapshot.pages.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(page) = pages.get(&page_size).filter(|page| now < page.until) {
-            return Ok(Some(page.encoded.clone()));
+            return Ok(Some(page.framed.clone()));
         }
         let page = snapshot.page(page_size, now, token_after);
         if let Some(page) = &page {
             pages.insert(page_size, page.clone());
         }
-        Ok(page.map(|page| page.encoded))
+        Ok(page.map(|page| page.framed))
     }
 
     /// Drops the snapshot, after a change made through this instance.
@@ -147,17 +147,15 @@ impl Snapshot {
         }
         let until = visible.iter().map(|&i| end_of(&self.deals[i])).min().unwrap_or(DateTime::<Utc>::MAX_UTC);
         let page = &visible[..visible.len().min(page_size)];
-        let mut encoded = BytesMut::with_capacity(page.iter().map(|&i| self.encoded[i].len()).sum());
-        for &i in page {
-            encoded.extend_from_slice(&self.encoded[i]);
-        }
+        let mut parts: Vec<&[u8]> = page.iter().map(|&i| &self.encoded[i][..]).collect();
+        let token;
         if visible.len() > page_size {
             let last = &self.deals[page[page.len() - 1]];
             let next_page_token = token_after(Cursor { at: last.terms.expire_time, id: last.id });
-            encoded
-                .extend_from_slice(&encoded::encode(&pb::ListDealsResponse { next_page_token, ..Default::default() }));
+            token = encoded::encode(&pb::ListDealsResponse { next_page_token, ..Default::default() });
+            parts.push(&token);
         }
-        Some(Page { encoded: encoded.freeze(), until })
+        Some(Page { framed: Framed::concat(&parts), until })
     }
 }
 
@@ -189,7 +187,7 @@ mod tests {
     }
 
     fn names(page: &Page) -> (Vec<String>, String) {
-        let page = pb::ListDealsResponse::decode(page.encoded.clone()).unwrap();
+        let page = pb::ListDealsResponse::decode(page.framed.message()).unwrap();
         (page.deals.into_iter().map(|deal| deal.name).collect(), page.next_page_token)
     }
 

@@ -1,27 +1,28 @@
 //! DealService's routes: tonic's generated server, but for the two methods whose replies many calls
 //! share — WatchDeal (each version of a deal goes to every watcher) and ListDeals (the first page of
 //! live deals goes to every customer opening the app). Their routes send those replies as bytes
-//! encoded once (`shared::encoded`), which the generated routes cannot: they encode every message
-//! they send. Requests decode as on every other route, and each call still goes through the whole
-//! server's layers (`shared::layers`), which wrap this service.
+//! encoded and framed once (`shared::encoded`), which the generated routes cannot: they encode and
+//! frame every message they send. Requests decode as on every other route, within the same size
+//! limit (`MAX_REQUEST_BYTES`, given to the generated server below), and each call still goes
+//! through the whole server's layers (`shared::layers`), which wrap this service.
 
 use std::{convert::Infallible, sync::Arc, task::Poll};
 
 use tonic::{
     body::Body,
     codegen::{BoxFuture, StdError, http},
-    server::{Grpc, NamedService},
+    server::NamedService,
 };
 use tower::Service;
 
 use crate::{
     proto::deal::{self as pb, deal_service_server::DealServiceServer},
-    shared::{encoded::ReplyCodec, server::MAX_REQUEST_BYTES},
+    shared::{encoded::route, server::MAX_REQUEST_BYTES},
 };
 
 use super::grpc::DealApi;
 
-/// DealService, with WatchDeal and ListDeals served from bytes encoded once.
+/// DealService, with WatchDeal and ListDeals served from bytes encoded and framed once.
 #[derive(Clone)]
 pub struct DealRoutes {
     api: Arc<DealApi>,
@@ -36,20 +37,10 @@ impl DealRoutes {
     }
 }
 
-/// `codec`'s route, decoding requests as the generated routes do. A setting given to the generated
-/// server in [`DealRoutes::new`] (message sizes, compression) is given here too, or these two
-/// methods would not have it.
-fn route<T, U>() -> Grpc<ReplyCodec<T, U>>
-where
-    T: prost::Message + Send + 'static,
-    U: prost::Message + prost::Name + Default + Send + 'static,
-{
-    Grpc::new(ReplyCodec::default()).max_decoding_message_size(MAX_REQUEST_BYTES)
-}
-
 impl<B> Service<http::Request<B>> for DealRoutes
 where
     B: http_body::Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -64,18 +55,18 @@ where
         let api = Arc::clone(&self.api);
         match method_of(request.uri().path()) {
             Some("WatchDeal") => Box::pin(async move {
-                let watch = tower::service_fn(move |call| {
-                    let api = Arc::clone(&api);
-                    async move { api.watch_deal_encoded(call).await }
-                });
-                Ok(route::<pb::Deal, pb::WatchDealRequest>().server_streaming(watch, request).await)
+                let replies = match route::request::<pb::WatchDealRequest, _>(request).await {
+                    Ok(call) => api.watch_deal_encoded(call).await,
+                    Err(status) => Err(status),
+                };
+                Ok(route::server_streaming(replies))
             }),
             Some("ListDeals") => Box::pin(async move {
-                let list = tower::service_fn(move |call| {
-                    let api = Arc::clone(&api);
-                    async move { api.list_deals_encoded(call).await }
-                });
-                Ok(route::<pb::ListDealsResponse, pb::ListDealsRequest>().unary(list, request).await)
+                let reply = match route::request::<pb::ListDealsRequest, _>(request).await {
+                    Ok(call) => api.list_deals_encoded(call).await,
+                    Err(status) => Err(status),
+                };
+                Ok(route::unary(reply))
             }),
             _ => self.generated.call(request),
         }

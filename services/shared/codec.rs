@@ -77,17 +77,35 @@ impl<U: Message + Name + Default> Decoder for MessageDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf).map(Some).map_err(|err| undecodable(&U::full_name(), &err))
+        decode_request(buf).map(Some)
     }
+}
+
+/// Decodes a `U` from `buf`, saying whose fault it is when it cannot, as every route does.
+pub fn decode_request<U: Message + Name + Default>(buf: impl bytes::Buf) -> Result<U, Status> {
+    U::decode(buf).map_err(|err| undecodable(&U::full_name(), &err))
+}
+
+/// INVALID_ARGUMENT `MALFORMED_REQUEST` for a request of `U`'s method whose body holds no single
+/// whole gRPC message: `what` says what is wrong with it.
+pub fn malformed_body<U: Name>(what: &str) -> Status {
+    malformed(&U::full_name(), "", what.to_owned())
 }
 
 /// The status for a `message_type` that did not decode.
 fn undecodable(message_type: &str, err: &prost::DecodeError) -> Status {
     let (field, what) = describe(err);
-    let Some(domain) = methods::request_domain(message_type) else {
+    if methods::request_domain(message_type).is_none() {
         let field = if field.is_empty() { field } else { format!("{field}: ") };
         return Status::internal(format!("the reply is not a valid {message_type}: {field}{what}"));
-    };
+    }
+    malformed(message_type, &field, what)
+}
+
+/// INVALID_ARGUMENT `MALFORMED_REQUEST` in the domain of the method taking `message_type`, naming
+/// `field` (when not empty) and what was wrong with it.
+fn malformed(message_type: &str, field: &str, what: String) -> Status {
+    let domain = methods::request_domain(message_type).unwrap_or_default();
     tracing::debug!(message_type, field, error = what, "request does not decode");
     let message = if field.is_empty() {
         format!("the request is not a valid {message_type}: {what}")
@@ -96,7 +114,7 @@ fn undecodable(message_type: &str, err: &prost::DecodeError) -> Status {
     };
     let mut details = ErrorDetails::with_error_info(MALFORMED_REQUEST, domain, HashMap::new());
     if !field.is_empty() {
-        details.add_bad_request_violation(field, what.clone());
+        details.add_bad_request_violation(field, what);
     }
     Status::with_error_details(Code::InvalidArgument, message, details)
 }

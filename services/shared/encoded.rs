@@ -1,28 +1,27 @@
 //! Replies encoded once and sent as bytes. A message that many calls send unchanged — a watched
-//! deal's latest version, the first page of live deals — is encoded by the first call that needs it,
-//! and every call after copies its bytes instead of building and encoding the message again.
+//! deal's latest version, the first page of live deals — is encoded and framed by the first call
+//! that needs it, and every call after sends the same bytes instead of building, encoding and
+//! framing the message again.
 //!
-//! tonic's generated routes encode every reply they send, so a method served this way has a route
-//! of its own (`deal::routes`) whose codec, [`ReplyCodec`], takes a [`Reply`]: a message, encoded
-//! as usual, or the bytes of one.
+//! tonic's generated routes encode every reply they send, into a buffer of their own, so a method
+//! served this way has a route of its own (`deal::routes`) built from [`route`]: requests decode as
+//! on every other route, and each reply — a [`Reply`], a message or its [`Framed`] bytes — goes to
+//! HTTP/2 as it is.
 
-use std::marker::PhantomData;
+pub mod route;
 
-use bytes::{BufMut, Bytes};
-use prost::{Message, Name};
-use tonic::{
-    Status,
-    codec::{BufferSettings, Codec, EncodeBuf, Encoder},
-};
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use tonic::Status;
 
-use super::codec::{self, MessageDecoder};
+/// The length of a gRPC message's prefix: the compressed flag and the message's length.
+const PREFIX_BYTES: usize = 5;
 
-/// A reply of type `T`: the message itself, or its encoding.
+/// A reply of type `T`: the message itself, or its frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply<T> {
     Message(T),
-    /// `T`'s protobuf encoding, as [`encode`] makes it.
-    Encoded(Bytes),
+    Framed(Framed),
 }
 
 impl<T: Message + Default> Reply<T> {
@@ -30,7 +29,7 @@ impl<T: Message + Default> Reply<T> {
     pub fn into_message(self) -> Result<T, Status> {
         match self {
             Self::Message(message) => Ok(message),
-            Self::Encoded(bytes) => T::decode(bytes).map_err(|err| {
+            Self::Framed(framed) => T::decode(framed.message()).map_err(|err| {
                 tracing::error!(error = %err, "a reply we encoded does not decode");
                 Status::internal("internal error")
             }),
@@ -38,69 +37,62 @@ impl<T: Message + Default> Reply<T> {
     }
 }
 
-/// `message`'s protobuf encoding, to be sent as a [`Reply::Encoded`]. Encodings concatenate:
-/// the bytes of two messages of one type decode as their merge, their repeated fields appended.
+impl<T: Message> Reply<T> {
+    /// The reply's frame, made now if it is a message.
+    pub fn into_framed(self) -> Framed {
+        match self {
+            Self::Message(message) => Framed::of(&message),
+            Self::Framed(framed) => framed,
+        }
+    }
+}
+
+/// `message`'s protobuf encoding, to be framed by [`Framed::concat`]. Encodings concatenate: the
+/// bytes of two messages of one type decode as their merge, their repeated fields appended.
 pub fn encode(message: &impl Message) -> Bytes {
     Bytes::from(message.encode_to_vec())
 }
 
-/// The codec of a route that replies with [`Reply<T>`] and takes `U`: requests decode as with
-/// every other route ([`codec::Codec`]).
-#[derive(Debug, Clone)]
-pub struct ReplyCodec<T, U>(PhantomData<(T, U)>);
+/// A reply's gRPC message as it goes on the wire: not compressed, its length, its encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framed(Bytes);
 
-impl<T, U> Default for ReplyCodec<T, U> {
-    fn default() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<T, U> Codec for ReplyCodec<T, U>
-where
-    T: Message + Send + 'static,
-    U: Message + Name + Default + Send + 'static,
-{
-    type Encode = Reply<T>;
-    type Decode = U;
-    type Encoder = ReplyEncoder<T>;
-    type Decoder = MessageDecoder<U>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ReplyEncoder(PhantomData)
+impl Framed {
+    /// The frame of `message`.
+    pub fn of(message: &impl Message) -> Self {
+        let length = message.encoded_len();
+        let mut frame = prefixed(length);
+        message.encode_raw(&mut frame);
+        Self(frame.freeze())
     }
 
-    fn decoder(&mut self) -> Self::Decoder {
-        MessageDecoder::default()
-    }
-}
-
-/// Encodes a message, or copies the bytes of one.
-#[derive(Debug)]
-pub struct ReplyEncoder<T>(PhantomData<T>);
-
-impl<T: Message> Encoder for ReplyEncoder<T> {
-    type Item = Reply<T>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Reply<T>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        write(item, buf)
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        codec::buffer_settings()
-    }
-}
-
-/// Writes `reply`'s encoding to `buf`.
-fn write<T: Message>(reply: Reply<T>, buf: &mut impl BufMut) -> Result<(), Status> {
-    match reply {
-        // tonic's buffer grows as needed, so this cannot run out of room.
-        Reply::Message(message) => message.encode(buf).map_err(|err| Status::internal(err.to_string())),
-        Reply::Encoded(bytes) => {
-            buf.put_slice(&bytes);
-            Ok(())
+    /// The frame of the message whose encoding is `parts`, concatenated (see [`encode`]).
+    pub fn concat(parts: &[&[u8]]) -> Self {
+        let mut frame = prefixed(parts.iter().map(|part| part.len()).sum());
+        for part in parts {
+            frame.extend_from_slice(part);
         }
+        Self(frame.freeze())
     }
+
+    /// The message's encoding, without its prefix.
+    pub fn message(&self) -> Bytes {
+        self.0.slice(PREFIX_BYTES..)
+    }
+
+    /// The frame's bytes, prefix and message.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+/// A buffer holding the prefix of a message of `length` bytes, with room for the message. Replies
+/// here are at most a page of deals, far below the 4 GiB a prefix can say.
+fn prefixed(length: usize) -> BytesMut {
+    let mut frame = BytesMut::with_capacity(PREFIX_BYTES + length);
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(length).expect("a reply under 4 GiB"));
+    frame
 }
 
 #[cfg(test)]
@@ -121,20 +113,19 @@ mod tests {
             encode(&ListDealsResponse { deals: vec![page.deals[1].clone()], ..Default::default() }),
             encode(&ListDealsResponse { next_page_token: "t".into(), ..Default::default() }),
         ];
-        assert_eq!(Bytes::from(parts.concat()), encode(&page));
-        assert_eq!(Reply::<ListDealsResponse>::Encoded(Bytes::from(parts.concat())).into_message().unwrap(), page);
+        let framed = Framed::concat(&parts.iter().map(|part| &part[..]).collect::<Vec<_>>());
+        assert_eq!(framed, Framed::of(&page));
+        assert_eq!(Reply::<ListDealsResponse>::Framed(framed).into_message().unwrap(), page);
     }
 
     #[test]
-    fn a_reply_sent_as_bytes_is_the_bytes_of_the_message() {
+    fn a_frame_is_the_uncompressed_flag_the_length_and_the_message() {
         let message = deal("deals/a", 7);
-        let mut sent = Vec::new();
-        for reply in [Reply::Message(message.clone()), Reply::Encoded(encode(&message))] {
-            let mut buf = bytes::BytesMut::new();
-            write(reply, &mut buf).unwrap();
-            sent.push(buf.freeze());
-        }
-        assert_eq!(sent[0], sent[1]);
-        assert_eq!(Deal::decode(sent[0].clone()).unwrap(), message);
+        let frame = Reply::Message(message.clone()).into_framed().into_bytes();
+        let encoded = message.encode_to_vec();
+        assert_eq!(frame[0], 0, "not compressed");
+        assert_eq!(u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize, encoded.len());
+        assert_eq!(frame[5..], encoded[..]);
+        assert_eq!(Framed::of(&message).message(), Bytes::from(encoded));
     }
 }

@@ -300,7 +300,7 @@ impl DealApi {
         if let (DealFilter::Live, None) = (filter, after)
             && let Some(page) = self.live_deals.first_page(limit as usize, |next| next.to_token(filter_key)).await?
         {
-            return Ok(Reply::Encoded(page));
+            return Ok(Reply::Framed(page));
         }
         let mut deals = store::list_deals(&self.pool, filter, after, limit + 1).await?;
         let next_page_token = paging::cut_page(&mut deals, limit, filter_key, |last| paging::Cursor {

@@ -9,9 +9,9 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio_util::sync::ReusableBoxFuture;
 use tonic::{Code, Status, codegen::tokio_stream::Stream};
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
     },
     proto::deal as pb,
     shared::{
-        encoded::{self, Reply},
+        encoded::{Framed, Reply},
         metrics, status,
     },
 };
@@ -35,7 +35,7 @@ use super::RECONNECT_AFTER;
 /// `scheduled` until the worker starts it), so the shown state is part of the key.
 pub(super) struct Version {
     pub(super) deal: Deal,
-    encoded: [OnceLock<Bytes>; 6],
+    encoded: [OnceLock<Framed>; 6],
 }
 
 impl Version {
@@ -44,7 +44,7 @@ impl Version {
     }
 
     /// The message `audience` is sent of this version, the deal being in `state` by the clock.
-    fn message(&self, audience: Audience, state: DealState) -> Bytes {
+    fn message(&self, audience: Audience, state: DealState) -> Framed {
         let audience_index = match audience {
             Audience::Admins => 0,
             Audience::Customers => 1,
@@ -55,75 +55,31 @@ impl Version {
             DealState::Expired => 2,
         };
         let slot = &self.encoded[audience_index * 3 + state_index];
-        slot.get_or_init(|| encoded::encode(&audience.deal(&Deal { state, ..self.deal.clone() }))).clone()
+        slot.get_or_init(|| Framed::of(&audience.deal(&Deal { state, ..self.deal.clone() }))).clone()
     }
 }
 
-/// One watcher's source: its deal's channel, and what it sends next. The deal's state is advanced
-/// by the clock too: a scheduled deal goes ACTIVE at its start and an active one EXPIRED at its end
-/// without waiting for the sweep.
-struct Feed {
-    updates: watch::Receiver<Arc<Version>>,
-    audience: Audience,
-    shutdown: watch::Receiver<bool>,
-    next: Next,
-    /// Fires at the deal's next transition by the clock. Kept for the stream's life and set again
-    /// only when the transition moves: a timer made per message costs the timer wheel's lock.
-    clock: Pin<Box<tokio::time::Sleep>>,
-    clock_set_for: Option<DateTime<Utc>>,
-}
-
-/// What a feed does next.
+/// What a stream does next.
 #[derive(Clone, Copy)]
 enum Next {
-    /// Send the latest version now (the first message).
-    Now,
+    /// Send the version its deal's channel holds now.
+    First,
     /// Wait for a change, the clock's next transition, or the shutdown.
     Wait { transition: DateTime<Utc> },
     /// Nothing: the stream is over.
     End,
 }
 
-/// The next message and the feed after it, or `None` at the end.
-type NextMessage = Pin<Box<dyn Future<Output = Option<(Result<Reply<pb::Deal>, Status>, Feed)>> + Send>>;
+/// The next version of a deal's channel, with the channel: the one it holds now when `first`, else
+/// the next one sent. `None` when the channel is gone.
+type NextVersion = Option<(Arc<Version>, watch::Receiver<Arc<Version>>)>;
 
-impl Feed {
-    async fn next(mut self) -> Option<(Result<Reply<pb::Deal>, Status>, Self)> {
-        match self.next {
-            Next::End => return None,
-            Next::Now => {}
-            Next::Wait { transition } => {
-                if self.clock_set_for != Some(transition) {
-                    let until_transition = (transition - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                    self.clock.as_mut().reset(tokio::time::Instant::now() + until_transition);
-                    self.clock_set_for = Some(transition);
-                }
-                tokio::select! {
-                    biased;
-                    () = stopped(&mut self.shutdown) => {
-                        self.next = Next::End;
-                        return Some((Err(shutting_down()), self));
-                    }
-                    changed = self.updates.changed() => {
-                        if changed.is_err() {
-                            return None;
-                        }
-                    }
-                    () = &mut self.clock => {
-                        // Fired: a later transition sets it again.
-                        self.clock_set_for = None;
-                    }
-                }
-            }
-        }
-        let version = Arc::clone(&self.updates.borrow_and_update());
-        let state = state_at(&version.deal, Utc::now());
-        self.next = match state {
-            DealState::Expired => Next::End,
-            _ => Next::Wait { transition: transition_after(&version.deal, state) },
-        };
-        Some((Ok(Reply::Encoded(version.message(self.audience, state))), self))
+async fn next_version(mut updates: watch::Receiver<Arc<Version>>, first: bool) -> NextVersion {
+    if !first {
+        updates.changed().await.ok()?;
     }
+    let version = Arc::clone(&updates.borrow_and_update());
+    Some((version, updates))
 }
 
 /// UNAVAILABLE for the streams of a server shutting down. A client that reads nothing finds its
@@ -164,9 +120,23 @@ fn transition_after(deal: &Deal, state: DealState) -> DateTime<Utc> {
     }
 }
 
-/// The stream a WatchDeal call returns; it holds the call's watcher permit.
+/// The stream a WatchDeal call returns: the versions of its deal's channel, its state advanced by
+/// the clock too (a scheduled deal goes ACTIVE at its start and an active one EXPIRED at its end
+/// without waiting for the sweep). It holds the call's watcher permit.
+///
+/// Every message costs each of thousands of streams, so what it waits on is set up once and reused:
+/// the future waiting for the channel's next version keeps its allocation, the one waiting for the
+/// shutdown and the clock live as long as the stream (the clock is set again only when the
+/// transition moves: a timer made per message costs the timer wheel's lock).
 pub struct DealStream {
-    next: Option<NextMessage>,
+    versions: ReusableBoxFuture<'static, NextVersion>,
+    /// The version sent last, sent again in the state the clock shows when it moves.
+    latest: Option<Arc<Version>>,
+    audience: Audience,
+    next: Next,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    clock: Pin<Box<tokio::time::Sleep>>,
+    clock_set_for: Option<DateTime<Utc>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -179,19 +149,42 @@ impl Drop for DealStream {
 impl Stream for DealStream {
     type Item = Result<Reply<pb::Deal>, Status>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(next) = self.next.as_mut() else { return Poll::Ready(None) };
-        match next.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                self.next = None;
-                Poll::Ready(None)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let transition = match this.next {
+            Next::End => return Poll::Ready(None),
+            Next::First => None,
+            Next::Wait { transition } => Some(transition),
+        };
+        if transition.is_some() && this.shutdown.as_mut().poll(cx).is_ready() {
+            this.next = Next::End;
+            return Poll::Ready(Some(Err(shutting_down())));
+        }
+        match this.versions.poll(cx) {
+            Poll::Ready(Some((version, updates))) => {
+                this.versions.set(next_version(updates, false));
+                return Poll::Ready(Some(Ok(this.send(version))));
             }
-            Poll::Ready(Some((message, feed))) => {
-                self.next = Some(Box::pin(feed.next()));
-                Poll::Ready(Some(message))
+            Poll::Ready(None) => {
+                this.next = Next::End;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        if let (Some(transition), Some(latest)) = (transition, &this.latest) {
+            if this.clock_set_for != Some(transition) {
+                let until_transition = (transition - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                this.clock.as_mut().reset(tokio::time::Instant::now() + until_transition);
+                this.clock_set_for = Some(transition);
+            }
+            if this.clock.as_mut().poll(cx).is_ready() {
+                // Fired: the next transition sets it again.
+                this.clock_set_for = None;
+                let latest = Arc::clone(latest);
+                return Poll::Ready(Some(Ok(this.send(latest))));
             }
         }
+        Poll::Pending
     }
 }
 
@@ -201,19 +194,33 @@ impl DealStream {
     pub(super) fn new(
         updates: watch::Receiver<Arc<Version>>,
         audience: Audience,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         metrics::deal_watchers(1.0);
-        let feed = Feed {
-            updates,
+        Self {
+            versions: ReusableBoxFuture::new(next_version(updates, true)),
+            latest: None,
             audience,
-            shutdown,
-            next: Next::Now,
+            next: Next::First,
+            shutdown: Box::pin(async move { stopped(&mut shutdown).await }),
             clock: Box::pin(tokio::time::sleep(Duration::ZERO)),
             clock_set_for: None,
+            _permit: permit,
+        }
+    }
+
+    /// `version` as this stream's audience sees it in the state the clock shows now; the stream
+    /// ends after it if that state is EXPIRED.
+    fn send(&mut self, version: Arc<Version>) -> Reply<pb::Deal> {
+        let state = state_at(&version.deal, Utc::now());
+        self.next = match state {
+            DealState::Expired => Next::End,
+            _ => Next::Wait { transition: transition_after(&version.deal, state) },
         };
-        Self { next: Some(Box::pin(feed.next())), _permit: permit }
+        let message = version.message(self.audience, state);
+        self.latest = Some(version);
+        Reply::Framed(message)
     }
 }
 
@@ -246,12 +253,12 @@ mod tests {
         use prost::Message as _;
         let start = Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap();
         let version = Version::new(Deal { state: DealState::Scheduled, ..sample_deal(start) });
-        let sent = |audience, state| pb::Deal::decode(version.message(audience, state)).unwrap();
+        let sent = |audience, state| pb::Deal::decode(version.message(audience, state).message()).unwrap();
         for audience in [Audience::Admins, Audience::Customers] {
             assert_eq!(sent(audience, DealState::Scheduled), audience.deal(&version.deal));
             // Encoded once: every send shares the first one's bytes.
             let first = version.message(audience, DealState::Scheduled);
-            assert_eq!(first.as_ptr(), version.message(audience, DealState::Scheduled).as_ptr());
+            assert_eq!(first.message().as_ptr(), version.message(audience, DealState::Scheduled).message().as_ptr());
         }
         assert!(sent(Audience::Customers, DealState::Scheduled).final_price.is_none());
         assert!(sent(Audience::Admins, DealState::Scheduled).final_price.is_some());
@@ -261,6 +268,6 @@ mod tests {
         assert!(live.final_price.is_some());
         let first = version.message(Audience::Customers, DealState::Active);
         let again = version.message(Audience::Customers, DealState::Active);
-        assert_eq!(first.as_ptr(), again.as_ptr(), "a state the clock shows is encoded once too");
+        assert_eq!(first.message().as_ptr(), again.message().as_ptr(), "a state the clock shows is encoded once too");
     }
 }
