@@ -280,3 +280,45 @@ async fn a_watcher_that_stops_reading_does_not_delay_the_others(pool: PgPool) {
         assert!(received < CHANGES, "{received} of {} versions: the watcher's sends were never held up", CHANGES + 1);
     }
 }
+
+/// A deal's watchers are spread over channels of a few hundred each (`deal::watch`), sent to one
+/// after the other: every watcher, on every channel, gets every change, and a shutdown ends them all.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_change_reaches_every_watcher_of_a_deal_watched_by_more_than_one_channel_holds(pool: PgPool) {
+    use tonic::codegen::tokio_stream::StreamExt;
+    use topkart::{
+        deal::grpc::DealApi,
+        proto::deal::deal_service_server::DealService,
+        shared::auth::{Caller, Role},
+    };
+
+    const WATCHERS: usize = 600;
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let api = DealApi::new(pool.clone(), WATCHERS, stopping);
+    let mut streams = Vec::new();
+    for i in 0..WATCHERS {
+        let mut request = tonic::Request::new(dealpb::WatchDealRequest { name: deal.name.clone() });
+        request.extensions_mut().insert(Caller::Token { subject: format!("watcher-{i}"), role: Role::Customer });
+        streams.push(api.watch_deal(request).await.expect("watching").into_inner());
+    }
+    async fn next_of<S: tonic::codegen::tokio_stream::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+        tokio::time::timeout(Duration::from_secs(10), StreamExt::next(stream)).await.expect("a message within 10 s")
+    }
+    for stream in &mut streams {
+        assert_eq!(next_of(stream).await.unwrap().unwrap().available_units, 10);
+    }
+
+    app.order(order_request(&deal.name, 4)).await.expect("an order");
+    for stream in &mut streams {
+        let changed = next_of(stream).await.unwrap().unwrap();
+        assert_eq!((changed.available_units, changed.claimed_percent), (6, 40));
+    }
+
+    stop.send(true).unwrap();
+    for stream in &mut streams {
+        let ended = next_of(stream).await.expect("an end, not OK").expect_err("UNAVAILABLE");
+        assert_eq!(ended.code(), Code::Unavailable);
+    }
+}

@@ -3,8 +3,9 @@
 //! commit, whichever instance or worker made it: by its id, or `*` for a statement that changed more
 //! than 100 deals, on which every watched deal is read), one read of a changed deal per burst of
 //! notifications however many watch it,
-//! and a `tokio::sync::watch` channel per watched deal that keeps only the latest version: a
-//! watcher that reads slowly skips versions instead of piling them up.
+//! and `tokio::sync::watch` channels per watched deal (each for up to [`WATCHERS_PER_CHANNEL`]
+//! watchers, sent to one after the other so that the sale's tasks run in between) that keep only
+//! the latest version: a watcher that reads slowly skips versions instead of piling them up.
 //!
 //! Each stream reads its channel only when the connection can take a message (HTTP/2 flow control
 //! decides when its body is polled), so it holds no queue and no task of its own: what it sends is
@@ -45,13 +46,18 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// read, so this bounds the fan-out's work whatever the rate of commits (a hot deal commits every
 /// few milliseconds); changes notified meanwhile wait and are read together (BENCHMARKS.md, watch).
 const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
+/// The most watchers of a deal one channel wakes at once. A deal's version goes to its channels one
+/// after the other, letting the tasks that waited meanwhile (the sale's reservations) run in
+/// between: on one thread, 10,000 watchers woken at once held every other task back for the ~40 ms
+/// their messages take (BENCHMARKS.md, "WatchDeal").
+const WATCHERS_PER_CHANNEL: usize = 256;
 /// The retry delay suggested to a watcher refused for too many watchers.
 const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The watched deals of this process and the permits of its streams.
 pub struct Watchers {
     pool: PgPool,
-    channels: Mutex<HashMap<Uuid, watch::Sender<Arc<Version>>>>,
+    channels: Mutex<HashMap<Uuid, Channels>>,
     /// Held from a read of deals until what it read is sent, so a channel never goes back from a
     /// newer read to an older one.
     reading: tokio::sync::Mutex<()>,
@@ -86,12 +92,12 @@ impl Watchers {
         Ok(DealStream::new(updates, audience, self.shutdown.clone(), permit))
     }
 
-    /// The channel of deal `id` if it is watched already: the listener keeps its version current
-    /// (a change not read yet will be), so joining it needs no read. Under the channels' lock, so
-    /// a refresh counts this watcher from then on.
+    /// A channel of deal `id` if it is watched already: the listener keeps its version current (a
+    /// change not read yet will be), so joining it needs no read. Under the channels' lock, so a
+    /// refresh counts this watcher from then on.
     fn join(&self, id: Uuid) -> Option<watch::Receiver<Arc<Version>>> {
-        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels.get(&id).filter(|sender| sender.receiver_count() > 0).map(watch::Sender::subscribe)
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        channels.get_mut(&id).filter(|deal| deal.watchers() > 0).map(Channels::subscribe)
     }
 
     /// The first watcher of deal `id` (or the first after all left, when its channel went stale):
@@ -103,19 +109,18 @@ impl Watchers {
             let _reading = self.reading.lock().await;
             let deal = store::get_deal(&self.pool, id).await?.ok_or(DealError::DealNotFound)?;
             let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-            channels.retain(|_, sender| sender.receiver_count() > 0);
-            match channels.get(&id) {
-                Some(sender) => {
-                    // Watchers joining add no messages for the others.
-                    publish(sender, deal);
-                    sender.subscribe()
-                }
-                None => {
-                    let (sender, receiver) = watch::channel(Version::new(deal));
-                    channels.insert(id, sender);
-                    receiver
+            // Under the reading lock: no refresh is sending to the channels dropped here.
+            channels.retain(|_, deal| deal.watchers() > 0);
+            let deal_channels = channels.entry(id).or_insert_with(|| Channels::new(&deal));
+            // Watchers joining add no messages for the others: this changes nothing for them
+            // unless the deal changed since the listener's last read, which it will read next.
+            if deal_channels.latest().deal != deal {
+                let version = Version::new(deal);
+                for channel in &deal_channels.channels {
+                    channel.send_replace(Arc::clone(&version));
                 }
             }
+            deal_channels.subscribe()
         };
         Ok(updates)
     }
@@ -123,7 +128,7 @@ impl Watchers {
     /// The deals watched now.
     fn watched(&self) -> Vec<Uuid> {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels.iter().filter(|(_, sender)| sender.receiver_count() > 0).map(|(id, _)| *id).collect()
+        channels.iter().filter(|(_, deal)| deal.watchers() > 0).map(|(id, _)| *id).collect()
     }
 
     /// [`Self::refresh`], again every second until the database answers: a change whose read failed
@@ -141,32 +146,84 @@ impl Watchers {
         let _reading = self.reading.lock().await;
         let watched: Vec<Uuid> = {
             let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-            ids.into_iter().filter(|id| channels.get(id).is_some_and(|sender| sender.receiver_count() > 0)).collect()
+            ids.into_iter().filter(|id| channels.get(id).is_some_and(|deal| deal.watchers() > 0)).collect()
         };
         if watched.is_empty() {
             return Ok(());
         }
-        let deals = store::get_deals(&self.pool, &watched).await?;
-        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        for deal in deals {
-            if let Some(sender) = channels.get(&deal.id) {
-                publish(sender, deal);
-            }
+        for deal in store::get_deals(&self.pool, &watched).await? {
+            self.publish(deal).await;
         }
         Ok(())
     }
+
+    /// Sends `deal` to its watchers if it differs from what they were sent last (a read that finds
+    /// no change, after a `*` notification or a lost connection, sends nothing): one channel at a
+    /// time, yielding between two, so that the tasks woken meanwhile run before the next
+    /// [`WATCHERS_PER_CHANNEL`] watchers. A channel made meanwhile is reached too: channels are
+    /// only added, at the end, while a refresh runs (`reading` keeps the pruning out).
+    async fn publish(&self, deal: Deal) {
+        let id = deal.id;
+        let version = {
+            let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+            match channels.get(&id) {
+                Some(current) if current.latest().deal != deal => Version::new(deal),
+                _ => return,
+            }
+        };
+        for index in 0.. {
+            let channel = {
+                let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+                match channels.get(&id).and_then(|deal| deal.channels.get(index)) {
+                    Some(channel) => Arc::clone(channel),
+                    None => return,
+                }
+            };
+            if index > 0 {
+                tokio::task::yield_now().await;
+            }
+            // A channel made since the first was sent to holds this version already.
+            channel.send_if_modified(|current| {
+                let changed = !Arc::ptr_eq(current, &version);
+                if changed {
+                    *current = Arc::clone(&version);
+                }
+                changed
+            });
+        }
+    }
 }
 
-/// Sends `deal` to its watchers if it differs from what they were sent last: a read that finds no
-/// change (a `*` notification, a refresh after a lost connection) sends nothing.
-fn publish(sender: &watch::Sender<Arc<Version>>, deal: Deal) {
-    sender.send_if_modified(|current| {
-        let changed = current.deal != deal;
-        if changed {
-            *current = Version::new(deal);
+/// The channels of one watched deal, each for at most [`WATCHERS_PER_CHANNEL`] of its watchers,
+/// all holding the same version once a refresh has gone through them.
+struct Channels {
+    channels: Vec<Arc<watch::Sender<Arc<Version>>>>,
+}
+
+impl Channels {
+    fn new(deal: &Deal) -> Self {
+        Self { channels: vec![Arc::new(watch::Sender::new(Version::new(deal.clone())))] }
+    }
+
+    fn watchers(&self) -> usize {
+        self.channels.iter().map(|channel| channel.receiver_count()).sum()
+    }
+
+    /// The version the first channel holds: the newest sent, since a refresh starts there.
+    fn latest(&self) -> Arc<Version> {
+        Arc::clone(&self.channels[0].borrow())
+    }
+
+    /// A new watcher of the deal, on a channel with room, or on a new one holding the latest version.
+    fn subscribe(&mut self) -> watch::Receiver<Arc<Version>> {
+        if let Some(channel) = self.channels.iter().find(|channel| channel.receiver_count() < WATCHERS_PER_CHANNEL) {
+            return channel.subscribe();
         }
-        changed
-    });
+        let channel = Arc::new(watch::Sender::new(self.latest()));
+        let receiver = channel.subscribe();
+        self.channels.push(channel);
+        receiver
+    }
 }
 
 /// The listener loop, for as long as the watchers exist: every burst of notifications becomes one

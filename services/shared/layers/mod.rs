@@ -72,8 +72,8 @@ impl Default for Limits {
 /// beyond it waits for a stream of its own connection, as HTTP/2 intends, with no work done for it.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
-/// The default of `--max-watchers`: WatchDeal streams per process. A watcher holds a task, a channel
-/// of one message and its HTTP/2 stream, a few KiB.
+/// The default of `--max-watchers`: WatchDeal streams per process. A watcher holds its place on its
+/// deal's channel and its HTTP/2 stream, about 5 KiB (BENCHMARKS.md, "WatchDeal").
 pub const DEFAULT_MAX_WATCHERS: usize = 20_000;
 
 /// The default of `--max-in-flight`: about what keeps the hot deal's admitted calls within 100 ms
