@@ -1,6 +1,7 @@
-//! order-service's batch calls to deal-service (BatchReserveUnits): callers that give up while
-//! their batch is in flight, and a batch whose reply is lost and which is sent again. Each order
-//! keeps its own answer, hold and deadline; no unit is taken twice or lost.
+//! The batch calls between the services (BatchReserveUnits, BatchConfirmUnits): each request
+//! answered as if it came alone; callers that give up while their batch is in flight, and a batch
+//! whose reply is lost and which is sent again. Each order keeps its own answer, hold and deadline;
+//! no unit is taken twice or lost.
 
 use std::{sync::Arc, time::Duration};
 
@@ -209,6 +210,19 @@ async fn a_reserve_batch_resent_after_its_reply_was_lost_gives_every_order_its_s
     assert_invariants(&pool).await;
 }
 
+/// A batch's answer to one request: its reservation, or its error's code and `ErrorInfo` reason.
+fn outcome(result: dealpb::ReservationResult) -> Result<dealpb::Reservation, (Code, String)> {
+    match result.result.expect("a result") {
+        dealpb::reservation_result::Result::Reservation(reservation) => Ok(reservation),
+        dealpb::reservation_result::Result::Error(status) => {
+            let status = topkart::shared::status::from_message(status);
+            let reason =
+                tonic_types::StatusExt::get_error_details(&status).error_info().map(|info| info.reason.clone());
+            Err((status.code(), reason.unwrap_or_default()))
+        }
+    }
+}
+
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn each_request_of_a_reserve_batch_gets_its_own_answer_as_if_it_came_alone(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
@@ -241,15 +255,7 @@ async fn each_request_of_a_reserve_batch_gets_its_own_answer_as_if_it_came_alone
         .into_inner()
         .results
         .into_iter()
-        .map(|result| match result.result.expect("a result") {
-            dealpb::reservation_result::Result::Reservation(reservation) => Ok(reservation.quantity),
-            dealpb::reservation_result::Result::Error(status) => {
-                let status = topkart::shared::status::from_message(status);
-                let reason =
-                    tonic_types::StatusExt::get_error_details(&status).error_info().map(|info| info.reason.clone());
-                Err((status.code(), reason.unwrap_or_default()))
-            }
-        })
+        .map(|result| outcome(result).map(|reservation| reservation.quantity))
         .collect();
     assert_eq!(
         outcomes,
@@ -268,4 +274,55 @@ async fn each_request_of_a_reserve_batch_gets_its_own_answer_as_if_it_came_alone
     let empty = call.batch_reserve_units(dealpb::BatchReserveUnitsRequest { requests: Vec::new() }).await;
     assert_invalid(empty, &["requests"]);
     assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn each_request_of_a_confirm_batch_gets_its_own_answer_as_if_it_came_alone(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await.name;
+    let mut call = app.reservations.clone();
+    let (held, released) = (Uuid::new_v4(), Uuid::new_v4());
+    for (id, quantity) in [(held, 2), (released, 3)] {
+        let reserve = dealpb::ReserveUnitsRequest {
+            deal: deal.clone(),
+            reservation_id: id.to_string(),
+            quantity,
+            customer_id: "alice".into(),
+            ..Default::default()
+        };
+        call.reserve_units(reserve).await.expect("a hold");
+    }
+    call.release_units(dealpb::ReleaseUnitsRequest { reservation_id: released.to_string() }).await.unwrap();
+
+    let confirm = |id: String| dealpb::ConfirmUnitsRequest { reservation_id: id };
+    let requests = vec![
+        confirm(held.to_string()),
+        confirm(Uuid::new_v4().to_string()),
+        confirm(released.to_string()),
+        // Confirmed already, by the request before it in the same call: its reservation again.
+        confirm(held.to_string()),
+        confirm("not an id".into()),
+    ];
+    let results = call.batch_confirm_units(dealpb::BatchConfirmUnitsRequest { requests }).await.unwrap();
+    let outcomes: Vec<Result<(i32, dealpb::reservation::State), (Code, String)>> = results
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|result| outcome(result).map(|reservation| (reservation.quantity, reservation.state())))
+        .collect();
+    let confirmed = Ok((2, dealpb::reservation::State::Confirmed));
+    assert_eq!(
+        outcomes,
+        [
+            confirmed.clone(),
+            Err((Code::NotFound, "RESERVATION_NOT_FOUND".into())),
+            Err((Code::FailedPrecondition, "RESERVATION_RELEASED".into())),
+            confirmed,
+            Err((Code::InvalidArgument, "INVALID_ARGUMENT".into())),
+        ]
+    );
+    assert_eq!(hold_states(&pool, &[held, released]).await, [Some("confirmed".into()), Some("released".into())]);
+    assert_eq!(app.get_deal(&deal).await.available_units, 10 - 2, "a confirmation takes nothing more");
+    let empty = call.batch_confirm_units(dealpb::BatchConfirmUnitsRequest { requests: Vec::new() }).await;
+    assert_invalid(empty, &["requests"]);
 }
