@@ -50,7 +50,7 @@ const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 /// after the other, letting the tasks that waited meanwhile (the sale's reservations) run in
 /// between: on one thread, 10,000 watchers woken at once held every other task back for the ~40 ms
 /// their messages take (BENCHMARKS.md, "WatchDeal").
-const WATCHERS_PER_CHANNEL: usize = 256;
+pub const WATCHERS_PER_CHANNEL: usize = 256;
 /// The retry delay suggested to a watcher refused for too many watchers.
 const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -114,10 +114,10 @@ impl Watchers {
             let deal_channels = channels.entry(id).or_insert_with(|| Channels::new(&deal));
             // Watchers joining add no messages for the others: this changes nothing for them
             // unless the deal changed since the listener's last read, which it will read next.
-            if deal_channels.latest().deal != deal {
-                let version = Version::new(deal);
+            if deal_channels.latest.deal != deal {
+                deal_channels.latest = Version::new(deal);
                 for channel in &deal_channels.channels {
-                    channel.send_replace(Arc::clone(&version));
+                    send(channel, &deal_channels.latest);
                 }
             }
             deal_channels.subscribe()
@@ -161,13 +161,17 @@ impl Watchers {
     /// no change, after a `*` notification or a lost connection, sends nothing): one channel at a
     /// time, yielding between two, so that the tasks woken meanwhile run before the next
     /// [`WATCHERS_PER_CHANNEL`] watchers. A channel made meanwhile is reached too: channels are
-    /// only added, at the end, while a refresh runs (`reading` keeps the pruning out).
+    /// only added, at the end, while a refresh runs (`reading` keeps the pruning out). A channel
+    /// nobody watches is skipped: whoever joins it later is given the latest version first.
     async fn publish(&self, deal: Deal) {
         let id = deal.id;
         let version = {
-            let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-            match channels.get(&id) {
-                Some(current) if current.latest().deal != deal => Version::new(deal),
+            let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+            match channels.get_mut(&id) {
+                Some(current) if current.latest.deal != deal => {
+                    current.latest = Version::new(deal);
+                    Arc::clone(&current.latest)
+                }
                 _ => return,
             }
         };
@@ -179,47 +183,57 @@ impl Watchers {
                     None => return,
                 }
             };
+            if channel.receiver_count() == 0 {
+                continue;
+            }
             if index > 0 {
                 tokio::task::yield_now().await;
             }
-            // A channel made since the first was sent to holds this version already.
-            channel.send_if_modified(|current| {
-                let changed = !Arc::ptr_eq(current, &version);
-                if changed {
-                    *current = Arc::clone(&version);
-                }
-                changed
-            });
+            send(&channel, &version);
         }
     }
 }
 
+/// Sends `version` on `channel` unless it holds it already (a channel made, or joined, since the
+/// refresh that sends it began).
+fn send(channel: &watch::Sender<Arc<Version>>, version: &Arc<Version>) {
+    channel.send_if_modified(|current| {
+        let behind = !Arc::ptr_eq(current, version);
+        if behind {
+            *current = Arc::clone(version);
+        }
+        behind
+    });
+}
+
 /// The channels of one watched deal, each for at most [`WATCHERS_PER_CHANNEL`] of its watchers,
-/// all holding the same version once a refresh has gone through them.
+/// all holding the latest version once a refresh has gone through them.
 struct Channels {
+    /// The deal as last read, which a refresh is sending (or has sent) to every channel.
+    latest: Arc<Version>,
     channels: Vec<Arc<watch::Sender<Arc<Version>>>>,
 }
 
 impl Channels {
     fn new(deal: &Deal) -> Self {
-        Self { channels: vec![Arc::new(watch::Sender::new(Version::new(deal.clone())))] }
+        let latest = Version::new(deal.clone());
+        Self { channels: vec![Arc::new(watch::Sender::new(Arc::clone(&latest)))], latest }
     }
 
     fn watchers(&self) -> usize {
         self.channels.iter().map(|channel| channel.receiver_count()).sum()
     }
 
-    /// The version the first channel holds: the newest sent, since a refresh starts there.
-    fn latest(&self) -> Arc<Version> {
-        Arc::clone(&self.channels[0].borrow())
-    }
-
-    /// A new watcher of the deal, on a channel with room, or on a new one holding the latest version.
+    /// A new watcher of the deal, on a channel with room, or on a new one, holding the latest
+    /// version: a refresh may not have reached the channel with room yet (it sends to the others
+    /// first), and a watcher that saw the newer version on another stream must not be sent an
+    /// older one on this.
     fn subscribe(&mut self) -> watch::Receiver<Arc<Version>> {
         if let Some(channel) = self.channels.iter().find(|channel| channel.receiver_count() < WATCHERS_PER_CHANNEL) {
+            send(channel, &self.latest);
             return channel.subscribe();
         }
-        let channel = Arc::new(watch::Sender::new(self.latest()));
+        let channel = Arc::new(watch::Sender::new(Arc::clone(&self.latest)));
         let receiver = channel.subscribe();
         self.channels.push(channel);
         receiver
@@ -298,4 +312,31 @@ pub fn too_many_watchers() -> Status {
         "this server watches as many deals as it may; retry later or elsewhere",
         FULL_RETRY_AFTER,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::deal::domain::sample_deal;
+
+    #[test]
+    fn a_watcher_joining_a_channel_a_refresh_has_not_reached_yet_starts_from_the_latest_version() {
+        let deal = sample_deal(Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap());
+        let mut channels = Channels::new(&deal);
+        let first = channels.subscribe();
+        // A refresh has read a change and not yet sent it to this channel.
+        channels.latest = Version::new(Deal { available_units: deal.available_units - 1, ..deal.clone() });
+        let joined = channels.subscribe();
+        assert!(Arc::ptr_eq(&joined.borrow(), &channels.latest));
+        assert!(first.has_changed().unwrap(), "the channel's earlier watcher moves forward with it");
+        // The first channel full: the next watcher gets a channel of its own, at the latest too.
+        let mut more: Vec<_> = (3..=WATCHERS_PER_CHANNEL).map(|_| channels.subscribe()).collect();
+        assert_eq!(channels.channels.len(), 1);
+        more.push(channels.subscribe());
+        assert_eq!(channels.channels.len(), 2);
+        assert!(Arc::ptr_eq(&more.last().unwrap().borrow(), &channels.latest));
+        assert_eq!(channels.watchers(), WATCHERS_PER_CHANNEL + 1);
+    }
 }
