@@ -158,6 +158,9 @@ pub struct WatchReport {
     pub ended: BTreeMap<String, u64>,
     /// From each change's update_time to its arrival.
     pub delay_ms: Quantiles,
+    /// From the previous version's update_time to each arrival: at most the delay of the oldest
+    /// change a message brings (watch.rs).
+    pub carried_delay_ms: Quantiles,
     /// How far update_time is stamped ahead of the commit, where Postgres tracks commit timestamps.
     pub stamp_lead_ms: Option<Quantiles>,
     /// The same orders before the watchers joined.
@@ -263,7 +266,9 @@ impl WatchReport {
         let d = &self.delay_ms;
         let mut text = format!(
             "watchers    {} over {} connections, joined in {:.1} s; {} changes received ({:.0}/s)\n\
-             delay ms    p50 {}  p90 {}  p99 {}  max {}  (update_time to arrival, {} changes)\n",
+             delay ms    p50 {}  p90 {}  p99 {}  max {}  (update_time to arrival, {} changes)\n\
+             carried ms  p50 {}  p90 {}  p99 {}  max {}  (the previous version's update_time to arrival: \
+             at most the delay of every change a message brings)\n",
             self.watchers,
             self.connections,
             self.joined_s,
@@ -274,6 +279,10 @@ impl WatchReport {
             ms(d.p99),
             ms(d.max),
             d.count,
+            ms(self.carried_delay_ms.p50),
+            ms(self.carried_delay_ms.p90),
+            ms(self.carried_delay_ms.p99),
+            ms(self.carried_delay_ms.max),
         );
         if let Some(lead) = &self.stamp_lead_ms {
             text.push_str(&format!(

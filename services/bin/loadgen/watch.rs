@@ -2,6 +2,12 @@
 //! each change timed from the `update_time` it carries to its arrival; and what it costs the
 //! server, its resident memory read from `/proc/<pid>/status`.
 //!
+//! A message carries the deal as it is, so it also delivers every change made since the version
+//! before it, which the watcher never got on its own (a watcher is sent the latest version when it
+//! can take one). The oldest of those changes came after the previous version's `update_time`, so
+//! each message is also timed from that stamp: an upper bound on the delay of every change it
+//! brings, looser by the time between two changes.
+//!
 //! A reservation stamps the deal's `update_time` with the `statement_timestamp()` of the read that
 //! follows its row lock, one statement and the COMMIT before the change is notified: the delay
 //! measured from it is commit-to-delivery plus that lead. Where Postgres tracks commit timestamps
@@ -47,6 +53,8 @@ struct Shared {
     /// The measured window, once the load starts.
     window: OnceLock<(Instant, Instant)>,
     delays: DelayHistogram,
+    /// From the previous version's update_time to each arrival.
+    carried: DelayHistogram,
 }
 
 /// How one watcher's stream went.
@@ -75,6 +83,9 @@ pub struct Watched {
     /// Streams that ended before the run did, by status.
     pub ended: BTreeMap<String, u64>,
     pub delays: DelayHistogram,
+    /// From the previous version's update_time to each arrival: the delay of the oldest change a
+    /// message brings, at most.
+    pub carried: DelayHistogram,
 }
 
 impl Watchers {
@@ -87,8 +98,12 @@ impl Watchers {
         authorization: Option<&Authorization>,
     ) -> Result<Self, LoadError> {
         let channels = crate::scenario::channels(url, connections).await?;
-        let shared =
-            Arc::new(Shared { joined: AtomicUsize::new(0), window: OnceLock::new(), delays: DelayHistogram::new() });
+        let shared = Arc::new(Shared {
+            joined: AtomicUsize::new(0),
+            window: OnceLock::new(),
+            delays: DelayHistogram::new(),
+            carried: DelayHistogram::new(),
+        });
         let (stop, stopped) = watch::channel(false);
         let tasks = (0..count)
             .map(|index| {
@@ -140,6 +155,7 @@ impl Watchers {
             without_change: 0,
             ended: BTreeMap::new(),
             delays: DelayHistogram::new(),
+            carried: DelayHistogram::new(),
         };
         for task in self.tasks {
             let watcher = task.await?;
@@ -153,6 +169,7 @@ impl Watchers {
         }
         let shared = Arc::try_unwrap(self.shared).map_err(|_| "a watcher outlived its task")?;
         watched.delays = shared.delays;
+        watched.carried = shared.carried;
         Ok(watched)
     }
 }
@@ -183,7 +200,8 @@ async fn watch_one(
         },
         _ = stop.wait_for(|stopping| *stopping) => return watcher,
     };
-    let mut first = true;
+    // The update_time of the version before, once there is one.
+    let mut previous: Option<Option<prost_types::Timestamp>> = None;
     loop {
         let message = tokio::select! {
             message = stream.message() => message,
@@ -192,17 +210,19 @@ async fn watch_one(
         match message {
             Ok(Some(version)) => {
                 let (arrived, at) = (SystemTime::now(), Instant::now());
-                if first {
-                    first = false;
+                let Some(previous_stamp) = previous.replace(version.update_time) else {
                     shared.joined.fetch_add(1, Ordering::Relaxed);
                     continue;
-                }
+                };
                 if let Some(&(from, end)) = shared.window.get()
                     && (from..end).contains(&at)
                 {
                     watcher.changes += 1;
                     if let Some(delay) = since(version.update_time.as_ref(), arrived) {
                         shared.delays.record(delay);
+                    }
+                    if let Some(carried) = since(previous_stamp.as_ref(), arrived) {
+                        shared.carried.record(carried);
                     }
                 }
             }

@@ -74,6 +74,7 @@ pub(crate) async fn run(
         watchers_without_change: watched.without_change,
         ended: watched.ended.clone(),
         delay_ms: watched.delays.quantiles(),
+        carried_delay_ms: watched.carried.quantiles(),
         stamp_lead_ms: leads.map(|leads| leads.quantiles()),
         orders_ratio: with_ok_per_s / alone.ok_per_s.max(f64::MIN_POSITIVE),
         without_watchers: alone,
