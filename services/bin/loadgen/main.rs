@@ -3,6 +3,7 @@
 
 mod discard;
 mod failover;
+mod histogram;
 mod report;
 mod scenario;
 mod setup;
