@@ -55,18 +55,14 @@ where
         let api = Arc::clone(&self.api);
         match method_of(request.uri().path()) {
             Some("WatchDeal") => Box::pin(async move {
-                let replies = match route::request::<pb::WatchDealRequest, _>(request).await {
-                    Ok(call) => api.watch_deal_encoded(call).await,
-                    Err(status) => Err(status),
-                };
-                Ok(route::server_streaming(replies))
+                let call =
+                    async { api.watch_deal_encoded(route::request::<pb::WatchDealRequest, _>(request).await?).await };
+                Ok(route::server_streaming(call.await))
             }),
             Some("ListDeals") => Box::pin(async move {
-                let reply = match route::request::<pb::ListDealsRequest, _>(request).await {
-                    Ok(call) => api.list_deals_encoded(call).await,
-                    Err(status) => Err(status),
-                };
-                Ok(route::unary(reply))
+                let call =
+                    async { api.list_deals_encoded(route::request::<pb::ListDealsRequest, _>(request).await?).await };
+                Ok(route::unary(call.await))
             }),
             _ => self.generated.call(request),
         }

@@ -114,10 +114,9 @@ impl Watchers {
             let deal_channels = channels.entry(id).or_insert_with(|| Channels::new(&deal));
             // Watchers joining add no messages for the others: this changes nothing for them
             // unless the deal changed since the listener's last read, which it will read next.
-            if deal_channels.latest.deal != deal {
-                deal_channels.latest = Version::new(deal);
+            if let Some(version) = deal_channels.replace_latest(deal) {
                 for channel in &deal_channels.channels {
-                    send(channel, &deal_channels.latest);
+                    send(channel, &version);
                 }
             }
             deal_channels.subscribe()
@@ -167,12 +166,9 @@ impl Watchers {
         let id = deal.id;
         let version = {
             let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-            match channels.get_mut(&id) {
-                Some(current) if current.latest.deal != deal => {
-                    current.latest = Version::new(deal);
-                    Arc::clone(&current.latest)
-                }
-                _ => return,
+            match channels.get_mut(&id).and_then(|current| current.replace_latest(deal)) {
+                Some(version) => version,
+                None => return,
             }
         };
         for index in 0.. {
@@ -218,6 +214,15 @@ impl Channels {
     fn new(deal: &Deal) -> Self {
         let latest = Version::new(deal.clone());
         Self { channels: vec![Arc::new(watch::Sender::new(Arc::clone(&latest)))], latest }
+    }
+
+    /// Makes `deal` the latest version, unless it is that already (a read that finds no change,
+    /// after a `*` notification or a lost connection, sends nothing); the new version to send.
+    fn replace_latest(&mut self, deal: Deal) -> Option<Arc<Version>> {
+        (self.latest.deal != deal).then(|| {
+            self.latest = Version::new(deal);
+            Arc::clone(&self.latest)
+        })
     }
 
     fn watchers(&self) -> usize {
