@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use topkart::shared::{auth, cli, server};
+use topkart::{
+    deal,
+    shared::{auth, cli, server},
+};
 
 /// Serves the deal API, gRPC health and server reflection.
 #[derive(Debug, Parser)]
@@ -47,8 +50,11 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
     let settings = cli::server_settings(&args.auth, &args.limits, &args.tls, &args.web)?;
-    let (pool, listener) = cli::start(&args.database, &args.observability, args.listen_addr).await?;
+    // DATABASE_MAX_CONNECTIONS bounds the process: the sale's pool takes its share of it.
+    let (requests, sale) = deal::Pools::split(args.database.database_max_connections);
+    let database = cli::DatabaseArgs { database_max_connections: requests, ..args.database.clone() };
+    let (pool, listener) = cli::start(&database, &args.observability, args.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, tls = settings.tls.is_some(), "deal-service listening");
-    topkart::deal::run(listener, pool, settings, server::shutdown_signal()).await?;
+    deal::run(listener, deal::Pools::new(pool, sale), settings, server::shutdown_signal()).await?;
     Ok(())
 }

@@ -11,6 +11,10 @@
 //! A batch call (BatchReserveUnits, BatchConfirmUnits) feeds its requests into these same batches,
 //! all at once, so that they share one transaction (with whatever else waits for the deal); each
 //! request of it that carries a deadline is left out of a batch that starts after it.
+//!
+//! The batches run on the sale's thread ([`RuntimeThread`]) with a pool of their own, whose
+//! connections it opens and whose replies it reads: a transaction's round trips never wait behind
+//! the main thread's work (thousands of WatchDeal messages, say).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -23,7 +27,11 @@ use std::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::shared::{coalesce::Coalescer, metrics};
+use crate::shared::{
+    coalesce::{BatchFuture, Coalescer},
+    metrics,
+    runtime_thread::{RuntimeThread, run_on},
+};
 
 use super::{
     allocation::{self, Allocation, UnitRequest},
@@ -41,24 +49,30 @@ type Answer = Result<Reservation, DealError>;
 /// The answer to one request of a batch call, coming.
 pub type AnswerFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
-/// Reservations per deal, and confirmations, coalesced.
+/// Reservations per deal, and confirmations, coalesced, run on the sale's thread.
 pub struct Batches {
     reservations: Arc<Coalescer<Uuid, UnitRequest, Answer>>,
     confirmations: Arc<Coalescer<(), Uuid, Answer>>,
+    /// Runs the batches until dropped, with the API.
+    _sale: RuntimeThread,
 }
 
 impl Batches {
-    pub fn new(pool: PgPool) -> Self {
-        let reserving = pool.clone();
+    /// Batches that run on a thread of their own, over `sale_pool`, which nothing else uses (so that
+    /// its connections are opened, and their replies read, on that thread).
+    pub fn start(sale_pool: PgPool) -> std::io::Result<Self> {
+        let sale = RuntimeThread::start("sale")?;
+        let (runtime, pool) = (sale.handle().clone(), sale_pool.clone());
         let reservations = Coalescer::new(MAX_BATCH, move |deal_id, requests: Vec<UnitRequest>| {
-            let pool = reserving.clone();
-            Box::pin(async move { reserve_batch(&pool, deal_id, &requests).await })
+            let pool = pool.clone();
+            on_sale_thread(&runtime, requests.len(), async move { reserve_batch(&pool, deal_id, &requests).await })
         });
+        let (runtime, pool) = (sale.handle().clone(), sale_pool);
         let confirmations = Coalescer::new(MAX_BATCH, move |(), ids: Vec<Uuid>| {
             let pool = pool.clone();
-            Box::pin(async move { confirm_batch(&pool, &ids).await })
+            on_sale_thread(&runtime, ids.len(), async move { confirm_batch(&pool, &ids).await })
         });
-        Self { reservations, confirmations }
+        Ok(Self { reservations, confirmations, _sale: sale })
     }
 
     /// Reserves for `request` from deal `deal_id`, with the deal's next batch.
@@ -102,6 +116,17 @@ fn answers_of(
             })
         })
         .collect()
+}
+
+/// `batch`, run on the sale's thread: its `requests` answers, or each the same failure if it
+/// panicked (or the thread has stopped: the server is gone).
+fn on_sale_thread(
+    runtime: &tokio::runtime::Handle,
+    requests: usize,
+    batch: impl Future<Output = Vec<Answer>> + Send + 'static,
+) -> BatchFuture<Answer> {
+    let running = run_on(runtime, batch);
+    Box::pin(async move { running.await.unwrap_or_else(|| (0..requests).map(|_| Err(batch_crashed())).collect()) })
 }
 
 fn batch_crashed() -> DealError {

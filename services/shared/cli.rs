@@ -53,13 +53,13 @@ impl RuntimeArgs {
 }
 
 /// Database settings.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// Postgres connection URL. Never logged.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
-    /// The most connections this process opens.
+    /// The most connections this process opens (deal-service gives half to the sale's pool).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
 }

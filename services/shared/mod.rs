@@ -1,6 +1,7 @@
 //! Pieces every binary shares: the database pool and migrations, the gRPC server plumbing (health,
 //! reflection, graceful shutdown), error details, and the conversions between protobuf and domain
-//! values (money, timestamps, resource names, pages), request coalescing, and replies encoded once.
+//! values (money, timestamps, resource names, pages), request coalescing, replies encoded once, and
+//! a runtime on a thread of its own.
 
 pub mod auth;
 pub mod call;
@@ -20,6 +21,7 @@ pub mod otel;
 pub mod paging;
 pub mod quantity;
 pub mod reservations;
+pub mod runtime_thread;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -161,6 +161,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(tonic::transport::Error),
+    /// A thread the server needs could not be started.
+    #[error("start: {0}")]
+    Start(std::io::Error),
 }
 
 /// How long a shutdown waits for the calls in flight: longer than any call's deadline

@@ -28,7 +28,7 @@ async fn an_order_round_trips_over_tls(pool: PgPool) {
 
     let deal_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let deal_port = deal_listener.local_addr().unwrap().port();
-    tokio::spawn(topkart::deal::run(deal_listener, pool.clone(), settings(), std::future::pending()));
+    tokio::spawn(topkart::deal::run(deal_listener, deal_pools(pool.clone()), settings(), std::future::pending()));
     let credentials = Credentials::minted(Signer::hs256(TEST_SECRET.as_bytes()));
     let deals_client = DealsClient::connect_lazy(
         &format!("https://localhost:{deal_port}"),

@@ -24,6 +24,7 @@ use crate::{
 };
 
 use super::{
+    Pools,
     batching::Batches,
     changes,
     convert::{
@@ -43,7 +44,7 @@ use super::{
 
 mod reservations;
 
-/// The deal API over one database pool.
+/// The deal API over its database pools.
 pub struct DealApi {
     pool: PgPool,
     /// WatchDeal's streams.
@@ -79,15 +80,16 @@ impl DealApi {
         reply(watch.await)
     }
 
-    /// The API over `pool`, streaming at most `max_watchers` WatchDeal calls, which end when
-    /// `shutdown` turns true.
-    pub fn new(pool: PgPool, max_watchers: usize, shutdown: watch::Receiver<bool>) -> Self {
-        Self {
-            batches: Batches::new(pool.clone()),
+    /// The API over `pools`, streaming at most `max_watchers` WatchDeal calls, which end when
+    /// `shutdown` turns true. Fails only if the sale's thread cannot be started.
+    pub fn new(pools: Pools, max_watchers: usize, shutdown: watch::Receiver<bool>) -> std::io::Result<Self> {
+        let Pools { requests: pool, sale } = pools;
+        Ok(Self {
+            batches: Batches::start(sale)?,
             live_deals: LiveDeals::new(pool.clone()),
             watchers: Watchers::start(pool.clone(), max_watchers, shutdown),
             pool,
-        }
+        })
     }
 }
 
