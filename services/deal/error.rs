@@ -76,6 +76,9 @@ pub enum DealError {
     /// This server streams as many WatchDeal calls as `--max-watchers` allows.
     #[error("too many watchers")]
     TooManyWatchers,
+    /// The server is shutting down: its WatchDeal streams end and new ones are refused.
+    #[error("shutting down")]
+    ShuttingDown,
     /// Something that cannot happen did (a batch that crashed, a row that vanished); the cause
     /// is logged, not sent.
     #[error("internal error: {0}")]
@@ -118,6 +121,7 @@ impl DealError {
             ReservationReleased => "RESERVATION_RELEASED",
             Database(err) if crate::shared::db::is_unavailable(err) => "DATABASE_UNAVAILABLE",
             TooManyWatchers => "TOO_MANY_WATCHERS",
+            ShuttingDown => "SHUTTING_DOWN",
             DeadlineExceeded => "DEADLINE_EXCEEDED",
             UnitsAvailable { .. } => "UNITS_AVAILABLE",
             RequestIdReused => "REQUEST_ID_REUSED",
@@ -217,6 +221,7 @@ impl From<DealError> for Status {
                 "the request's timeout passed before its batch started; nothing was reserved",
             ),
             TooManyWatchers => super::watch::too_many_watchers(),
+            ShuttingDown => super::watch::shutting_down(),
             Internal(cause) => {
                 tracing::error!(cause, "internal error");
                 status::internal(DOMAIN)

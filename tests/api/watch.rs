@@ -322,4 +322,10 @@ async fn a_change_reaches_every_watcher_of_a_deal_watched_by_more_than_one_chann
         let ended = next_of(stream).await.expect("an end, not OK").expect_err("UNAVAILABLE");
         assert_eq!(ended.code(), Code::Unavailable);
     }
+    // Once the shutdown has begun, a new watcher is told to go elsewhere rather than joined.
+    let mut request = tonic::Request::new(dealpb::WatchDealRequest { name: deal.name.clone() });
+    request.extensions_mut().insert(Caller::Token { subject: "late".into(), role: Role::Customer });
+    let refused = api.watch_deal(request).await.err().expect("a watcher refused during the shutdown");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert_eq!(refused.get_error_details().error_info().map(|info| info.reason.as_str()), Some("SHUTTING_DOWN"));
 }

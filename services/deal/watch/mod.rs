@@ -14,13 +14,14 @@
 //! A deal watched already is joined without reading the database: its channel holds what the
 //! listener read last. A stream holds a permit of `--max-watchers` for its whole life. On a lost listener connection (notifications sent
 //! meanwhile are lost) every watched deal is read again. Streams end with OK after the deal's
-//! EXPIRED message, and with UNAVAILABLE when the server shuts down ([`stream`]).
+//! EXPIRED message, and with UNAVAILABLE when the server shuts down: every channel is dropped then,
+//! which is what the streams wait on anyway ([`stream`]), and new watchers are refused.
 
 mod stream;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -77,15 +78,20 @@ impl Watchers {
             shutdown,
         });
         tokio::spawn(listen(Arc::downgrade(&watchers)));
+        tokio::spawn(close_on_shutdown(Arc::downgrade(&watchers), watchers.shutdown.clone()));
         watchers
     }
 
     /// A stream of deal `id`: the deal now, then every change. `DealNotFound` for no such deal.
     pub async fn watch(&self, id: Uuid, audience: Audience) -> Result<DealStream, DealError> {
+        // A server shutting down says so first: the watcher should go elsewhere, not wait for a place.
+        if *self.shutdown.borrow() {
+            return Err(DealError::ShuttingDown);
+        }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return Err(DealError::TooManyWatchers);
         };
-        let updates = match self.join(id) {
+        let updates = match self.join(id)? {
             Some(updates) => updates,
             None => self.read_and_join(id).await?,
         };
@@ -95,9 +101,20 @@ impl Watchers {
     /// A channel of deal `id` if it is watched already: the listener keeps its version current (a
     /// change not read yet will be), so joining it needs no read. Under the channels' lock, so a
     /// refresh counts this watcher from then on.
-    fn join(&self, id: Uuid) -> Option<watch::Receiver<Arc<Version>>> {
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels.get_mut(&id).filter(|deal| deal.watchers() > 0).map(Channels::subscribe)
+    fn join(&self, id: Uuid) -> Result<Option<watch::Receiver<Arc<Version>>>, DealError> {
+        let mut channels = self.open_channels()?;
+        Ok(channels.get_mut(&id).filter(|deal| deal.watchers() > 0).map(Channels::subscribe))
+    }
+
+    /// The channels, unless the server is shutting down. Checked under their lock, which
+    /// [`close_on_shutdown`] takes to drop them all once the shutdown has begun: a watcher either
+    /// joins before (and its channel is dropped with the others) or is refused.
+    fn open_channels(&self) -> Result<MutexGuard<'_, HashMap<Uuid, Channels>>, DealError> {
+        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if *self.shutdown.borrow() {
+            return Err(DealError::ShuttingDown);
+        }
+        Ok(channels)
     }
 
     /// The first watcher of deal `id` (or the first after all left, when its channel went stale):
@@ -108,7 +125,7 @@ impl Watchers {
             // notified and read after it, one committed before is in it.
             let _reading = self.reading.lock().await;
             let deal = store::get_deal(&self.pool, id).await?.ok_or(DealError::DealNotFound)?;
-            let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut channels = self.open_channels()?;
             // Under the reading lock: no refresh is sending to the channels dropped here.
             channels.retain(|_, deal| deal.watchers() > 0);
             let deal_channels = channels.entry(id).or_insert_with(|| Channels::new(&deal));
@@ -306,6 +323,29 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
             live.refresh_until_read(ids).await;
         }
     }
+}
+
+/// Drops every channel once the server starts shutting down, which ends every stream (with
+/// UNAVAILABLE: [`DealStream`] reads why its channel closed).
+async fn close_on_shutdown(watchers: std::sync::Weak<Watchers>, mut shutdown: watch::Receiver<bool>) {
+    if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+        return;
+    }
+    if let Some(live) = watchers.upgrade() {
+        live.channels.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+}
+
+/// UNAVAILABLE for the streams of a server shutting down, and for a watcher who comes then. A
+/// client that reads nothing finds its stream cut when the server's connections close.
+pub fn shutting_down() -> Status {
+    status::retryable(
+        Code::Unavailable,
+        DOMAIN,
+        "SHUTTING_DOWN",
+        "the server is shutting down; watch again",
+        RECONNECT_AFTER,
+    )
 }
 
 /// RESOURCE_EXHAUSTED for a watcher beyond `--max-watchers`.

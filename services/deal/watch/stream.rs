@@ -2,7 +2,6 @@
 //! no task of its own; HTTP/2 polls it when the connection can take a message.
 
 use std::{
-    future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
@@ -12,22 +11,19 @@ use std::{
 use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::ReusableBoxFuture;
-use tonic::{Code, Status, codegen::tokio_stream::Stream};
+use tonic::{Status, codegen::tokio_stream::Stream};
 
 use crate::{
     deal::{
-        DOMAIN,
         convert::Audience,
         domain::{Deal, DealState, daily_reset_after},
     },
     proto::deal as pb,
     shared::{
         encoded::{Framed, Reply},
-        metrics, status,
+        metrics,
     },
 };
-
-use super::RECONNECT_AFTER;
 
 /// A version of a watched deal as the listener read it, and its encodings, made by the first
 /// stream that sends each and copied by the others: one per audience and per state the clock may
@@ -82,23 +78,6 @@ async fn next_version(mut updates: watch::Receiver<Arc<Version>>, first: bool) -
     Some((version, updates))
 }
 
-/// UNAVAILABLE for the streams of a server shutting down. A client that reads nothing finds its
-/// stream cut when the server's connections close.
-fn shutting_down() -> Status {
-    status::retryable(
-        Code::Unavailable,
-        DOMAIN,
-        "SHUTTING_DOWN",
-        "the server is shutting down; watch again",
-        RECONNECT_AFTER,
-    )
-}
-
-/// Completes when the server starts shutting down (or can no longer say).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
-}
-
 /// `deal`'s state as of `now`: the stored state is the last one written, the clock may have moved it
 /// on.
 fn state_at(deal: &Deal, now: DateTime<Utc>) -> DealState {
@@ -125,16 +104,18 @@ fn transition_after(deal: &Deal, state: DealState) -> DateTime<Utc> {
 /// without waiting for the sweep). It holds the call's watcher permit.
 ///
 /// Every message costs each of thousands of streams, so what it waits on is set up once and reused:
-/// the future waiting for the channel's next version keeps its allocation, the one waiting for the
-/// shutdown and the clock live as long as the stream (the clock is set again only when the
-/// transition moves: a timer made per message costs the timer wheel's lock).
+/// the future waiting for the channel's next version keeps its allocation and the clock lives as
+/// long as the stream (it is set again only when the transition moves: a timer made per message
+/// costs the timer wheel's lock). The shutdown is not waited on apart: it closes the channel
+/// (`Watchers` drops every channel then), which ends the wait for the next version.
 pub struct DealStream {
     versions: ReusableBoxFuture<'static, NextVersion>,
     /// The version sent last, sent again in the state the clock shows when it moves.
     latest: Option<Arc<Version>>,
     audience: Audience,
     next: Next,
-    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Whether the server is shutting down, read when the channel closes.
+    shutdown: watch::Receiver<bool>,
     clock: Pin<Box<tokio::time::Sleep>>,
     clock_set_for: Option<DateTime<Utc>>,
     _permit: OwnedSemaphorePermit,
@@ -156,18 +137,16 @@ impl Stream for DealStream {
             Next::First => None,
             Next::Wait { transition } => Some(transition),
         };
-        if transition.is_some() && this.shutdown.as_mut().poll(cx).is_ready() {
-            this.next = Next::End;
-            return Poll::Ready(Some(Err(shutting_down())));
-        }
         match this.versions.poll(cx) {
             Poll::Ready(Some((version, updates))) => {
                 this.versions.set(next_version(updates, false));
                 return Poll::Ready(Some(Ok(this.send(version))));
             }
+            // The channel closed: the server is shutting down (or its watchers are gone).
             Poll::Ready(None) => {
                 this.next = Next::End;
-                return Poll::Ready(None);
+                let stopping = *this.shutdown.borrow();
+                return Poll::Ready(stopping.then(|| Err(super::shutting_down())));
             }
             Poll::Pending => {}
         }
@@ -194,7 +173,7 @@ impl DealStream {
     pub(super) fn new(
         updates: watch::Receiver<Arc<Version>>,
         audience: Audience,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         metrics::deal_watchers(1.0);
@@ -203,7 +182,7 @@ impl DealStream {
             latest: None,
             audience,
             next: Next::First,
-            shutdown: Box::pin(async move { stopped(&mut shutdown).await }),
+            shutdown,
             clock: Box::pin(tokio::time::sleep(Duration::ZERO)),
             clock_set_for: None,
             _permit: permit,
