@@ -51,10 +51,11 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), cli::MainError> {
     let settings = cli::server_settings(&args.auth, &args.limits, &args.tls, &args.web)?;
     // DATABASE_MAX_CONNECTIONS bounds the process: the sale's pool takes its share of it.
-    let (requests, sale) = deal::Pools::split(args.database.database_max_connections);
+    let (requests, sale_connections) = deal::Database::split(args.database.database_max_connections)
+        .ok_or(format!("DATABASE_MAX_CONNECTIONS must be at least {} for deal-service", deal::MIN_CONNECTIONS))?;
     let database = cli::DatabaseArgs { database_max_connections: requests, ..args.database.clone() };
     let (pool, listener) = cli::start(&database, &args.observability, args.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, tls = settings.tls.is_some(), "deal-service listening");
-    deal::run(listener, deal::Pools::new(pool, sale), settings, server::shutdown_signal()).await?;
+    deal::run(listener, deal::Database { pool, sale_connections }, settings, server::shutdown_signal()).await?;
     Ok(())
 }

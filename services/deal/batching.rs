@@ -24,7 +24,7 @@ use std::{
     time::Instant,
 };
 
-use sqlx::PgPool;
+use sqlx::{PgPool, postgres::PgPoolOptions};
 use uuid::Uuid;
 
 use crate::shared::{
@@ -34,6 +34,7 @@ use crate::shared::{
 };
 
 use super::{
+    Database,
     allocation::{self, Allocation, UnitRequest},
     domain::{Reservation, ReservationState},
     error::DealError,
@@ -49,30 +50,55 @@ type Answer = Result<Reservation, DealError>;
 /// The answer to one request of a batch call, coming.
 pub type AnswerFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
+/// The sale's thread and its pool, which nothing else uses: made on that thread's runtime, so that
+/// its connections are opened, their replies read and its upkeep done there.
+pub struct Sale {
+    thread: RuntimeThread,
+    pool: PgPool,
+}
+
+impl Sale {
+    /// Starts the thread, and a pool of at most `database.sale_connections` to `database.pool`'s
+    /// database, connected when first used.
+    pub fn start(database: &Database) -> std::io::Result<Self> {
+        let thread = RuntimeThread::start("sale")?;
+        let pool = {
+            // sqlx starts the pool's upkeep task on the runtime it is made in.
+            let _on_sale_thread = thread.handle().enter();
+            PgPoolOptions::new()
+                .max_connections(database.sale_connections.max(1))
+                .acquire_timeout(database.pool.options().get_acquire_timeout())
+                .connect_lazy_with((*database.pool.connect_options()).clone())
+        };
+        Ok(Self { thread, pool })
+    }
+
+    /// Closes the pool's connections, then stops the thread. Batches still running then fail.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
 /// Reservations per deal, and confirmations, coalesced, run on the sale's thread.
 pub struct Batches {
     reservations: Arc<Coalescer<Uuid, UnitRequest, Answer>>,
     confirmations: Arc<Coalescer<(), Uuid, Answer>>,
-    /// Runs the batches until dropped, with the API.
-    _sale: RuntimeThread,
 }
 
 impl Batches {
-    /// Batches that run on a thread of their own, over `sale_pool`, which nothing else uses (so that
-    /// its connections are opened, and their replies read, on that thread).
-    pub fn start(sale_pool: PgPool) -> std::io::Result<Self> {
-        let sale = RuntimeThread::start("sale")?;
-        let (runtime, pool) = (sale.handle().clone(), sale_pool.clone());
+    /// Batches that run on `sale`'s thread, over its pool; they fail once it is closed.
+    pub fn new(sale: &Sale) -> Self {
+        let (runtime, pool) = (sale.thread.handle().clone(), sale.pool.clone());
         let reservations = Coalescer::new(MAX_BATCH, move |deal_id, requests: Vec<UnitRequest>| {
             let pool = pool.clone();
             on_sale_thread(&runtime, requests.len(), async move { reserve_batch(&pool, deal_id, &requests).await })
         });
-        let (runtime, pool) = (sale.handle().clone(), sale_pool);
+        let (runtime, pool) = (sale.thread.handle().clone(), sale.pool.clone());
         let confirmations = Coalescer::new(MAX_BATCH, move |(), ids: Vec<Uuid>| {
             let pool = pool.clone();
             on_sale_thread(&runtime, ids.len(), async move { confirm_batch(&pool, &ids).await })
         });
-        Ok(Self { reservations, confirmations, _sale: sale })
+        Self { reservations, confirmations }
     }
 
     /// Reserves for `request` from deal `deal_id`, with the deal's next batch.

@@ -25,7 +25,7 @@ pub mod watch;
 
 use std::future::Future;
 
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::{proto::deal::deal_service_server::SERVICE_NAME, shared::server};
@@ -33,29 +33,26 @@ use crate::{proto::deal::deal_service_server::SERVICE_NAME, shared::server};
 /// The `google.rpc.ErrorInfo` domain of this service's errors.
 pub const DOMAIN: &str = "deal.topkart.com";
 
-/// deal-service's connections to its database: the sale's reservations and confirmations have a
-/// pool of their own, used only on the sale's thread (`batching`); everything else uses `requests`.
-pub struct Pools {
-    pub requests: PgPool,
-    pub sale: PgPool,
+/// The fewest connections deal-service runs with: one the change listener holds (WatchDeal), one
+/// for requests, one for the sale.
+pub const MIN_CONNECTIONS: u32 = 3;
+
+/// deal-service's database: `pool` for everything but the sale, whose reservations and
+/// confirmations have a pool of their own, of at most `sale_connections`, on the sale's thread
+/// ([`batching::Sale`]).
+pub struct Database {
+    pub pool: PgPool,
+    pub sale_connections: u32,
 }
 
-impl Pools {
-    /// `requests`, and a sale pool of at most `sale_connections` to the same database, opened when
-    /// first used (by the sale's thread, whose runtime then reads their replies).
-    pub fn new(requests: PgPool, sale_connections: u32) -> Self {
-        let sale = PgPoolOptions::new()
-            .max_connections(sale_connections.max(1))
-            .acquire_timeout(requests.options().get_acquire_timeout())
-            .connect_lazy_with((*requests.connect_options()).clone());
-        Self { requests, sale }
-    }
-
-    /// How `max_connections` in all are shared: half (at least one) for the sale, the rest (at least
-    /// one) for everything else.
-    pub fn split(max_connections: u32) -> (u32, u32) {
-        let sale = (max_connections / 2).max(1);
-        (max_connections.saturating_sub(sale).max(1), sale)
+impl Database {
+    /// How `max_connections` in all are shared, (requests, sale): half for the sale, the rest for
+    /// everything else; `None` below [`MIN_CONNECTIONS`].
+    pub fn split(max_connections: u32) -> Option<(u32, u32)> {
+        (max_connections >= MIN_CONNECTIONS).then(|| {
+            let sale = max_connections / 2;
+            (max_connections - sale, sale)
+        })
     }
 }
 
@@ -63,20 +60,36 @@ impl Pools {
 /// `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
-    pools: Pools,
+    database: Database,
     settings: server::ServerSettings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
-    let (health, health_service) = server::Health::start(pools.requests.clone(), &[SERVICE_NAME]).await;
+    let (health, health_service) = server::Health::start(database.pool.clone(), &[SERVICE_NAME]).await;
+    let sale = batching::Sale::start(&database).map_err(server::ServeError::Start)?;
     // WatchDeal's streams would hold the graceful shutdown open: they end (UNAVAILABLE) first.
     let (stopping, stop_watching) = tokio::sync::watch::channel(false);
-    let api =
-        grpc::DealApi::new(pools, settings.limits.max_watchers, stop_watching).map_err(server::ServeError::Start)?;
+    let api = grpc::DealApi::new(database.pool, &sale, settings.limits.max_watchers, stop_watching);
     let api = routes::DealRoutes::new(api);
     let router = server::builder(&settings)?.add_service(health_service).add_service(api);
     let shutdown = async move {
         shutdown.await;
         stopping.send_replace(true);
     };
-    server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await
+    let served = server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await;
+    // The calls have ended (or been cut at the drain's end): the sale's connections close cleanly.
+    sale.close().await;
+    served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connections_are_shared_between_requests_and_the_sale_within_the_budget() {
+        assert_eq!(Database::split(MIN_CONNECTIONS - 1), None, "the listener alone would hold the requests' one");
+        assert_eq!(Database::split(3), Some((2, 1)));
+        assert_eq!(Database::split(10), Some((5, 5)));
+        assert_eq!(Database::split(11), Some((6, 5)));
+    }
 }

@@ -387,7 +387,8 @@ async fn the_generated_routes_of_list_deals_and_watch_deal_answer_as_the_encoded
     assert!(!served.next_page_token.is_empty());
 
     let (_stop, stopping) = tokio::sync::watch::channel(false);
-    let api = DealApi::new(deal_pools(pool), 10, stopping).unwrap();
+    let sale = topkart::deal::batching::Sale::start(&deal_database(pool.clone())).unwrap();
+    let api = DealApi::new(pool.clone(), &sale, 10, stopping);
     fn as_customer<T>(message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.extensions_mut().insert(Caller::Token { subject: "alice".into(), role: Role::Customer });

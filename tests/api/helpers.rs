@@ -162,15 +162,15 @@ pub async fn spawn_deal_service_with(pool: PgPool, settings: ServerSettings) -> 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(topkart::deal::run(listener, deal_pools(pool), settings, async move {
+    tokio::spawn(topkart::deal::run(listener, deal_database(pool), settings, async move {
         let _ = stopped.await;
     }));
     (addr, stop)
 }
 
-/// deal-service's pools over `pool`'s database, the sale's with two connections.
-pub fn deal_pools(pool: PgPool) -> topkart::deal::Pools {
-    topkart::deal::Pools::new(pool, 2)
+/// deal-service's database: `pool`, and two connections for the sale.
+pub fn deal_database(pool: PgPool) -> topkart::deal::Database {
+    topkart::deal::Database { pool, sale_connections: 2 }
 }
 
 /// A client of the deal-service at `addr`, as order-service uses it: minting service tokens.

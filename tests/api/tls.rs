@@ -28,7 +28,11 @@ async fn an_order_round_trips_over_tls(pool: PgPool) {
 
     let deal_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let deal_port = deal_listener.local_addr().unwrap().port();
-    tokio::spawn(topkart::deal::run(deal_listener, deal_pools(pool.clone()), settings(), std::future::pending()));
+    let (stop_deals, deals_stopped) = tokio::sync::oneshot::channel::<()>();
+    let deal_service =
+        tokio::spawn(topkart::deal::run(deal_listener, deal_database(pool.clone()), settings(), async {
+            let _ = deals_stopped.await;
+        }));
     let credentials = Credentials::minted(Signer::hs256(TEST_SECRET.as_bytes()));
     let deals_client = DealsClient::connect_lazy(
         &format!("https://localhost:{deal_port}"),
@@ -71,4 +75,7 @@ async fn an_order_round_trips_over_tls(pool: PgPool) {
         let mut orders = orders_with(&plain, Bearer::of(&token(Role::Customer, "alice")));
         assert!(orders.list_orders(orderpb::ListOrdersRequest::default()).await.is_err());
     }
+    // A graceful stop closes the sale's connections before the test's database is dropped.
+    drop(stop_deals);
+    deal_service.await.unwrap().unwrap();
 }

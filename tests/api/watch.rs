@@ -297,7 +297,8 @@ async fn a_change_reaches_every_watcher_of_a_deal_watched_by_more_than_one_chann
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let api = DealApi::new(deal_pools(pool.clone()), WATCHERS, stopping).unwrap();
+    let sale = topkart::deal::batching::Sale::start(&deal_database(pool.clone())).unwrap();
+    let api = DealApi::new(pool.clone(), &sale, WATCHERS, stopping);
     let mut streams = Vec::new();
     for i in 0..WATCHERS {
         let mut request = tonic::Request::new(dealpb::WatchDealRequest { name: deal.name.clone() });

@@ -24,8 +24,7 @@ use crate::{
 };
 
 use super::{
-    Pools,
-    batching::Batches,
+    batching::{Batches, Sale},
     changes,
     convert::{
         Audience, deal_state_from_proto, deal_to_proto, entry_to_proto, reservation_results_to_proto,
@@ -80,16 +79,15 @@ impl DealApi {
         reply(watch.await)
     }
 
-    /// The API over `pools`, streaming at most `max_watchers` WatchDeal calls, which end when
-    /// `shutdown` turns true. Fails only if the sale's thread cannot be started.
-    pub fn new(pools: Pools, max_watchers: usize, shutdown: watch::Receiver<bool>) -> std::io::Result<Self> {
-        let Pools { requests: pool, sale } = pools;
-        Ok(Self {
-            batches: Batches::start(sale)?,
+    /// The API over `pool`, its sale on `sale`, streaming at most `max_watchers` WatchDeal calls,
+    /// which end when `shutdown` turns true.
+    pub fn new(pool: PgPool, sale: &Sale, max_watchers: usize, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            batches: Batches::new(sale),
             live_deals: LiveDeals::new(pool.clone()),
             watchers: Watchers::start(pool.clone(), max_watchers, shutdown),
             pool,
-        })
+        }
     }
 }
 

@@ -60,7 +60,7 @@ impl Version {
 enum Next {
     /// Send the version its deal's channel holds now.
     First,
-    /// Wait for a change, the clock's next transition, or the shutdown.
+    /// Wait for a change, the clock's next transition, or the channel's closing (the shutdown).
     Wait { transition: DateTime<Utc> },
     /// Nothing: the stream is over.
     End,
@@ -169,7 +169,7 @@ impl Stream for DealStream {
 
 impl DealStream {
     /// A stream of `updates`' versions as `audience` sees them, holding `permit` for its life and
-    /// ended by `shutdown`.
+    /// ended when its channel closes: with UNAVAILABLE if `shutdown` then says the server stops.
     pub(super) fn new(
         updates: watch::Receiver<Arc<Version>>,
         audience: Audience,
