@@ -55,6 +55,8 @@ pub type AnswerFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
 pub struct Sale {
     thread: RuntimeThread,
     pool: PgPool,
+    /// Its connections on /metrics (`pool="sale"`).
+    _report: metrics::PoolReport,
 }
 
 impl Sale {
@@ -70,7 +72,8 @@ impl Sale {
                 .acquire_timeout(database.pool.options().get_acquire_timeout())
                 .connect_lazy_with((*database.pool.connect_options()).clone())
         };
-        Ok(Self { thread, pool })
+        let report = metrics::PoolReport::start("sale", pool.clone());
+        Ok(Self { thread, pool, _report: report })
     }
 
     /// Closes the pool's connections, then stops the thread. Batches still running then fail.

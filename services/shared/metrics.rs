@@ -14,7 +14,7 @@
 //! | `topkart_order_insert_batch_size` | histogram | |
 //! | `topkart_deal_call_batch_size` | histogram | `call` (`reserve`, `confirm`) |
 //! | `topkart_order_inserts_total` | counter | `outcome` (`recorded`, `existing`, `too_late`, `failed`) |
-//! | `topkart_db_pool_connections` | gauge | `state` (`in_use`, `idle`) |
+//! | `topkart_db_pool_connections` | gauge | `pool` (`main`; deal-service's `sale` too), `state` (`in_use`, `idle`) |
 //! | `topkart_sweep_seconds`, `topkart_daily_reset_seconds` | histogram | |
 //! | `topkart_sweeps_total`, `topkart_daily_resets_total` | counter | `outcome` (`ok`, `failed`) |
 //! | `topkart_deals_expired_total`, `topkart_deals_started_total` | counter | |
@@ -23,7 +23,15 @@
 //! | `topkart_waitlist_entries_expired_total` | counter | |
 //! | `topkart_holds_settled_total` | counter | `outcome` (`confirmed`, `released`, `finished_release`, `abandoned`) |
 
-use std::{convert::Infallible, net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Mutex, MutexGuard, OnceLock, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use http::{Method as HttpMethod, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -45,6 +53,41 @@ const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0,
 const PASS_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Pools besides the one [`serve`] is given, each reported at every scrape while its [`PoolReport`]
+/// lives.
+static REPORTED_POOLS: Mutex<Vec<(u64, &'static str, PgPool)>> = Mutex::new(Vec::new());
+static NEXT_POOL_REPORT: AtomicU64 = AtomicU64::new(0);
+
+fn reported_pools() -> MutexGuard<'static, Vec<(u64, &'static str, PgPool)>> {
+    REPORTED_POOLS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reports `pool`'s connections as `topkart_db_pool_connections{pool="<name>"}` until dropped.
+pub struct PoolReport {
+    id: u64,
+}
+
+impl PoolReport {
+    pub fn start(name: &'static str, pool: PgPool) -> Self {
+        let id = NEXT_POOL_REPORT.fetch_add(1, Ordering::Relaxed);
+        reported_pools().push((id, name, pool));
+        Self { id }
+    }
+}
+
+impl Drop for PoolReport {
+    fn drop(&mut self) {
+        reported_pools().retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+/// The connections of `pool`, in use and idle, as `pool="<name>"`.
+fn pool_connections(name: &'static str, pool: &PgPool) {
+    let idle = pool.num_idle() as f64;
+    gauge!("topkart_db_pool_connections", "pool" => name, "state" => "idle").set(idle);
+    gauge!("topkart_db_pool_connections", "pool" => name, "state" => "in_use").set(f64::from(pool.size()) - idle);
+}
 
 /// Installs the process's recorder (once; later calls return the same handle).
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -124,7 +167,7 @@ fn describe() {
 }
 
 /// Serves `GET /metrics` on `listener` for as long as the process runs, with the gauges of `pool`
-/// read at every scrape.
+/// (`pool="main"`) and of the pools reported ([`PoolReport`]) read at every scrape.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle, pool: PgPool) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -181,9 +224,10 @@ async fn scrape(
     if request.method() != HttpMethod::GET {
         return Ok(response.status(StatusCode::METHOD_NOT_ALLOWED).body(Full::default()).unwrap_or_default());
     }
-    let idle = pool.num_idle() as f64;
-    gauge!("topkart_db_pool_connections", "state" => "idle").set(idle);
-    gauge!("topkart_db_pool_connections", "state" => "in_use").set(f64::from(pool.size()) - idle);
+    pool_connections("main", pool);
+    for (_, name, pool) in reported_pools().iter() {
+        pool_connections(name, pool);
+    }
     Ok(response
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
         .body(Full::from(handle.render()))

@@ -294,7 +294,10 @@ async fn the_metrics_count_calls_by_method_and_code_and_the_batches_behind_them(
     assert_eq!(moved("topkart_reservations_total", &[("outcome", "reserved")]), 1.0);
     assert_eq!(moved("topkart_reservation_batch_size_count", &[]), 1.0);
     assert_eq!(moved("topkart_order_inserts_total", &[("outcome", "recorded")]), 1.0);
-    assert!(sample(&after, "topkart_db_pool_connections", &[("state", "idle")]) >= 0.0);
+    // The reservation's batch ran on deal-service's sale pool, the rest on the main one: both hold
+    // a connection now (in use or idle), and both are reported.
+    assert!(sample(&after, "topkart_db_pool_connections", &[("pool", "main")]) >= 1.0, "{after}");
+    assert!(sample(&after, "topkart_db_pool_connections", &[("pool", "sale")]) >= 1.0, "{after}");
     assert!(after.contains("# TYPE grpc_server_handling_seconds histogram"), "{after}");
     assert!(after.contains("grpc_server_in_flight"), "{after}");
 }
