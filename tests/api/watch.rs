@@ -281,45 +281,73 @@ async fn a_watcher_that_stops_reading_does_not_delay_the_others(pool: PgPool) {
     }
 }
 
-/// A deal's watchers are spread over channels of a few hundred each (`deal::watch`), sent to one
-/// after the other: every watcher, on every channel, gets every change, and a shutdown ends them all.
+/// A deal's watchers have a channel per connection (`deal::watch`), sent to one after the other,
+/// with other tasks let in after every few hundred watchers: every watcher, on every connection,
+/// gets every change, also once a connection's watchers have all left, and a shutdown ends them all.
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
-async fn a_change_reaches_every_watcher_of_a_deal_watched_by_more_than_one_channel_holds(pool: PgPool) {
-    use tonic::codegen::tokio_stream::StreamExt;
+async fn a_change_reaches_every_watcher_of_a_deal_watched_over_many_connections(pool: PgPool) {
+    use std::net::SocketAddr;
+
+    use tonic::{codegen::tokio_stream::StreamExt, transport::server::TcpConnectInfo};
     use topkart::{
         deal::grpc::DealApi,
         proto::deal::deal_service_server::DealService,
         shared::auth::{Caller, Role},
     };
 
-    // Two channels full and a third begun.
-    const WATCHERS: usize = 2 * topkart::deal::watch::WATCHERS_PER_CHANNEL + 88;
+    // More watchers than one yield's worth, joining from their connections in turn, as a client
+    // spreading its streams over its connections does; a few with no address known.
+    const WATCHERS: usize = 2 * topkart::deal::watch::WATCHERS_PER_YIELD + 88;
+    const CONNECTIONS: usize = 5;
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let sale = topkart::deal::batching::Sale::start(&deal_database(pool.clone())).unwrap();
-    let api = DealApi::new(pool.clone(), &sale, WATCHERS, stopping);
-    let mut streams = Vec::new();
-    for i in 0..WATCHERS {
+    let api = DealApi::new(pool.clone(), &sale, WATCHERS + 1, stopping);
+    let watch = async |i: usize, connection: Option<usize>| {
         let mut request = tonic::Request::new(dealpb::WatchDealRequest { name: deal.name.clone() });
         request.extensions_mut().insert(Caller::Token { subject: format!("watcher-{i}"), role: Role::Customer });
-        streams.push(api.watch_deal(request).await.expect("watching").into_inner());
+        if let Some(connection) = connection {
+            let port = 40_000 + u16::try_from(connection).unwrap();
+            let remote_addr = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+            request.extensions_mut().insert(TcpConnectInfo { local_addr: None, remote_addr });
+        }
+        api.watch_deal(request).await.expect("watching").into_inner()
+    };
+    let connection_of = |i: usize| (i >= 8).then_some(i % CONNECTIONS);
+    let mut streams = Vec::new();
+    for i in 0..WATCHERS {
+        streams.push((connection_of(i), watch(i, connection_of(i)).await));
     }
     async fn next_of<S: tonic::codegen::tokio_stream::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
         tokio::time::timeout(Duration::from_secs(10), StreamExt::next(stream)).await.expect("a message within 10 s")
     }
-    for stream in &mut streams {
+    for (_, stream) in &mut streams {
         assert_eq!(next_of(stream).await.unwrap().unwrap().available_units, 10);
     }
 
     app.order(order_request(&deal.name, 4)).await.expect("an order");
-    for stream in &mut streams {
+    for (_, stream) in &mut streams {
         let changed = next_of(stream).await.unwrap().unwrap();
         assert_eq!((changed.available_units, changed.claimed_percent), (6, 40));
     }
 
+    // Every watcher of one connection leaves; the others, and one who comes back over it, go on.
+    streams.retain(|(connection, _)| *connection != Some(0));
+    app.order(order_request(&deal.name, 1)).await.expect("an order");
+    let mut back = watch(WATCHERS, Some(0)).await;
+    assert!(next_of(&mut back).await.unwrap().unwrap().available_units <= 6);
+    for (_, stream) in &mut streams {
+        until_units(stream, 5).await;
+    }
+    app.order(order_request(&deal.name, 1)).await.expect("an order");
+    until_units(&mut back, 4).await;
+    for (_, stream) in &mut streams {
+        until_units(stream, 4).await;
+    }
+
     stop.send(true).unwrap();
-    for stream in &mut streams {
+    for (_, stream) in &mut streams {
         let ended = next_of(stream).await.expect("an end, not OK").expect_err("UNAVAILABLE");
         assert_eq!(ended.code(), Code::Unavailable);
     }
@@ -329,4 +357,22 @@ async fn a_change_reaches_every_watcher_of_a_deal_watched_by_more_than_one_chann
     let refused = api.watch_deal(request).await.err().expect("a watcher refused during the shutdown");
     assert_eq!(refused.code(), Code::Unavailable);
     assert_eq!(refused.get_error_details().error_info().map(|info| info.reason.as_str()), Some("SHUTTING_DOWN"));
+}
+
+/// Reads `stream` (the API's own, not a client's) until it shows `units` left.
+async fn until_units<S>(stream: &mut S, units: i32)
+where
+    S: tonic::codegen::tokio_stream::Stream<Item = Result<dealpb::Deal, tonic::Status>> + Unpin,
+{
+    use tonic::codegen::tokio_stream::StreamExt;
+    loop {
+        let deal = tokio::time::timeout(Duration::from_secs(10), StreamExt::next(stream))
+            .await
+            .expect("a message within 10 s")
+            .expect("the stream goes on")
+            .expect("no error");
+        if deal.available_units == units {
+            return;
+        }
+    }
 }

@@ -74,8 +74,12 @@ impl DealApi {
         let audience = Audience::of(authorize(&request, READERS)?);
         let mut violations = Violations::default();
         let id = names::parse("name", names::DEALS, &request.get_ref().name, &mut violations);
-        let watch =
-            async { self.watchers.watch(violations.into_result(id)?.ok_or(DealError::DealNotFound)?, audience).await };
+        // Streams of one connection share their deal's channel, so a change is written to it at once.
+        let connection = request.remote_addr();
+        let watch = async {
+            let id = violations.into_result(id)?.ok_or(DealError::DealNotFound)?;
+            self.watchers.watch(id, audience, connection).await
+        };
         reply(watch.await)
     }
 

@@ -3,9 +3,11 @@
 //! commit, whichever instance or worker made it: by its id, or `*` for a statement that changed more
 //! than 100 deals, on which every watched deal is read), one read of a changed deal per burst of
 //! notifications however many watch it,
-//! and `tokio::sync::watch` channels per watched deal (each for up to [`WATCHERS_PER_CHANNEL`]
-//! watchers, sent to one after the other so that the sale's tasks run in between) that keep only
-//! the latest version: a watcher that reads slowly skips versions instead of piling them up.
+//! and `tokio::sync::watch` channels per watched deal that keep only the latest version: a watcher
+//! that reads slowly skips versions instead of piling them up. A deal has a channel per HTTP/2
+//! connection it is watched over, so that a version's messages to one connection's streams are woken
+//! together and written together; the channels are sent to one after the other, with the tasks that
+//! waited meanwhile run after every [`WATCHERS_PER_YIELD`] watchers.
 //!
 //! Each stream reads its channel only when the connection can take a message (HTTP/2 flow control
 //! decides when its body is polled), so it holds no queue and no task of its own: what it sends is
@@ -21,10 +23,12 @@ mod stream;
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
+use indexmap::IndexMap;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::{Semaphore, watch};
 use tonic::{Code, Status};
@@ -47,11 +51,10 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// read, so this bounds the fan-out's work whatever the rate of commits (a hot deal commits every
 /// few milliseconds); changes notified meanwhile wait and are read together (BENCHMARKS.md, watch).
 const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
-/// The most watchers of a deal one channel wakes at once. A deal's version goes to its channels one
-/// after the other, letting the tasks that waited meanwhile (the sale's reservations) run in
-/// between: on one thread, 10,000 watchers woken at once held every other task back for the ~40 ms
-/// their messages take (BENCHMARKS.md, "WatchDeal").
-pub const WATCHERS_PER_CHANNEL: usize = 256;
+/// How many watchers of a deal a refresh wakes before it lets the tasks that waited meanwhile run.
+/// On one thread, 10,000 watchers woken at once held every other task back for the ~40 ms their
+/// messages take (BENCHMARKS.md, "WatchDeal").
+pub const WATCHERS_PER_YIELD: usize = 256;
 /// The retry delay suggested to a watcher refused for too many watchers.
 const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -82,8 +85,14 @@ impl Watchers {
         watchers
     }
 
-    /// A stream of deal `id`: the deal now, then every change. `DealNotFound` for no such deal.
-    pub async fn watch(&self, id: Uuid, audience: Audience) -> Result<DealStream, DealError> {
+    /// A stream of deal `id` over `connection` (the client's address; `None` where the transport
+    /// has none): the deal now, then every change. `DealNotFound` for no such deal.
+    pub async fn watch(
+        &self,
+        id: Uuid,
+        audience: Audience,
+        connection: Option<SocketAddr>,
+    ) -> Result<DealStream, DealError> {
         // A server shutting down says so first: the watcher should go elsewhere, not wait for a place.
         if *self.shutdown.borrow() {
             return Err(DealError::ShuttingDown);
@@ -91,9 +100,9 @@ impl Watchers {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return Err(DealError::TooManyWatchers);
         };
-        let updates = match self.join(id)? {
+        let updates = match self.join(id, connection)? {
             Some(updates) => updates,
-            None => self.read_and_join(id).await?,
+            None => self.read_and_join(id, connection).await?,
         };
         Ok(DealStream::new(updates, audience, self.shutdown.clone(), permit))
     }
@@ -101,9 +110,13 @@ impl Watchers {
     /// A channel of deal `id` if it is watched already: the listener keeps its version current (a
     /// change not read yet will be), so joining it needs no read. Under the channels' lock, so a
     /// refresh counts this watcher from then on.
-    fn join(&self, id: Uuid) -> Result<Option<watch::Receiver<Arc<Version>>>, DealError> {
+    fn join(
+        &self,
+        id: Uuid,
+        connection: Option<SocketAddr>,
+    ) -> Result<Option<watch::Receiver<Arc<Version>>>, DealError> {
         let mut channels = self.open_channels()?;
-        Ok(channels.get_mut(&id).filter(|deal| deal.watchers() > 0).map(Channels::subscribe))
+        Ok(channels.get_mut(&id).filter(|deal| deal.watchers() > 0).map(|deal| deal.subscribe(connection)))
     }
 
     /// The channels, unless the server is shutting down. Checked under their lock, which
@@ -119,7 +132,11 @@ impl Watchers {
 
     /// The first watcher of deal `id` (or the first after all left, when its channel went stale):
     /// reads it and makes its channel.
-    async fn read_and_join(&self, id: Uuid) -> Result<watch::Receiver<Arc<Version>>, DealError> {
+    async fn read_and_join(
+        &self,
+        id: Uuid,
+        connection: Option<SocketAddr>,
+    ) -> Result<watch::Receiver<Arc<Version>>, DealError> {
         let updates = {
             // Read under the lock the listener reads under: a change committed after this read is
             // notified and read after it, one committed before is in it.
@@ -132,11 +149,11 @@ impl Watchers {
             // Watchers joining add no messages for the others: this changes nothing for them
             // unless the deal changed since the listener's last read, which it will read next.
             if let Some(version) = deal_channels.replace_latest(deal) {
-                for channel in &deal_channels.channels {
+                for channel in deal_channels.channels.values() {
                     send(channel, &version);
                 }
             }
-            deal_channels.subscribe()
+            deal_channels.subscribe(connection)
         };
         Ok(updates)
     }
@@ -175,34 +192,40 @@ impl Watchers {
 
     /// Sends `deal` to its watchers if it differs from what they were sent last (a read that finds
     /// no change, after a `*` notification or a lost connection, sends nothing): one channel at a
-    /// time, yielding between two, so that the tasks woken meanwhile run before the next
-    /// [`WATCHERS_PER_CHANNEL`] watchers. A channel made meanwhile is reached too: channels are
-    /// only added, at the end, while a refresh runs (`reading` keeps the pruning out). A channel
-    /// nobody watches is skipped: whoever joins it later is given the latest version first.
+    /// time, yielding after every [`WATCHERS_PER_YIELD`] watchers woken, so that the tasks woken
+    /// meanwhile run. A channel made meanwhile is reached too: channels are only added, at the
+    /// end, while a refresh runs (`reading` keeps the pruning out). The channels of connections
+    /// that hold no stream of the deal any more are dropped first.
     async fn publish(&self, deal: Deal) {
         let id = deal.id;
         let version = {
             let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-            match channels.get_mut(&id).and_then(|current| current.replace_latest(deal)) {
+            let Some(current) = channels.get_mut(&id) else { return };
+            current.drop_unwatched();
+            match current.replace_latest(deal) {
                 Some(version) => version,
                 None => return,
             }
         };
+        let mut woken = 0;
         for index in 0.. {
             let channel = {
                 let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-                match channels.get(&id).and_then(|deal| deal.channels.get(index)) {
-                    Some(channel) => Arc::clone(channel),
+                match channels.get(&id).and_then(|deal| deal.channels.get_index(index)) {
+                    Some((_, channel)) => Arc::clone(channel),
                     None => return,
                 }
             };
-            if channel.receiver_count() == 0 {
+            let watchers = channel.receiver_count();
+            if watchers == 0 {
                 continue;
             }
-            if index > 0 {
+            if woken >= WATCHERS_PER_YIELD {
                 tokio::task::yield_now().await;
+                woken = 0;
             }
             send(&channel, &version);
+            woken += watchers;
         }
     }
 }
@@ -219,18 +242,19 @@ fn send(channel: &watch::Sender<Arc<Version>>, version: &Arc<Version>) {
     });
 }
 
-/// The channels of one watched deal, each for at most [`WATCHERS_PER_CHANNEL`] of its watchers,
-/// all holding the latest version once a refresh has gone through them.
+/// The channels of one watched deal, one per connection it is watched over (HTTP/2's
+/// `--max-streams-per-connection` bounds a channel's watchers), all holding the latest version once
+/// a refresh has gone through them.
 struct Channels {
     /// The deal as last read, which a refresh is sending (or has sent) to every channel.
     latest: Arc<Version>,
-    channels: Vec<Arc<watch::Sender<Arc<Version>>>>,
+    /// By the client's address, in the order they were made.
+    channels: IndexMap<Option<SocketAddr>, Arc<watch::Sender<Arc<Version>>>>,
 }
 
 impl Channels {
     fn new(deal: &Deal) -> Self {
-        let latest = Version::new(deal.clone());
-        Self { channels: vec![Arc::new(watch::Sender::new(Arc::clone(&latest)))], latest }
+        Self { latest: Version::new(deal.clone()), channels: IndexMap::new() }
     }
 
     /// Makes `deal` the latest version, unless it is that already (a read that finds no change,
@@ -242,23 +266,25 @@ impl Channels {
         })
     }
 
-    fn watchers(&self) -> usize {
-        self.channels.iter().map(|channel| channel.receiver_count()).sum()
+    /// Drops the channels of connections that hold no stream of the deal any more (a reconnecting
+    /// client comes back from another port).
+    fn drop_unwatched(&mut self) {
+        self.channels.retain(|_, channel| channel.receiver_count() > 0);
     }
 
-    /// A new watcher of the deal, on a channel with room, or on a new one, holding the latest
-    /// version: a refresh may not have reached the channel with room yet (it sends to the others
+    fn watchers(&self) -> usize {
+        self.channels.values().map(|channel| channel.receiver_count()).sum()
+    }
+
+    /// A new watcher of the deal over `connection`, on that connection's channel, holding the
+    /// latest version: a refresh may not have reached the channel yet (it sends to the others
     /// first), and a watcher that saw the newer version on another stream must not be sent an
     /// older one on this.
-    fn subscribe(&mut self) -> watch::Receiver<Arc<Version>> {
-        if let Some(channel) = self.channels.iter().find(|channel| channel.receiver_count() < WATCHERS_PER_CHANNEL) {
-            send(channel, &self.latest);
-            return channel.subscribe();
-        }
-        let channel = Arc::new(watch::Sender::new(Arc::clone(&self.latest)));
-        let receiver = channel.subscribe();
-        self.channels.push(channel);
-        receiver
+    fn subscribe(&mut self, connection: Option<SocketAddr>) -> watch::Receiver<Arc<Version>> {
+        let channel =
+            self.channels.entry(connection).or_insert_with(|| Arc::new(watch::Sender::new(Arc::clone(&self.latest))));
+        send(channel, &self.latest);
+        channel.subscribe()
     }
 }
 
@@ -366,22 +392,43 @@ mod tests {
     use super::*;
     use crate::deal::domain::sample_deal;
 
+    fn address(port: u16) -> Option<SocketAddr> {
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    #[test]
+    fn the_watchers_of_one_connection_share_a_channel_of_their_own() {
+        let deal = sample_deal(Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap());
+        let mut channels = Channels::new(&deal);
+        let first = channels.subscribe(address(1000));
+        let second = channels.subscribe(address(1000));
+        let other = channels.subscribe(address(1001));
+        assert_eq!(channels.channels.len(), 2);
+        assert!(first.same_channel(&second));
+        assert!(!first.same_channel(&other));
+        assert_eq!(channels.watchers(), 3);
+
+        // The connection 1001 closes: its channel goes, the other stays.
+        drop(other);
+        channels.drop_unwatched();
+        assert_eq!(channels.channels.keys().copied().collect::<Vec<_>>(), vec![address(1000)]);
+        drop((first, second));
+        channels.drop_unwatched();
+        assert!(channels.channels.is_empty());
+    }
+
     #[test]
     fn a_watcher_joining_a_channel_a_refresh_has_not_reached_yet_starts_from_the_latest_version() {
         let deal = sample_deal(Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap());
         let mut channels = Channels::new(&deal);
-        let first = channels.subscribe();
+        let first = channels.subscribe(address(1000));
         // A refresh has read a change and not yet sent it to this channel.
         channels.latest = Version::new(Deal { available_units: deal.available_units - 1, ..deal.clone() });
-        let joined = channels.subscribe();
+        let joined = channels.subscribe(address(1000));
         assert!(Arc::ptr_eq(&joined.borrow(), &channels.latest));
         assert!(first.has_changed().unwrap(), "the channel's earlier watcher moves forward with it");
-        // The first channel full: the next watcher gets a channel of its own, at the latest too.
-        let mut more: Vec<_> = (3..=WATCHERS_PER_CHANNEL).map(|_| channels.subscribe()).collect();
-        assert_eq!(channels.channels.len(), 1);
-        more.push(channels.subscribe());
-        assert_eq!(channels.channels.len(), 2);
-        assert!(Arc::ptr_eq(&more.last().unwrap().borrow(), &channels.latest));
-        assert_eq!(channels.watchers(), WATCHERS_PER_CHANNEL + 1);
+        // A new connection's channel starts at the latest too.
+        let other = channels.subscribe(address(1001));
+        assert!(Arc::ptr_eq(&other.borrow(), &channels.latest));
     }
 }
