@@ -22,12 +22,20 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::{
+    RecvStream,
+    client::{ResponseFuture, SendRequest},
+};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, uri::Authority};
+use prost::Message;
 use sqlx::PgPool;
-use tokio::sync::watch;
-use tonic::{Code, transport::Channel};
+use tokio::{net::TcpStream, sync::watch, task::JoinHandle};
+use tonic::Code;
 use uuid::Uuid;
 
-use topkart::proto::deal as dealpb;
+use topkart::{proto::deal as dealpb, shared::runtime_thread::RuntimeThread};
 
 use crate::{
     histogram::DelayHistogram,
@@ -36,6 +44,14 @@ use crate::{
 
 /// How long every watcher may take to get its first message.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// WatchDeal's path.
+const WATCH_DEAL: &str = "/topkart.deal.v1.DealService/WatchDeal";
+/// The HTTP/2 receive windows of each stream and of each connection: wide enough that the server
+/// never waits for this client's window updates.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+/// The bytes before each gRPC message: a compression flag and the message's length.
+const GRPC_PREFIX: usize = 5;
 
 /// The fields of a `Deal` a watcher reads; prost skips over the others without decoding them, so
 /// the load generator spends little of the cores it shares with the server.
@@ -64,14 +80,20 @@ struct Watcher {
     changes: u64,
     /// How the stream ended before it was dropped, if it did.
     ended: Option<Code>,
+    /// The update_time of the version before, once there is one.
+    previous: Option<Option<prost_types::Timestamp>>,
 }
 
-/// Watchers of one deal, running until [`Watchers::stop`].
+/// Watchers of one deal, running until [`Watchers::stop`]: raw HTTP/2 streams read on a thread of
+/// their own, one task per connection. A tonic client per stream took 3.9 µs of CPU per message,
+/// half a core at 10,000 watchers, on the cores the services share (BENCHMARKS.md, "Session 11").
 pub struct Watchers {
     shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<Watcher>>,
+    connections: Vec<JoinHandle<Vec<Watcher>>>,
     stop: watch::Sender<bool>,
-    connections: usize,
+    watchers: usize,
+    /// Stops, with the tasks still on it, when the watchers are dropped.
+    _thread: RuntimeThread,
 }
 
 /// What the watchers saw.
@@ -88,8 +110,18 @@ pub struct Watched {
     pub carried: DelayHistogram,
 }
 
+/// What each of a connection's streams sends.
+#[derive(Clone)]
+struct WatchRequest {
+    authority: Authority,
+    authorization: Option<HeaderValue>,
+    /// The gRPC-framed WatchDealRequest.
+    body: Bytes,
+}
+
 impl Watchers {
-    /// Opens `count` WatchDeal streams of `deal` over `connections` new connections to `url`.
+    /// Opens `count` WatchDeal streams of `deal` over `connections` new connections to `url`
+    /// (plain-text HTTP/2, `http://`), the streams spread over the connections in turn.
     pub async fn open(
         url: &str,
         connections: usize,
@@ -97,25 +129,41 @@ impl Watchers {
         deal: &str,
         authorization: Option<&Authorization>,
     ) -> Result<Self, LoadError> {
-        let channels = crate::scenario::channels(url, connections).await?;
+        let uri: http::Uri = url.parse()?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!("the watchers speak plain-text HTTP/2: {url} is not http://").into());
+        }
+        let authorization = match authorization {
+            Some(value) => Some(HeaderValue::from_str(value.to_str()?)?),
+            None => None,
+        };
+        let message = dealpb::WatchDealRequest { name: deal.to_owned() }.encode_to_vec();
+        let mut body = BytesMut::with_capacity(GRPC_PREFIX + message.len());
+        body.extend_from_slice(&[0]);
+        body.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+        body.extend_from_slice(&message);
+        let request = WatchRequest {
+            authority: uri.authority().ok_or_else(|| format!("{url} names no host"))?.clone(),
+            authorization,
+            body: body.freeze(),
+        };
         let shared = Arc::new(Shared {
             joined: AtomicUsize::new(0),
             window: OnceLock::new(),
             delays: DelayHistogram::new(),
             carried: DelayHistogram::new(),
         });
+        let thread = RuntimeThread::start("loadgen-watchers")?;
         let (stop, stopped) = watch::channel(false);
-        let tasks = (0..count)
+        let connections = connections.clamp(1, count.max(1));
+        let tasks = (0..connections)
             .map(|index| {
-                let mut request = tonic::Request::new(dealpb::WatchDealRequest { name: deal.to_owned() });
-                if let Some(authorization) = authorization {
-                    request.metadata_mut().insert("authorization", authorization.clone());
-                }
-                let channel = channels[index % channels.len()].clone();
-                tokio::spawn(watch_one(channel, request, Arc::clone(&shared), stopped.clone()))
+                let streams = count / connections + usize::from(index < count % connections);
+                let watch = watch_over(request.clone(), streams, Arc::clone(&shared), stopped.clone());
+                thread.handle().spawn(watch)
             })
             .collect();
-        Ok(Self { shared, tasks, stop, connections: channels.len() })
+        Ok(Self { shared, connections: tasks, stop, watchers: count, _thread: thread })
     }
 
     /// Waits until every watcher has its first message; how long that took.
@@ -123,14 +171,14 @@ impl Watchers {
         let started = Instant::now();
         loop {
             let joined = self.shared.joined.load(Ordering::Relaxed);
-            if joined == self.tasks.len() {
+            if joined == self.watchers {
                 return Ok(started.elapsed());
             }
-            if started.elapsed() > JOIN_TIMEOUT || self.tasks.iter().all(|task| task.is_finished()) {
+            if started.elapsed() > JOIN_TIMEOUT || self.connections.iter().all(|task| task.is_finished()) {
                 return Err(format!(
                     "{joined} of {} watchers got their first message in {} s (is deal-service's \
                      --max-streams-per-connection below the watchers per connection?)",
-                    self.tasks.len(),
+                    self.watchers,
                     started.elapsed().as_secs()
                 )
                 .into());
@@ -147,24 +195,24 @@ impl Watchers {
     /// Closes every stream and says what they saw.
     pub async fn stop(self) -> Result<Watched, LoadError> {
         let _ = self.stop.send(true);
-        let watchers = self.tasks.len();
         let mut watched = Watched {
-            watchers,
-            connections: self.connections,
+            watchers: self.watchers,
+            connections: self.connections.len(),
             changes: 0,
             without_change: 0,
             ended: BTreeMap::new(),
             delays: DelayHistogram::new(),
             carried: DelayHistogram::new(),
         };
-        for task in self.tasks {
-            let watcher = task.await?;
-            watched.changes += watcher.changes;
-            if watcher.changes == 0 {
-                watched.without_change += 1;
-            }
-            if let Some(code) = watcher.ended {
-                *watched.ended.entry(crate::report::status_name(code)).or_default() += 1;
+        for task in self.connections {
+            for watcher in task.await? {
+                watched.changes += watcher.changes;
+                if watcher.changes == 0 {
+                    watched.without_change += 1;
+                }
+                if let Some(code) = watcher.ended {
+                    *watched.ended.entry(crate::report::status_name(code)).or_default() += 1;
+                }
             }
         }
         let shared = Arc::try_unwrap(self.shared).map_err(|_| "a watcher outlived its task")?;
@@ -174,46 +222,63 @@ impl Watchers {
     }
 }
 
-/// One watcher: its stream, read as fast as it comes, until `stop`.
-async fn watch_one(
-    channel: Channel,
-    request: tonic::Request<dealpb::WatchDealRequest>,
+/// One connection's `streams` watchers, read as fast as their messages come, until `stop`. Only
+/// the streams with something to read are polled.
+async fn watch_over(
+    request: WatchRequest,
+    streams: usize,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) -> Watcher {
-    let mut watcher = Watcher::default();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    if grpc.ready().await.is_err() {
-        watcher.ended = Some(Code::Unavailable);
-        return watcher;
-    }
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/topkart.deal.v1.DealService/WatchDeal");
-    let codec = tonic_prost::ProstCodec::<dealpb::WatchDealRequest, DealVersion>::default();
-    let call = grpc.server_streaming(request, path, codec);
-    let mut stream = tokio::select! {
-        reply = call => match reply {
-            Ok(reply) => reply.into_inner(),
-            Err(status) => {
-                watcher.ended = Some(status.code());
-                return watcher;
+) -> Vec<Watcher> {
+    let mut watchers: Vec<Watcher> = (0..streams).map(|_| Watcher::default()).collect();
+    let responses = match open_streams(&request, streams).await {
+        Ok(responses) => responses,
+        Err(err) => {
+            eprintln!("watchers: cannot open WatchDeal streams on {}: {err}", request.authority);
+            for watcher in &mut watchers {
+                watcher.ended = Some(Code::Unavailable);
             }
-        },
-        _ = stop.wait_for(|stopping| *stopping) => return watcher,
+            return watchers;
+        }
     };
-    // The update_time of the version before, once there is one.
-    let mut previous: Option<Option<prost_types::Timestamp>> = None;
+    let mut reading: FuturesUnordered<_> = responses
+        .into_iter()
+        .enumerate()
+        .map(|(index, response)| next_message(index, Stream::Opening(response)))
+        .collect();
+    let stopped = stop.wait_for(|stopping| *stopping);
+    tokio::pin!(stopped);
     loop {
-        let message = tokio::select! {
-            message = stream.message() => message,
-            _ = stop.wait_for(|stopping| *stopping) => return watcher,
+        let (index, stream, message) = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            next = reading.next() => match next {
+                Some(next) => next,
+                None => break,
+            },
         };
-        match message {
-            Ok(Some(version)) => {
-                let (arrived, at) = (SystemTime::now(), Instant::now());
-                let Some(previous_stamp) = previous.replace(version.update_time) else {
-                    shared.joined.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
+        let watcher = &mut watchers[index];
+        let version = match message {
+            Ok(Some(message)) => DealVersion::decode(message),
+            Ok(None) => {
+                watcher.ended = Some(Code::Ok);
+                continue;
+            }
+            Err(code) => {
+                watcher.ended = Some(code);
+                continue;
+            }
+        };
+        let Ok(version) = version else {
+            watcher.ended = Some(Code::Internal);
+            continue;
+        };
+        let (arrived, at) = (SystemTime::now(), Instant::now());
+        match watcher.previous.replace(version.update_time) {
+            None => {
+                shared.joined.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(previous_stamp) => {
                 if let Some(&(from, end)) = shared.window.get()
                     && (from..end).contains(&at)
                 {
@@ -226,16 +291,112 @@ async fn watch_one(
                     }
                 }
             }
-            Ok(None) => {
-                watcher.ended = Some(Code::Ok);
-                return watcher;
+        }
+        reading.push(next_message(index, stream));
+    }
+    watchers
+}
+
+/// A new connection, and `streams` WatchDeal calls sent on it.
+async fn open_streams(request: &WatchRequest, streams: usize) -> Result<Vec<ResponseFuture>, LoadError> {
+    let tcp = TcpStream::connect(request.authority.as_str()).await?;
+    tcp.set_nodelay(true)?;
+    let (mut sender, connection): (SendRequest<Bytes>, _) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake(tcp)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            eprintln!("watchers: a connection failed: {err}");
+        }
+    });
+    let uri =
+        http::Uri::builder().scheme("http").authority(request.authority.clone()).path_and_query(WATCH_DEAL).build()?;
+    let mut responses = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        // Waits while the server's limit of concurrent streams is reached.
+        sender = sender.ready().await?;
+        let mut call = http::Request::builder()
+            .method(Method::POST)
+            .uri(uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers");
+        if let Some(authorization) = &request.authorization {
+            call = call.header(http::header::AUTHORIZATION, authorization.clone());
+        }
+        let (response, mut body) = sender.send_request(call.body(())?, false)?;
+        body.send_data(request.body.clone(), true)?;
+        responses.push(response);
+    }
+    Ok(responses)
+}
+
+/// One stream: waiting for its response, then reading its messages.
+enum Stream {
+    Opening(ResponseFuture),
+    Reading { body: RecvStream, buffer: BytesMut },
+}
+
+/// The stream's next message (`None` at its end with OK), with the stream and its index; the
+/// status code it ended with otherwise.
+async fn next_message(index: usize, mut stream: Stream) -> (usize, Stream, Result<Option<Bytes>, Code>) {
+    let message = stream.next().await;
+    (index, stream, message)
+}
+
+impl Stream {
+    async fn next(&mut self) -> Result<Option<Bytes>, Code> {
+        if let Self::Opening(response) = self {
+            let response = response.await.map_err(|_| Code::Unavailable)?;
+            if response.status() != StatusCode::OK {
+                return Err(Code::Unknown);
             }
-            Err(status) => {
-                watcher.ended = Some(status.code());
-                return watcher;
+            // A call refused at once ends in its headers (gRPC's trailers-only reply).
+            if let Some(code) = grpc_status(response.headers()) {
+                return if code == Code::Ok { Ok(None) } else { Err(code) };
+            }
+            *self = Self::Reading { body: response.into_body(), buffer: BytesMut::new() };
+        }
+        let Self::Reading { body, buffer } = self else { unreachable!("made Reading above") };
+        loop {
+            if let Some(message) = take_message(buffer) {
+                return Ok(Some(message));
+            }
+            match body.data().await {
+                Some(Ok(data)) => {
+                    let _ = body.flow_control().release_capacity(data.len());
+                    buffer.extend_from_slice(&data);
+                }
+                Some(Err(_)) => return Err(Code::Unavailable),
+                None => {
+                    let trailers = body.trailers().await.map_err(|_| Code::Unavailable)?;
+                    return match trailers.as_ref().and_then(grpc_status) {
+                        Some(Code::Ok) => Ok(None),
+                        Some(code) => Err(code),
+                        None => Err(Code::Unknown),
+                    };
+                }
             }
         }
     }
+}
+
+/// The first whole gRPC message in `buffer`, taken out of it.
+fn take_message(buffer: &mut BytesMut) -> Option<Bytes> {
+    let length = u32::from_be_bytes(buffer.get(1..GRPC_PREFIX)?.try_into().ok()?);
+    let length = usize::try_from(length).ok()?;
+    if buffer.len() < GRPC_PREFIX + length {
+        return None;
+    }
+    buffer.advance(GRPC_PREFIX);
+    Some(buffer.split_to(length).freeze())
+}
+
+/// The `grpc-status` in `headers`, if there is one.
+fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    let code: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    Some(Code::from_i32(code))
 }
 
 /// From `stamp` to `arrived` (zero if the stamp is later: the clocks are the same machine's).
@@ -311,5 +472,16 @@ mod tests {
         assert_eq!(since(Some(&stamp), arrived), Some(Duration::from_millis(250)));
         assert_eq!(since(Some(&stamp), SystemTime::UNIX_EPOCH), Some(Duration::ZERO));
         assert_eq!(since(None, arrived), None);
+    }
+
+    #[test]
+    fn messages_are_taken_whole_from_what_arrived() {
+        let mut buffer = BytesMut::from(&[0, 0, 0, 0, 2, 7, 8, 0, 0, 0][..]);
+        assert_eq!(take_message(&mut buffer), Some(Bytes::from_static(&[7, 8])));
+        // The next message's prefix has not all arrived.
+        assert_eq!(take_message(&mut buffer), None);
+        buffer.extend_from_slice(&[0, 1, 9]);
+        assert_eq!(take_message(&mut buffer), Some(Bytes::from_static(&[9])));
+        assert!(buffer.is_empty());
     }
 }
