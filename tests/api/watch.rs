@@ -57,6 +57,45 @@ async fn a_watcher_sees_the_deal_then_every_change_made_through_another_instance
     assert_eq!(repriced.available_units, 7);
 }
 
+/// A deal-service keeps serving watchers after the last watcher of another deal has left: the
+/// next deal watched gets its changes too.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_deal_watched_after_another_deal_lost_its_watchers_gets_its_changes(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    for units in [10, 20] {
+        let deal = app.create_deal(units).await;
+        let mut stream = watch(&app.deals, &deal.name).await.expect("watching");
+        assert_eq!(next(&mut stream).await.unwrap().unwrap().available_units, units);
+        app.order(order_request(&deal.name, 3)).await.expect("an order");
+        until(&mut stream, |deal| deal.available_units == units - 3).await;
+    }
+}
+
+/// A hot deal commits faster than one refresh per 50 ms: each refresh takes every notification that
+/// has arrived, so a change of another deal is not held behind a backlog of the hot deal's.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_change_is_not_held_behind_a_backlog_of_another_deals_notifications(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let hot = app.create_deal(10).await;
+    let watched = app.create_deal(10).await;
+    let mut stream = watch(&app.deals, &watched.name).await.expect("watching");
+    assert_eq!(next(&mut stream).await.unwrap().unwrap().available_units, 10);
+    // 2,000 commits, each changing the hot deal: 2,000 notifications, 100 s of them at one per
+    // refresh.
+    let burst = format!(
+        "do $$ begin for i in 1..2000 loop
+             update deals set product_name = 'hot ' || i where id = '{}'; commit;
+         end loop; end $$",
+        uuid(&hot.name)
+    );
+    let mut connection = pool.acquire().await.unwrap();
+    sqlx::raw_sql("set synchronous_commit = off").execute(&mut *connection).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(burst)).execute(&mut *connection).await.unwrap();
+    app.order(order_request(&watched.name, 3)).await.expect("an order");
+    // `next` gives each message 10 s.
+    until(&mut stream, |deal| deal.available_units == 7).await;
+}
+
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn the_end_of_a_deal_is_its_last_message_and_the_stream_ends_ok(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;

@@ -22,14 +22,19 @@
 mod stream;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::SocketAddr,
+    ops::ControlFlow,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
 use indexmap::IndexMap;
-use sqlx::{PgPool, postgres::PgListener};
+use futures_util::{FutureExt, StreamExt};
+use sqlx::{
+    PgPool,
+    postgres::{PgListener, PgNotification},
+};
 use tokio::sync::{Semaphore, watch};
 use tonic::{Code, Status};
 use uuid::Uuid;
@@ -312,42 +317,66 @@ async fn listen(watchers: std::sync::Weak<Watchers>) {
         let all = live.watched();
         live.refresh_until_read(all).await;
         drop(live);
+        // `try_recv` in a stream, so that what has arrived can be taken without waiting for more
+        // and without dropping a half-read message (`next_buffered` holds only what arrived
+        // during a query, never here: taking one notification per read let a hot deal's backlog
+        // grow and hold every other deal's changes back).
+        let mut notifications = Box::pin(futures_util::stream::unfold(listener, |mut listener| async move {
+            let next = listener.try_recv().await;
+            Some((next, listener))
+        }));
         let mut last_read = tokio::time::Instant::now();
         loop {
-            let first = match listener.try_recv().await {
-                Ok(Some(notification)) => notification,
-                // The connection was lost (and is reconnected on the next call): changes notified
-                // meanwhile are lost, so every watched deal is read again.
-                Ok(None) => {
-                    let Some(live) = watchers.upgrade() else { return };
-                    let all = live.watched();
-                    live.refresh_until_read(all).await;
-                    continue;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "lost the deal-change listener; reconnecting");
-                    tokio::time::sleep(RECONNECT_AFTER).await;
+            let Some(first) = notifications.next().await else { break };
+            let mut changed = Changed::default();
+            if let ControlFlow::Break(()) = changed.add(first) {
+                break;
+            }
+            tokio::time::sleep_until(last_read + REFRESH_INTERVAL).await;
+            while let Some(Some(next)) = notifications.next().now_or_never() {
+                if let ControlFlow::Break(()) = changed.add(next) {
                     break;
                 }
-            };
-            tokio::time::sleep_until(last_read + REFRESH_INTERVAL).await;
-            let mut changed = vec![first];
-            while let Some(notification) = listener.next_buffered() {
-                changed.push(notification);
             }
             let Some(live) = watchers.upgrade() else { return };
-            // A statement that changed many deals at once (a sweep, the daily reset) names none.
-            let ids = if changed.iter().any(|n| n.payload() == MANY_CHANGED) {
-                live.watched()
-            } else {
-                let mut ids: Vec<Uuid> = changed.iter().filter_map(|n| n.payload().parse().ok()).collect();
-                ids.sort_unstable();
-                ids.dedup();
-                ids
-            };
+            let ids = if changed.all { live.watched() } else { changed.ids.into_iter().collect() };
             last_read = tokio::time::Instant::now();
             live.refresh_until_read(ids).await;
+            if changed.failed {
+                break;
+            }
         }
+        tokio::time::sleep(RECONNECT_AFTER).await;
+    }
+}
+
+/// The deals a burst of notifications says changed.
+#[derive(Default)]
+struct Changed {
+    ids: BTreeSet<Uuid>,
+    /// Every watched deal: a statement changed many deals at once (a sweep, the daily reset:
+    /// notified as `*`), or the connection was lost and what was notified meanwhile with it.
+    all: bool,
+    /// The listener failed: it is made again once what changed is read.
+    failed: bool,
+}
+
+impl Changed {
+    /// Adds what the listener received; `Break` when it failed.
+    fn add(&mut self, received: Result<Option<PgNotification>, sqlx::Error>) -> ControlFlow<()> {
+        match received {
+            Ok(Some(notification)) if notification.payload() == MANY_CHANGED => self.all = true,
+            Ok(Some(notification)) => self.ids.extend(notification.payload().parse::<Uuid>().ok()),
+            // Lost, and reconnected on the next call.
+            Ok(None) => self.all = true,
+            Err(err) => {
+                tracing::warn!(error = %err, "lost the deal-change listener; reconnecting");
+                self.all = true;
+                self.failed = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
     }
 }
 
