@@ -29,8 +29,8 @@ use std::{
     time::Duration,
 };
 
-use indexmap::IndexMap;
 use futures_util::{FutureExt, StreamExt};
+use indexmap::IndexMap;
 use sqlx::{
     PgPool,
     postgres::{PgListener, PgNotification},
@@ -121,7 +121,7 @@ impl Watchers {
         connection: Option<SocketAddr>,
     ) -> Result<Option<watch::Receiver<Arc<Version>>>, DealError> {
         let mut channels = self.open_channels()?;
-        Ok(channels.get_mut(&id).filter(|deal| deal.watchers() > 0).map(|deal| deal.subscribe(connection)))
+        Ok(channels.get_mut(&id).filter(|deal| deal.has_watchers()).map(|deal| deal.subscribe(connection)))
     }
 
     /// The channels, unless the server is shutting down. Checked under their lock, which
@@ -149,7 +149,7 @@ impl Watchers {
             let deal = store::get_deal(&self.pool, id).await?.ok_or(DealError::DealNotFound)?;
             let mut channels = self.open_channels()?;
             // Under the reading lock: no refresh is sending to the channels dropped here.
-            channels.retain(|_, deal| deal.watchers() > 0);
+            channels.retain(|_, deal| deal.has_watchers());
             let deal_channels = channels.entry(id).or_insert_with(|| Channels::new(&deal));
             // Watchers joining add no messages for the others: this changes nothing for them
             // unless the deal changed since the listener's last read, which it will read next.
@@ -166,7 +166,7 @@ impl Watchers {
     /// The deals watched now.
     fn watched(&self) -> Vec<Uuid> {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels.iter().filter(|(_, deal)| deal.watchers() > 0).map(|(id, _)| *id).collect()
+        channels.iter().filter(|(_, deal)| deal.has_watchers()).map(|(id, _)| *id).collect()
     }
 
     /// [`Self::refresh`], again every second until the database answers: a change whose read failed
@@ -184,7 +184,7 @@ impl Watchers {
         let _reading = self.reading.lock().await;
         let watched: Vec<Uuid> = {
             let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-            ids.into_iter().filter(|id| channels.get(id).is_some_and(|deal| deal.watchers() > 0)).collect()
+            ids.into_iter().filter(|id| channels.get(id).is_some_and(|deal| deal.has_watchers())).collect()
         };
         if watched.is_empty() {
             return Ok(());
@@ -198,29 +198,19 @@ impl Watchers {
     /// Sends `deal` to its watchers if it differs from what they were sent last (a read that finds
     /// no change, after a `*` notification or a lost connection, sends nothing): one channel at a
     /// time, yielding after every [`WATCHERS_PER_YIELD`] watchers woken, so that the tasks woken
-    /// meanwhile run. A channel made meanwhile is reached too: channels are only added, at the
-    /// end, while a refresh runs (`reading` keeps the pruning out). The channels of connections
-    /// that hold no stream of the deal any more are dropped first.
+    /// meanwhile run. It sends to the channels there are when it starts, the channels of
+    /// connections that hold no stream of the deal any more dropped first; a channel made
+    /// meanwhile starts at this version (the latest until this refresh ends: `reading`).
     async fn publish(&self, deal: Deal) {
-        let id = deal.id;
-        let version = {
+        let (version, to_send) = {
             let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(current) = channels.get_mut(&id) else { return };
+            let Some(current) = channels.get_mut(&deal.id) else { return };
             current.drop_unwatched();
-            match current.replace_latest(deal) {
-                Some(version) => version,
-                None => return,
-            }
+            let Some(version) = current.replace_latest(deal) else { return };
+            (version, current.channels.values().cloned().collect::<Vec<_>>())
         };
         let mut woken = 0;
-        for index in 0.. {
-            let channel = {
-                let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-                match channels.get(&id).and_then(|deal| deal.channels.get_index(index)) {
-                    Some((_, channel)) => Arc::clone(channel),
-                    None => return,
-                }
-            };
+        for channel in to_send {
             let watchers = channel.receiver_count();
             if watchers == 0 {
                 continue;
@@ -248,18 +238,29 @@ fn send(channel: &watch::Sender<Arc<Version>>, version: &Arc<Version>) {
 }
 
 /// The channels of one watched deal, one per connection it is watched over (HTTP/2's
-/// `--max-streams-per-connection` bounds a channel's watchers), all holding the latest version once
-/// a refresh has gone through them.
+/// `--max-streams-per-connection` bounds a channel's watchers; in-process calls, which have no
+/// address, share one), all holding the latest version once a refresh has gone through them.
 struct Channels {
     /// The deal as last read, which a refresh is sending (or has sent) to every channel.
     latest: Arc<Version>,
     /// By the client's address, in the order they were made.
     channels: IndexMap<Option<SocketAddr>, Arc<watch::Sender<Arc<Version>>>>,
+    /// How many channels there may be before a new connection's drops the unwatched ones: twice
+    /// as many as were left the last time, so a deal that does not change (and is not refreshed)
+    /// keeps no more than that of the connections that left.
+    drop_unwatched_at: usize,
 }
+
+/// The fewest channels a new connection's drops the unwatched ones at.
+const DROP_UNWATCHED_AT_LEAST: usize = 16;
 
 impl Channels {
     fn new(deal: &Deal) -> Self {
-        Self { latest: Version::new(deal.clone()), channels: IndexMap::new() }
+        Self {
+            latest: Version::new(deal.clone()),
+            channels: IndexMap::new(),
+            drop_unwatched_at: DROP_UNWATCHED_AT_LEAST,
+        }
     }
 
     /// Makes `deal` the latest version, unless it is that already (a read that finds no change,
@@ -275,10 +276,11 @@ impl Channels {
     /// client comes back from another port).
     fn drop_unwatched(&mut self) {
         self.channels.retain(|_, channel| channel.receiver_count() > 0);
+        self.drop_unwatched_at = (2 * self.channels.len()).max(DROP_UNWATCHED_AT_LEAST);
     }
 
-    fn watchers(&self) -> usize {
-        self.channels.values().map(|channel| channel.receiver_count()).sum()
+    fn has_watchers(&self) -> bool {
+        self.channels.values().any(|channel| channel.receiver_count() > 0)
     }
 
     /// A new watcher of the deal over `connection`, on that connection's channel, holding the
@@ -286,6 +288,9 @@ impl Channels {
     /// first), and a watcher that saw the newer version on another stream must not be sent an
     /// older one on this.
     fn subscribe(&mut self, connection: Option<SocketAddr>) -> watch::Receiver<Arc<Version>> {
+        if self.channels.len() >= self.drop_unwatched_at && !self.channels.contains_key(&connection) {
+            self.drop_unwatched();
+        }
         let channel =
             self.channels.entry(connection).or_insert_with(|| Arc::new(watch::Sender::new(Arc::clone(&self.latest))));
         send(channel, &self.latest);
@@ -435,7 +440,7 @@ mod tests {
         assert_eq!(channels.channels.len(), 2);
         assert!(first.same_channel(&second));
         assert!(!first.same_channel(&other));
-        assert_eq!(channels.watchers(), 3);
+        assert_eq!(channels.channels.values().map(|channel| channel.receiver_count()).sum::<usize>(), 3);
 
         // The connection 1001 closes: its channel goes, the other stays.
         drop(other);
@@ -444,6 +449,49 @@ mod tests {
         drop((first, second));
         channels.drop_unwatched();
         assert!(channels.channels.is_empty());
+    }
+
+    #[test]
+    fn a_deal_that_does_not_change_keeps_few_channels_of_connections_that_left() {
+        let deal = sample_deal(Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap());
+        let mut channels = Channels::new(&deal);
+        let staying: Vec<_> = (0..100).map(|port| channels.subscribe(address(port))).collect();
+        // A thousand connections come, watch and leave, and no refresh runs meanwhile.
+        for port in 1000..2000 {
+            drop(channels.subscribe(address(port)));
+            assert!(channels.channels.len() <= 2 * staying.len() + 1, "{} channels", channels.channels.len());
+        }
+        assert_eq!(staying.len(), 100);
+        assert!((0..100).all(|port| channels.channels.contains_key(&address(port))), "no watched channel is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_reaches_every_connection_and_drops_the_channels_of_those_that_left() {
+        let deal = sample_deal(Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap());
+        let (_stop, shutdown) = watch::channel(false);
+        let watchers = Watchers {
+            pool: PgPool::connect_lazy("postgres://127.0.0.1:1/never-used").unwrap(),
+            channels: Mutex::new(HashMap::new()),
+            reading: tokio::sync::Mutex::new(()),
+            permits: Arc::new(Semaphore::new(1)),
+            shutdown,
+        };
+        // More watchers than one yield's worth, over three connections; then one connection leaves.
+        let mut streams: Vec<_> = {
+            let mut channels = watchers.channels.lock().unwrap();
+            let deal_channels = channels.entry(deal.id).or_insert_with(|| Channels::new(&deal));
+            (0..3 * WATCHERS_PER_YIELD).map(|i| (i % 3, deal_channels.subscribe(address(i as u16 % 3)))).collect()
+        };
+        streams.retain(|(connection, _)| *connection != 0);
+
+        let changed = Deal { available_units: deal.available_units - 1, ..deal.clone() };
+        watchers.publish(changed.clone()).await;
+        for (_, stream) in &mut streams {
+            assert!(stream.has_changed().unwrap());
+            assert_eq!(stream.borrow_and_update().deal, changed);
+        }
+        let channels = watchers.channels.lock().unwrap();
+        assert_eq!(channels[&deal.id].channels.keys().copied().collect::<Vec<_>>(), vec![address(1), address(2)]);
     }
 
     #[test]
