@@ -66,6 +66,9 @@ struct DealVersion {
 /// What every watcher adds to.
 struct Shared {
     joined: AtomicUsize,
+    /// Streams that ended before their first message (refused, or over the server's limit of
+    /// streams per connection).
+    refused: AtomicUsize,
     /// The measured window, once the load starts.
     window: OnceLock<(Instant, Instant)>,
     delays: DelayHistogram,
@@ -149,6 +152,7 @@ impl Watchers {
         };
         let shared = Arc::new(Shared {
             joined: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
             window: OnceLock::new(),
             delays: DelayHistogram::new(),
             carried: DelayHistogram::new(),
@@ -171,13 +175,17 @@ impl Watchers {
         let started = Instant::now();
         loop {
             let joined = self.shared.joined.load(Ordering::Relaxed);
+            let refused = self.shared.refused.load(Ordering::Relaxed);
             if joined == self.watchers {
                 return Ok(started.elapsed());
             }
-            if started.elapsed() > JOIN_TIMEOUT || self.connections.iter().all(|task| task.is_finished()) {
+            if joined + refused == self.watchers
+                || started.elapsed() > JOIN_TIMEOUT
+                || self.connections.iter().all(|task| task.is_finished())
+            {
                 return Err(format!(
-                    "{joined} of {} watchers got their first message in {} s (is deal-service's \
-                     --max-streams-per-connection below the watchers per connection?)",
+                    "{joined} of {} watchers got their first message in {} s, {refused} ended before \
+                     (is deal-service's --max-streams-per-connection below the watchers per connection?)",
                     self.watchers,
                     started.elapsed().as_secs()
                 )
@@ -238,6 +246,7 @@ async fn watch_over(
             for watcher in &mut watchers {
                 watcher.ended = Some(Code::Unavailable);
             }
+            shared.refused.fetch_add(streams, Ordering::Relaxed);
             return watchers;
         }
     };
@@ -258,20 +267,23 @@ async fn watch_over(
             },
         };
         let watcher = &mut watchers[index];
-        let version = match message {
-            Ok(Some(message)) => DealVersion::decode(message),
-            Ok(None) => {
-                watcher.ended = Some(Code::Ok);
-                continue;
-            }
+        let ended = match message {
+            Ok(Some(message)) => match DealVersion::decode(message) {
+                Ok(version) => Ok(version),
+                Err(_) => Err(Code::Internal),
+            },
+            Ok(None) => Err(Code::Ok),
+            Err(code) => Err(code),
+        };
+        let version = match ended {
+            Ok(version) => version,
             Err(code) => {
                 watcher.ended = Some(code);
+                if watcher.previous.is_none() {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
-        };
-        let Ok(version) = version else {
-            watcher.ended = Some(Code::Internal);
-            continue;
         };
         let (arrived, at) = (SystemTime::now(), Instant::now());
         match watcher.previous.replace(version.update_time) {
@@ -299,7 +311,8 @@ async fn watch_over(
 
 /// A new connection, and `streams` WatchDeal calls sent on it.
 async fn open_streams(request: &WatchRequest, streams: usize) -> Result<Vec<ResponseFuture>, LoadError> {
-    let tcp = TcpStream::connect(request.authority.as_str()).await?;
+    let authority = &request.authority;
+    let tcp = TcpStream::connect((authority.host(), authority.port_u16().unwrap_or(80))).await?;
     tcp.set_nodelay(true)?;
     let (mut sender, connection): (SendRequest<Bytes>, _) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -315,7 +328,8 @@ async fn open_streams(request: &WatchRequest, streams: usize) -> Result<Vec<Resp
         http::Uri::builder().scheme("http").authority(request.authority.clone()).path_and_query(WATCH_DEAL).build()?;
     let mut responses = Vec::with_capacity(streams);
     for _ in 0..streams {
-        // Waits while the server's limit of concurrent streams is reached.
+        // Streams beyond the server's limit per connection are refused (REFUSED_STREAM, which
+        // `joined` reports): h2 sends them before the server's SETTINGS are read.
         sender = sender.ready().await?;
         let mut call = http::Request::builder()
             .method(Method::POST)
