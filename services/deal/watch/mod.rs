@@ -19,22 +19,18 @@
 //! EXPIRED message, and with UNAVAILABLE when the server shuts down: every channel is dropped then,
 //! which is what the streams wait on anyway ([`stream`]), and new watchers are refused.
 
+mod listener;
 mod stream;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     net::SocketAddr,
-    ops::ControlFlow,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use futures_util::{FutureExt, StreamExt};
 use indexmap::IndexMap;
-use sqlx::{
-    PgPool,
-    postgres::{PgListener, PgNotification},
-};
+use sqlx::PgPool;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Code, Status};
 use uuid::Uuid;
@@ -46,16 +42,9 @@ use super::{DOMAIN, convert::Audience, domain::Deal, error::DealError, store};
 pub use stream::DealStream;
 use stream::Version;
 
-/// The channel every change of a deal is notified on, with the deal's id.
-const CHANNEL: &str = "deal_changed";
-/// The payload of a notification for more deals than it names (migration 14).
-const MANY_CHANGED: &str = "*";
-/// How long the listener waits before reconnecting after an error.
+/// How long the listener waits before reconnecting, and a read of changed deals before retrying,
+/// after an error; the retry delay a watcher is told on a shutdown.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
-/// The least time between two reads of changed deals. Each read wakes every watcher of the deals it
-/// read, so this bounds the fan-out's work whatever the rate of commits (a hot deal commits every
-/// few milliseconds); changes notified meanwhile wait and are read together (BENCHMARKS.md, watch).
-const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 /// How many watchers of a deal a refresh wakes before it lets the tasks that waited meanwhile run.
 /// On one thread, 10,000 watchers woken at once held every other task back for the ~40 ms their
 /// messages take (BENCHMARKS.md, "WatchDeal").
@@ -85,7 +74,7 @@ impl Watchers {
             permits: Arc::new(Semaphore::new(max_watchers)),
             shutdown,
         });
-        tokio::spawn(listen(Arc::downgrade(&watchers)));
+        tokio::spawn(listener::listen(Arc::downgrade(&watchers)));
         tokio::spawn(close_on_shutdown(Arc::downgrade(&watchers), watchers.shutdown.clone()));
         watchers
     }
@@ -295,93 +284,6 @@ impl Channels {
             self.channels.entry(connection).or_insert_with(|| Arc::new(watch::Sender::new(Arc::clone(&self.latest))));
         send(channel, &self.latest);
         channel.subscribe()
-    }
-}
-
-/// The listener loop, for as long as the watchers exist: every burst of notifications becomes one
-/// read of the changed deals; a lost connection, one read of all watched deals.
-async fn listen(watchers: std::sync::Weak<Watchers>) {
-    loop {
-        let Some(pool) = watchers.upgrade().map(|watchers| watchers.pool.clone()) else { return };
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for deal changes; retrying");
-                tokio::time::sleep(RECONNECT_AFTER).await;
-                continue;
-            }
-        };
-        drop(pool);
-        if let Err(err) = listener.listen(CHANNEL).await {
-            tracing::warn!(error = %err, "cannot listen for deal changes; retrying");
-            tokio::time::sleep(RECONNECT_AFTER).await;
-            continue;
-        }
-        // Whatever changed before this connection listened is read again.
-        let Some(live) = watchers.upgrade() else { return };
-        let all = live.watched();
-        live.refresh_until_read(all).await;
-        drop(live);
-        // `try_recv` in a stream, so that what has arrived can be taken without waiting for more
-        // and without dropping a half-read message (`next_buffered` holds only what arrived
-        // during a query, never here: taking one notification per read let a hot deal's backlog
-        // grow and hold every other deal's changes back).
-        let mut notifications = Box::pin(futures_util::stream::unfold(listener, |mut listener| async move {
-            let next = listener.try_recv().await;
-            Some((next, listener))
-        }));
-        let mut last_read = tokio::time::Instant::now();
-        loop {
-            let Some(first) = notifications.next().await else { break };
-            let mut changed = Changed::default();
-            if let ControlFlow::Break(()) = changed.add(first) {
-                break;
-            }
-            tokio::time::sleep_until(last_read + REFRESH_INTERVAL).await;
-            while let Some(Some(next)) = notifications.next().now_or_never() {
-                if let ControlFlow::Break(()) = changed.add(next) {
-                    break;
-                }
-            }
-            let Some(live) = watchers.upgrade() else { return };
-            let ids = if changed.all { live.watched() } else { changed.ids.into_iter().collect() };
-            last_read = tokio::time::Instant::now();
-            live.refresh_until_read(ids).await;
-            if changed.failed {
-                break;
-            }
-        }
-        tokio::time::sleep(RECONNECT_AFTER).await;
-    }
-}
-
-/// The deals a burst of notifications says changed.
-#[derive(Default)]
-struct Changed {
-    ids: BTreeSet<Uuid>,
-    /// Every watched deal: a statement changed many deals at once (a sweep, the daily reset:
-    /// notified as `*`), or the connection was lost and what was notified meanwhile with it.
-    all: bool,
-    /// The listener failed: it is made again once what changed is read.
-    failed: bool,
-}
-
-impl Changed {
-    /// Adds what the listener received; `Break` when it failed.
-    fn add(&mut self, received: Result<Option<PgNotification>, sqlx::Error>) -> ControlFlow<()> {
-        match received {
-            Ok(Some(notification)) if notification.payload() == MANY_CHANGED => self.all = true,
-            Ok(Some(notification)) => self.ids.extend(notification.payload().parse::<Uuid>().ok()),
-            // Lost, and reconnected on the next call.
-            Ok(None) => self.all = true,
-            Err(err) => {
-                tracing::warn!(error = %err, "lost the deal-change listener; reconnecting");
-                self.all = true;
-                self.failed = true;
-                return ControlFlow::Break(());
-            }
-        }
-        ControlFlow::Continue(())
     }
 }
 
