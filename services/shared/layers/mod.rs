@@ -3,17 +3,17 @@
 //!
 //! 0. [`web`]: CORS when origins are allowed, and gRPC-Web turned into gRPC (and back);
 //! 1. request id: `x-request-id` taken from the caller or generated (tower-http), and returned;
-//! 2. a tracing span per call carrying the method and the request id, so every log line of the
-//!    call carries them (tower-http's `TraceLayer`, used for its span only);
-//! 3. [`grpc_metrics`]: calls counted and timed by method and status code, shed calls included;
-//! 4. [`admission`]: API calls beyond `--max-in-flight` shed at once with RESOURCE_EXHAUSTED;
-//! 5. [`callers`]: the bearer token verified and the caller's rate limit ([`rate_limit`]) applied.
+//! 2. [`observe`]: a tracing span per call carrying the method and the request id, so every log
+//!    line of the call carries them; calls counted and timed by method and status code, shed
+//!    calls included;
+//! 3. [`admission`]: API calls beyond `--max-in-flight` shed at once with RESOURCE_EXHAUSTED;
+//! 4. [`callers`]: the bearer token verified and the caller's rate limit ([`rate_limit`]) applied.
 //!
-//! Health and reflection pass through 4 and 5 untouched: never shed, never limited, open to all.
+//! Health and reflection pass through 3 and 4 untouched: never shed, never limited, open to all.
 
 pub mod admission;
 pub mod callers;
-pub mod grpc_metrics;
+pub mod observe;
 pub mod rate_limit;
 pub mod web;
 
@@ -25,15 +25,13 @@ use tonic_web::GrpcWebLayer;
 use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
 use tower_http::{
     cors::CorsLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    trace::TraceLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
 };
-use tracing::Span;
 
 use super::auth::Authenticator;
 use admission::AdmissionLayer;
 use callers::CallersLayer;
-use grpc_metrics::GrpcMetricsLayer;
+use observe::ObserveLayer;
 use rate_limit::{RateLimit, RateLimiter};
 
 /// The future every layer of the stack answers with: a reply, never an error of its own.
@@ -122,29 +120,11 @@ where
             .option_layer(self.cors.clone())
             .layer(GrpcWebLayer::new())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(call_span)
-                    .on_request(())
-                    .on_response(())
-                    .on_body_chunk(())
-                    .on_eos(())
-                    .on_failure(()),
-            )
             .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(GrpcMetricsLayer)
+            .layer(ObserveLayer)
             .layer(self.admission.clone())
             .layer(self.callers.clone())
             .service(inner);
         BoxCloneSyncService::new(service)
     }
-}
-
-/// The span of one call: its method and request id.
-fn call_span(request: &Request<Body>) -> Span {
-    let request_id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());
-    let span = tracing::info_span!("call", method = request.uri().path(), request_id = request_id.unwrap_or(""));
-    #[cfg(feature = "otel")]
-    super::otel::continue_trace(&span, request.headers());
-    span
 }

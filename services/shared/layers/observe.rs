@@ -1,8 +1,15 @@
-//! Counts every call by method and gRPC status code and times it, from arrival to the end of its
+//! What the operator sees of every call: a tracing span carrying its method and request id, open
+//! until its reply ends, in which the handler runs and so every log line of the call carries them;
+//! and the call counted by method and gRPC status code and timed, from arrival to the end of its
 //! response. A reply's status is in its headers (a trailers-only reply: every error, and every
 //! call shed before reaching a service) or in its trailers: both are read. A call whose reply ends
 //! without a status (the caller reset it, its connection closed, or its deadline passed) counts as
 //! CANCELLED: that is what the server sent, if anything.
+//!
+//! The span is entered while the handler runs, not on every frame of the reply: a WatchDeal stream
+//! sends a frame per change to each of thousands of watchers, and tower-http's `TraceLayer` (which
+//! this replaces) entered the span and read the clock twice per frame, in a body wrapper of its own
+//! (BENCHMARKS.md, "WatchDeal").
 
 use std::{
     pin::Pin,
@@ -14,31 +21,33 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Frame, SizeHint};
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
+use tower_http::request_id::RequestId;
+use tracing::{Instrument, Span};
 
 use crate::shared::{
     methods::{self, Method},
     metrics,
 };
 
-/// Applies [`GrpcMetrics`].
+/// Applies [`Observe`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcMetricsLayer;
+pub struct ObserveLayer;
 
-impl<S> Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics { inner }
+        Observe { inner }
     }
 }
 
-/// The service [`GrpcMetricsLayer`] makes.
+/// The service [`ObserveLayer`] makes.
 #[derive(Debug, Clone)]
-pub struct GrpcMetrics<S> {
+pub struct Observe<S> {
     inner: S,
 }
 
-impl<S> Service<Request<Body>> for GrpcMetrics<S>
+impl<S> Service<Request<Body>> for Observe<S>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Future: Send + 'static,
@@ -52,22 +61,41 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let mut call = Call { method: methods::lookup(request.uri().path()), started: Instant::now(), done: false };
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            if let Some(code) = code_in(response.headers()) {
-                call.finish(code);
+        let span = call_span(&request);
+        let mut call = Call {
+            method: methods::lookup(request.uri().path()),
+            started: Instant::now(),
+            span: span.clone(),
+            done: false,
+        };
+        let response = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let response = response.await?;
+                if let Some(code) = code_in(response.headers()) {
+                    call.finish(code);
+                }
+                Ok(response.map(|body| Body::new(Observed { body, call })))
             }
-            Ok(response.map(|body| Body::new(Observed { body, call })))
-        })
+            .instrument(span),
+        )
     }
 }
 
-/// One call being measured; it records itself exactly once.
+/// The span of one call: its method and request id, and the caller's trace when it sent one.
+fn call_span(request: &Request<Body>) -> Span {
+    let request_id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());
+    let span = tracing::info_span!("call", method = request.uri().path(), request_id = request_id.unwrap_or(""));
+    #[cfg(feature = "otel")]
+    crate::shared::otel::continue_trace(&span, request.headers());
+    span
+}
+
+/// One call being measured, with its span open until it ends; it records itself exactly once.
 struct Call {
     method: Option<&'static Method>,
     started: Instant,
+    span: Span,
     done: bool,
 }
 
@@ -83,7 +111,7 @@ impl Call {
         };
         let (code, seconds) = (code_name(code), self.started.elapsed().as_secs_f64());
         metrics::call_handled(method, code, seconds);
-        tracing::debug!(code, ms = seconds * 1000.0, "call finished");
+        self.span.in_scope(|| tracing::debug!(code, ms = seconds * 1000.0, "call finished"));
     }
 }
 
