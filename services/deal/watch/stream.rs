@@ -99,29 +99,46 @@ fn transition_after(deal: &Deal, state: DealState) -> DateTime<Utc> {
     }
 }
 
-/// The stream a WatchDeal call returns: the versions of its deal's channel, its state advanced by
-/// the clock too (a scheduled deal goes ACTIVE at its start and an active one EXPIRED at its end
-/// without waiting for the sweep). It holds the call's watcher permit.
-///
-/// Every message costs each of thousands of streams, so what it waits on is set up once and reused:
-/// the future waiting for the channel's next version keeps its allocation and the clock lives as
-/// long as the stream (it is set again only when the transition moves: a timer made per message
-/// costs the timer wheel's lock). The shutdown is not waited on apart: it closes the channel
-/// (`Watchers` drops every channel then), which ends the wait for the next version.
-pub struct DealStream {
-    versions: ReusableBoxFuture<'static, NextVersion>,
-    /// The version sent last, sent again in the state the clock shows when it moves.
-    latest: Option<Arc<Version>>,
-    audience: Audience,
-    next: Next,
-    /// Whether the server is shutting down, read when the channel closes.
-    shutdown: watch::Receiver<bool>,
-    clock: Pin<Box<tokio::time::Sleep>>,
-    clock_set_for: Option<DateTime<Utc>>,
+pin_project_lite::pin_project! {
+    /// The stream a WatchDeal call returns: the versions of its deal's channel, its state advanced by
+    /// the clock too (a scheduled deal goes ACTIVE at its start and an active one EXPIRED at its end
+    /// without waiting for the sweep). It holds the call's watcher permit.
+    ///
+    /// Every message costs each of thousands of streams, so what it waits on is set up once and
+    /// reused, and lives in the stream's own allocation where it can: the future waiting for the
+    /// channel's next version keeps its allocation, and the clock is part of the stream and set again
+    /// only when the transition moves (a timer made per message costs the timer wheel's lock; one in
+    /// a box of its own costs a cache miss per message). The shutdown is not waited on apart: it
+    /// closes the channel (`Watchers` drops every channel then), which ends the wait for the next
+    /// version.
+    pub struct DealStream {
+        versions: ReusableBoxFuture<'static, NextVersion>,
+        // The version sent last, sent again in the state the clock shows when it moves.
+        latest: Option<Arc<Version>>,
+        audience: Audience,
+        next: Next,
+        // Whether the server is shutting down, read when the channel closes.
+        shutdown: watch::Receiver<bool>,
+        #[pin]
+        clock: tokio::time::Sleep,
+        clock_set_for: Option<DateTime<Utc>>,
+        watcher: Watcher,
+    }
+}
+
+/// A stream's place among the watchers: its permit, and its count in `topkart_deal_watchers`.
+struct Watcher {
     _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for DealStream {
+impl Watcher {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::deal_watchers(1.0);
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for Watcher {
     fn drop(&mut self) {
         metrics::deal_watchers(-1.0);
     }
@@ -131,8 +148,8 @@ impl Stream for DealStream {
     type Item = Result<Reply<pb::Deal>, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let transition = match this.next {
+        let mut this = self.project();
+        let transition = match *this.next {
             Next::End => return Poll::Ready(None),
             Next::First => None,
             Next::Wait { transition } => Some(transition),
@@ -140,27 +157,27 @@ impl Stream for DealStream {
         match this.versions.poll(cx) {
             Poll::Ready(Some((version, updates))) => {
                 this.versions.set(next_version(updates, false));
-                return Poll::Ready(Some(Ok(this.send(version))));
+                return Poll::Ready(Some(Ok(send(this.next, this.latest, *this.audience, version))));
             }
             // The channel closed: the server is shutting down (or its watchers are gone).
             Poll::Ready(None) => {
-                this.next = Next::End;
+                *this.next = Next::End;
                 let stopping = *this.shutdown.borrow();
                 return Poll::Ready(stopping.then(|| Err(super::shutting_down())));
             }
             Poll::Pending => {}
         }
-        if let (Some(transition), Some(latest)) = (transition, &this.latest) {
-            if this.clock_set_for != Some(transition) {
+        if let (Some(transition), Some(latest)) = (transition, this.latest.as_ref()) {
+            if *this.clock_set_for != Some(transition) {
                 let until_transition = (transition - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                 this.clock.as_mut().reset(tokio::time::Instant::now() + until_transition);
-                this.clock_set_for = Some(transition);
+                *this.clock_set_for = Some(transition);
             }
             if this.clock.as_mut().poll(cx).is_ready() {
                 // Fired: the next transition sets it again.
-                this.clock_set_for = None;
+                *this.clock_set_for = None;
                 let latest = Arc::clone(latest);
-                return Poll::Ready(Some(Ok(this.send(latest))));
+                return Poll::Ready(Some(Ok(send(this.next, this.latest, *this.audience, latest))));
             }
         }
         Poll::Pending
@@ -176,31 +193,35 @@ impl DealStream {
         shutdown: watch::Receiver<bool>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
-        metrics::deal_watchers(1.0);
         Self {
             versions: ReusableBoxFuture::new(next_version(updates, true)),
             latest: None,
             audience,
             next: Next::First,
             shutdown,
-            clock: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            clock: tokio::time::sleep(Duration::ZERO),
             clock_set_for: None,
-            _permit: permit,
+            watcher: Watcher::new(permit),
         }
     }
+}
 
-    /// `version` as this stream's audience sees it in the state the clock shows now; the stream
-    /// ends after it if that state is EXPIRED.
-    fn send(&mut self, version: Arc<Version>) -> Reply<pb::Deal> {
-        let state = state_at(&version.deal, Utc::now());
-        self.next = match state {
-            DealState::Expired => Next::End,
-            _ => Next::Wait { transition: transition_after(&version.deal, state) },
-        };
-        let message = version.message(self.audience, state);
-        self.latest = Some(version);
-        Reply::Framed(message)
-    }
+/// `version` as `audience` sees it in the state the clock shows now, made the stream's `latest`;
+/// the stream's `next` step ends it after this message if that state is EXPIRED.
+fn send(
+    next: &mut Next,
+    latest: &mut Option<Arc<Version>>,
+    audience: Audience,
+    version: Arc<Version>,
+) -> Reply<pb::Deal> {
+    let state = state_at(&version.deal, Utc::now());
+    *next = match state {
+        DealState::Expired => Next::End,
+        _ => Next::Wait { transition: transition_after(&version.deal, state) },
+    };
+    let message = version.message(audience, state);
+    *latest = Some(version);
+    Reply::Framed(message)
 }
 
 #[cfg(test)]
