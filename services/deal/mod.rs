@@ -68,7 +68,7 @@ pub async fn run(
     let sale = batching::Sale::start(&database).map_err(server::ServeError::Start)?;
     // WatchDeal's streams would hold the graceful shutdown open: they end (UNAVAILABLE) first.
     let (stopping, stop_watching) = tokio::sync::watch::channel(false);
-    let api = grpc::DealApi::new(database.pool, &sale, settings.limits.max_watchers, stop_watching);
+    let api = grpc::DealApi::new(database.pool, &sale, &settings.limits, stop_watching);
     let api = routes::DealRoutes::new(api);
     let router = server::builder(&settings)?.add_service(health_service).add_service(api);
     let shutdown = async move {

@@ -137,6 +137,13 @@ pub struct LimitArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_watchers: u32,
 
+    /// The least time between two reads of watched deals that changed, in milliseconds
+    /// (deal-service): every read sends each of the deals' watchers a message, so a longer interval
+    /// spends less CPU on the fan-out and delivers changes later.
+    #[arg(long, env = "WATCH_REFRESH_MS", default_value_t = layers::DEFAULT_WATCH_REFRESH_INTERVAL.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub watch_refresh_ms: u64,
+
     /// Calls a second each caller (token subject, or address without a valid token) may make;
     /// beyond it RESOURCE_EXHAUSTED (RATE_LIMITED). Unlimited when unset.
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", requires = "rate_limit_burst")]
@@ -164,6 +171,7 @@ impl LimitArgs {
             rate_limit,
             max_streams_per_connection: self.max_streams_per_connection,
             max_watchers: self.max_watchers as usize,
+            watch_refresh_interval: std::time::Duration::from_millis(self.watch_refresh_ms),
         })
     }
 }

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use tonic::Code;
 use topkart::{
     proto::deal::{self as pb, deal::State},
-    shared::time,
+    shared::{layers::Limits, time},
 };
 
 use crate::helpers::*;
@@ -388,7 +388,7 @@ async fn the_generated_routes_of_list_deals_and_watch_deal_answer_as_the_encoded
 
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     let sale = topkart::deal::batching::Sale::start(&deal_database(pool.clone())).unwrap();
-    let api = DealApi::new(pool.clone(), &sale, 10, stopping);
+    let api = DealApi::new(pool.clone(), &sale, &Limits { max_watchers: 10, ..Limits::default() }, stopping);
     fn as_customer<T>(message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.extensions_mut().insert(Caller::Token { subject: "alice".into(), role: Role::Customer });

@@ -96,6 +96,34 @@ async fn a_change_is_not_held_behind_a_backlog_of_another_deals_notifications(po
     until(&mut stream, |deal| deal.available_units == 7).await;
 }
 
+/// `--watch-refresh-ms` spaces the reads of a changed deal: changes made within the interval after
+/// a read reach a watcher together, as one message with the latest, and none is lost.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn changes_within_the_refresh_interval_reach_a_watcher_as_one_message(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let limits = Limits { watch_refresh_interval: Duration::from_secs(3), ..Limits::default() };
+    let (addr, _stop) = spawn_deal_service_with(pool.clone(), ServerSettings { limits, ..test_settings() }).await;
+    let deals = deals_with(&channel(addr).await, Bearer::of(&token(Role::Customer, "carol")));
+    let mut stream = watch(&deals, &deal.name).await.expect("watching");
+    assert_eq!(next(&mut stream).await.unwrap().unwrap().available_units, 10);
+    let take_one = async || {
+        sqlx::query("update deals set available_units = available_units - 1 where id = $1")
+            .bind(uuid(&deal.name))
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    take_one().await;
+    assert_eq!(next(&mut stream).await.unwrap().unwrap().available_units, 9);
+    // Just read: the next two changes wait for the interval. Apart by more than the default
+    // interval, they would be read and sent apart.
+    take_one().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    take_one().await;
+    assert_eq!(next(&mut stream).await.unwrap().unwrap().available_units, 7, "one message with the latest");
+}
+
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn the_end_of_a_deal_is_its_last_message_and_the_stream_ends_ok(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
@@ -342,7 +370,7 @@ async fn a_change_reaches_every_watcher_of_a_deal_watched_over_many_connections(
     let deal = app.create_deal(10).await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let sale = topkart::deal::batching::Sale::start(&deal_database(pool.clone())).unwrap();
-    let api = DealApi::new(pool.clone(), &sale, WATCHERS + 1, stopping);
+    let api = DealApi::new(pool.clone(), &sale, &Limits { max_watchers: WATCHERS + 1, ..Limits::default() }, stopping);
     let watch = async |i: usize, connection: Option<usize>| {
         let mut request = tonic::Request::new(dealpb::WatchDealRequest { name: deal.name.clone() });
         request.extensions_mut().insert(Caller::Token { subject: format!("watcher-{i}"), role: Role::Customer });

@@ -18,6 +18,7 @@ use crate::{
     shared::{
         auth::{self, Caller, Role},
         encoded::Reply,
+        layers::Limits,
         names, paging, quantity,
         status::Violations,
     },
@@ -83,13 +84,14 @@ impl DealApi {
         reply(watch.await)
     }
 
-    /// The API over `pool`, its sale on `sale`, streaming at most `max_watchers` WatchDeal calls,
-    /// which end when `shutdown` turns true.
-    pub fn new(pool: PgPool, sale: &Sale, max_watchers: usize, shutdown: watch::Receiver<bool>) -> Self {
+    /// The API over `pool`, its sale on `sale`, streaming WatchDeal calls within `limits` (at most
+    /// `max_watchers`, changes read every `watch_refresh_interval` at most), which end when
+    /// `shutdown` turns true.
+    pub fn new(pool: PgPool, sale: &Sale, limits: &Limits, shutdown: watch::Receiver<bool>) -> Self {
         Self {
             batches: Batches::new(sale),
             live_deals: LiveDeals::new(pool.clone()),
-            watchers: Watchers::start(pool.clone(), max_watchers, shutdown),
+            watchers: Watchers::start(pool.clone(), limits.max_watchers, limits.watch_refresh_interval, shutdown),
             pool,
         }
     }

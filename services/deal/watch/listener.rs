@@ -1,8 +1,11 @@
 //! WatchDeal's listener: one `LISTEN deal_changed` connection per process, whose notifications
-//! become reads of the changed deals, at most one per [`REFRESH_INTERVAL`], each taking every
-//! notification that has arrived since the one before.
+//! become reads of the changed deals, at most one per refresh interval (`--watch-refresh-ms`),
+//! each taking every notification that has arrived since the one before. The interval bounds the
+//! fan-out's work whatever the rate of commits (a hot deal commits every few milliseconds): each
+//! read wakes every watcher of the deals it read, and changes notified meanwhile wait and are read
+//! together (BENCHMARKS.md, watch).
 
-use std::{collections::BTreeSet, ops::ControlFlow, sync::Weak, time::Duration};
+use std::{collections::BTreeSet, ops::ControlFlow, sync::Weak};
 
 use futures_util::{FutureExt, StreamExt};
 use sqlx::postgres::{PgListener, PgNotification};
@@ -14,16 +17,16 @@ use super::{RECONNECT_AFTER, Watchers};
 const CHANNEL: &str = "deal_changed";
 /// The payload of a notification for more deals than it names (migration 14).
 const MANY_CHANGED: &str = "*";
-/// The least time between two reads of changed deals. Each read wakes every watcher of the deals it
-/// read, so this bounds the fan-out's work whatever the rate of commits (a hot deal commits every
-/// few milliseconds); changes notified meanwhile wait and are read together (BENCHMARKS.md, watch).
-const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The listener loop, for as long as the watchers exist: every burst of notifications becomes one
 /// read of the changed deals; a lost connection, one read of all watched deals.
 pub(super) async fn listen(watchers: Weak<Watchers>) {
     loop {
-        let Some(pool) = watchers.upgrade().map(|watchers| watchers.pool.clone()) else { return };
+        let Some((pool, refresh_interval)) =
+            watchers.upgrade().map(|watchers| (watchers.pool.clone(), watchers.refresh_interval))
+        else {
+            return;
+        };
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
             Err(err) => {
@@ -58,7 +61,7 @@ pub(super) async fn listen(watchers: Weak<Watchers>) {
             if let ControlFlow::Break(()) = changed.add(first) {
                 break;
             }
-            tokio::time::sleep_until(last_read + REFRESH_INTERVAL).await;
+            tokio::time::sleep_until(last_read + refresh_interval).await;
             while let Some(Some(next)) = notifications.next().now_or_never() {
                 if let ControlFlow::Break(()) = changed.add(next) {
                     break;

@@ -61,14 +61,23 @@ pub struct Watchers {
     reading: tokio::sync::Mutex<()>,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
+    /// The least time between two reads of changed deals (`--watch-refresh-ms`; the listener).
+    refresh_interval: Duration,
 }
 
 impl Watchers {
-    /// Starts listening for deal changes on `pool`'s database; at most `max_watchers` streams; every
-    /// stream ends when `shutdown` turns true.
-    pub fn start(pool: PgPool, max_watchers: usize, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+    /// Starts listening for deal changes on `pool`'s database, reading the changed deals at most
+    /// once per `refresh_interval`; at most `max_watchers` streams; every stream ends when
+    /// `shutdown` turns true.
+    pub fn start(
+        pool: PgPool,
+        max_watchers: usize,
+        refresh_interval: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
         let watchers = Arc::new(Self {
             pool,
+            refresh_interval,
             channels: Mutex::new(HashMap::new()),
             reading: tokio::sync::Mutex::new(()),
             permits: Arc::new(Semaphore::new(max_watchers)),
@@ -377,6 +386,7 @@ mod tests {
             reading: tokio::sync::Mutex::new(()),
             permits: Arc::new(Semaphore::new(1)),
             shutdown,
+            refresh_interval: crate::shared::layers::DEFAULT_WATCH_REFRESH_INTERVAL,
         };
         // More watchers than one yield's worth, over three connections; then one connection leaves.
         let mut streams: Vec<_> = {

@@ -50,6 +50,10 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     /// Server-streaming calls (WatchDeal) open at once; they are not counted in `max_in_flight`.
     pub max_watchers: usize,
+    /// The least time between two reads of watched deals that changed: each read sends every
+    /// watcher of those deals a message, so this bounds the fan-out's work and is the most a change
+    /// waits to be read.
+    pub watch_refresh_interval: Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             rate_limit: None,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_watchers: DEFAULT_MAX_WATCHERS,
+            watch_refresh_interval: DEFAULT_WATCH_REFRESH_INTERVAL,
         }
     }
 }
@@ -73,6 +78,11 @@ pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// The default of `--max-watchers`: WatchDeal streams per process. A watcher holds its place on its
 /// deal's channel and its HTTP/2 stream, about 5 KiB (BENCHMARKS.md, "WatchDeal").
 pub const DEFAULT_MAX_WATCHERS: usize = 20_000;
+
+/// The default of `--watch-refresh-ms`: a hot deal commits every few milliseconds, and 20 reads a
+/// second leave room within WatchDeal's 100 ms for the read and the fan-out to 10,000 watchers
+/// (BENCHMARKS.md, "WatchDeal").
+pub const DEFAULT_WATCH_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The default of `--max-in-flight`: about what keeps the hot deal's admitted calls within 100 ms
 /// on the benchmark machine (BENCHMARKS.md, surge).
