@@ -102,7 +102,7 @@ async fn a_change_is_not_held_behind_a_backlog_of_another_deals_notifications(po
 async fn changes_within_the_refresh_interval_reach_a_watcher_as_one_message(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
-    let limits = Limits { watch_refresh_interval: Duration::from_secs(3), ..Limits::default() };
+    let limits = Limits { watch_refresh_interval: Duration::from_secs(2), ..Limits::default() };
     let (addr, _stop) = spawn_deal_service_with(pool.clone(), ServerSettings { limits, ..test_settings() }).await;
     let deals = deals_with(&channel(addr).await, Bearer::of(&token(Role::Customer, "carol")));
     let mut stream = watch(&deals, &deal.name).await.expect("watching");

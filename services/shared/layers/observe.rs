@@ -1,5 +1,6 @@
 //! What the operator sees of every call: a tracing span carrying its method and request id, open
-//! until its reply ends, in which the handler runs and so every log line of the call carries them;
+//! until its reply ends, in which the handler runs, so every log line of the handler carries them
+//! (not those of a streaming reply's items, which HTTP/2 polls outside it: none log today);
 //! and the call counted by method and gRPC status code and timed, from arrival to the end of its
 //! response. A reply's status is in its headers (a trailers-only reply: every error, and every
 //! call shed before reaching a service) or in its trailers: both are read. A call whose reply ends
@@ -9,7 +10,8 @@
 //! The span is entered while the handler runs, not on every frame of the reply: a WatchDeal stream
 //! sends a frame per change to each of thousands of watchers, and tower-http's `TraceLayer` (which
 //! this replaces) entered the span and read the clock twice per frame, in a body wrapper of its own
-//! (BENCHMARKS.md, "WatchDeal").
+//! (BENCHMARKS.md, "Session 12"). With OpenTelemetry, a streaming call's span counts the time its
+//! reply is sent as idle rather than busy.
 
 use std::{
     pin::Pin,
@@ -184,5 +186,100 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        sync::{Arc, Mutex},
+    };
+
+    use http::HeaderValue;
+    use tower::ServiceExt;
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// What the subscriber writes, kept to be read.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl MakeWriter<'_> for Lines {
+        type Writer = Lines;
+
+        fn make_writer(&self) -> Lines {
+            self.clone()
+        }
+    }
+
+    impl Lines {
+        /// The line that says `message`.
+        fn saying(&self, message: &str) -> String {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .find(|line| line.contains(message))
+                .unwrap_or_else(|| panic!("no `{message}` in {text}"))
+                .into()
+        }
+    }
+
+    const METHOD: &str = "/topkart.deal.v1.DealService/GetDeal";
+
+    /// A call to a service that logs `handling` and answers `response`, observed with logs into
+    /// the returned lines; the response is dropped before its body is read.
+    async fn observed_call(response: fn() -> Response<Body>) -> Lines {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(lines.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let service = ObserveLayer.layer(tower::service_fn(move |_request: Request<Body>| async move {
+            tracing::info!("handling");
+            Ok::<_, Infallible>(response())
+        }));
+        let mut request = Request::builder().uri(METHOD).body(Body::empty()).unwrap();
+        request.extensions_mut().insert(RequestId::new(HeaderValue::from_static("request-7")));
+        drop(service.oneshot(request).await.unwrap());
+        lines
+    }
+
+    fn assert_in_the_calls_span(line: &str) {
+        assert!(line.contains("request-7") && line.contains(METHOD), "not in the call's span: {line}");
+    }
+
+    #[tokio::test]
+    async fn the_handler_and_the_end_of_a_call_log_in_its_span() {
+        // A trailers-only reply (every error, and every shed call): counted as it is returned.
+        let lines = observed_call(|| Status::not_found("no such deal").into_http()).await;
+        assert_in_the_calls_span(&lines.saying("handling"));
+        let finished = lines.saying("call finished");
+        assert_in_the_calls_span(&finished);
+        assert!(finished.contains("NOT_FOUND"), "{finished}");
+    }
+
+    #[tokio::test]
+    async fn a_reply_dropped_before_its_status_is_a_cancelled_call_in_its_span() {
+        let lines =
+            observed_call(|| Response::new(Body::new(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))))
+                .await;
+        assert_in_the_calls_span(&lines.saying("handling"));
+        let finished = lines.saying("call finished");
+        assert_in_the_calls_span(&finished);
+        assert!(finished.contains("CANCELLED"), "{finished}");
     }
 }
