@@ -26,6 +26,11 @@ struct Args {
     #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     sweep_interval_secs: u64,
 
+    /// Seconds a step of the sweep may fail at every tick before the health service
+    /// `topkart.worker.v1.ExpiryWorker` says NOT_SERVING (the server's "" follows the database).
+    #[arg(long, env = "UNHEALTHY_AFTER_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    unhealthy_after_secs: u64,
+
     #[command(flatten)]
     tls: cli::TlsArgs,
 }
@@ -42,8 +47,11 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
     let (pool, listener) = cli::start(&args.database, &args.observability, args.listen_addr).await?;
-    let interval = Duration::from_secs(args.sweep_interval_secs);
+    let schedule = topkart::worker::Schedule {
+        sweep_interval: Duration::from_secs(args.sweep_interval_secs),
+        unhealthy_after: Duration::from_secs(args.unhealthy_after_secs),
+    };
     tracing::info!(addr = %listener.local_addr()?, interval_secs = args.sweep_interval_secs, "expiry-worker started");
-    topkart::worker::run(listener, pool, interval, args.tls.server_config()?, server::shutdown_signal()).await?;
+    topkart::worker::run(listener, pool, schedule, args.tls.server_config()?, server::shutdown_signal()).await?;
     Ok(())
 }

@@ -15,8 +15,11 @@
 //! | `topkart_deal_call_batch_size` | histogram | `call` (`reserve`, `confirm`) |
 //! | `topkart_order_inserts_total` | counter | `outcome` (`recorded`, `existing`, `too_late`, `failed`) |
 //! | `topkart_db_pool_connections` | gauge | `pool` (`main`; deal-service's `sale` too), `state` (`in_use`, `idle`) |
-//! | `topkart_sweep_seconds`, `topkart_daily_reset_seconds` | histogram | |
-//! | `topkart_sweeps_total`, `topkart_daily_resets_total` | counter | `outcome` (`ok`, `failed`) |
+//! | `topkart_sweep_seconds`, `topkart_daily_reset_seconds` | histogram (a worker tick, its daily-reset step) | |
+//! | `topkart_sweeps_total`, `topkart_daily_resets_total` | counter (ticks: `failed` when any step failed) | `outcome` (`ok`, `failed`) |
+//! | `topkart_worker_steps_total` | counter | `step`, `outcome` (`ok`, `failed`) |
+//! | `topkart_worker_step_failing_seconds` | gauge (0 once the step succeeds) | `step` |
+//! | `topkart_worker_deal_failures_total` | counter (a deal's part of a step failed; the rest went on) | `step` |
 //! | `topkart_deals_expired_total`, `topkart_deals_started_total` | counter | |
 //! | `topkart_orders_expired_total` | counter | |
 //! | `topkart_waitlist_events_total` | counter | `event` (`joined`, `left`, `claimed`, or a refused claim's reason) |
@@ -142,8 +145,18 @@ fn describe() {
     describe_counter!("topkart_order_inserts_total", "Order inserts, by outcome.");
     describe_gauge!("topkart_db_pool_connections", "Database connections of this process, in use and idle.");
     describe_gauge!("topkart_deal_watchers", "WatchDeal streams open on this deal-service.");
-    describe_histogram!("topkart_sweep_seconds", Unit::Seconds, "Duration of the expiry worker's sweeps.");
-    describe_counter!("topkart_sweeps_total", "Sweeps, by outcome.");
+    describe_histogram!("topkart_sweep_seconds", Unit::Seconds, "Duration of the expiry worker's ticks, every step.");
+    describe_counter!("topkart_sweeps_total", "Worker ticks, by outcome (failed when any step failed, for any deal).");
+    describe_counter!("topkart_worker_steps_total", "Worker steps run, by step and outcome.");
+    describe_gauge!(
+        "topkart_worker_step_failing_seconds",
+        Unit::Seconds,
+        "How long a worker step has failed at every tick (0 once it succeeds)."
+    );
+    describe_counter!(
+        "topkart_worker_deal_failures_total",
+        "Deals whose part of a worker step failed while the step went on for the others."
+    );
     describe_histogram!("topkart_daily_reset_seconds", Unit::Seconds, "Duration of the worker's daily-reset passes.");
     describe_counter!(
         "topkart_daily_resets_total",
@@ -284,7 +297,7 @@ pub fn order_inserts(outcome: &'static str, count: usize) {
     counter!("topkart_order_inserts_total", "outcome" => outcome).increment(count as u64);
 }
 
-/// A worker pass (`sweep` or `daily_reset`) that took `seconds` and succeeded or not.
+/// A worker pass (a whole tick, or its daily reset) that took `seconds` and succeeded or not.
 pub fn worker_pass(pass: WorkerPass, seconds: f64, ok: bool) {
     let outcome = if ok { "ok" } else { "failed" };
     match pass {
@@ -297,6 +310,21 @@ pub fn worker_pass(pass: WorkerPass, seconds: f64, ok: bool) {
             counter!("topkart_daily_resets_total", "outcome" => outcome).increment(1);
         }
     }
+}
+
+/// Worker step `step`: whether it ran and succeeded (`None`: not run this tick), and how long it
+/// has failed at every tick.
+pub fn worker_step(step: &'static str, ok: Option<bool>, failing_seconds: f64) {
+    if let Some(ok) = ok {
+        let outcome = if ok { "ok" } else { "failed" };
+        counter!("topkart_worker_steps_total", "step" => step, "outcome" => outcome).increment(1);
+    }
+    gauge!("topkart_worker_step_failing_seconds", "step" => step).set(failing_seconds);
+}
+
+/// `count` deals whose part of worker step `step` failed.
+pub fn worker_deal_failures(step: &'static str, count: u64) {
+    counter!("topkart_worker_deal_failures_total", "step" => step).increment(count);
 }
 
 /// The worker's timed passes.

@@ -4,7 +4,7 @@
 use std::{future::Future, time::Duration};
 
 use sqlx::PgPool;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::{
     ServerTlsConfig,
     server::{Router, TcpIncoming},
@@ -41,12 +41,22 @@ impl Health {
         pool: PgPool,
         services: &[&'static str],
     ) -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+        Self::start_with_check(pool, services, watch::channel(true).1).await
+    }
+
+    /// [`Health::start`], with `services` (not "") SERVING only while `work_ok` also says so: the
+    /// worker's steps, which the database answering does not vouch for.
+    pub async fn start_with_check(
+        pool: PgPool,
+        services: &[&'static str],
+        work_ok: watch::Receiver<bool>,
+    ) -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
         let (reporter, server) = tonic_health::server::health_reporter();
-        let mut services = services.to_vec();
-        services.push("");
-        set_all(&reporter, &services, ServingStatus::NotServing).await;
-        let probe = tokio::spawn(probe_database(pool, reporter.clone(), services.clone()));
-        (Self { reporter, services, probe }, server)
+        let mut all = services.to_vec();
+        all.push("");
+        set_all(&reporter, &all, ServingStatus::NotServing).await;
+        let probe = tokio::spawn(probe_database(pool, reporter.clone(), services.to_vec(), work_ok));
+        (Self { reporter, services: all, probe }, server)
     }
 
     /// Stops probing and reports NOT_SERVING, so load balancers drain this server.
@@ -56,23 +66,38 @@ impl Health {
     }
 }
 
-async fn probe_database(pool: PgPool, reporter: HealthReporter, services: Vec<&'static str>) {
+async fn probe_database(
+    pool: PgPool,
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    mut work_ok: watch::Receiver<bool>,
+) {
     let mut last = None;
     loop {
         let answered =
             matches!(tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("select 1").execute(&pool)).await, Ok(Ok(_)));
-        if last != Some(answered) {
+        let working = *work_ok.borrow_and_update();
+        if last.is_none_or(|(was_answered, _)| was_answered != answered) {
             if answered {
                 tracing::info!("database answers, serving");
             } else {
                 tracing::warn!("database does not answer, not serving");
             }
-            let status = if answered { ServingStatus::Serving } else { ServingStatus::NotServing };
-            set_all(&reporter, &services, status).await;
-            last = Some(answered);
         }
-        tokio::time::sleep(PROBE_INTERVAL).await;
+        if last != Some((answered, working)) {
+            reporter.set_service_status("", serving(answered)).await;
+            set_all(&reporter, &services, serving(answered && working)).await;
+            last = Some((answered, working));
+        }
+        // Wakes early when the work's health changes; without a sender it never will.
+        if let Ok(Err(_)) = tokio::time::timeout(PROBE_INTERVAL, work_ok.changed()).await {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
     }
+}
+
+fn serving(yes: bool) -> ServingStatus {
+    if yes { ServingStatus::Serving } else { ServingStatus::NotServing }
 }
 
 async fn set_all(reporter: &HealthReporter, services: &[&'static str], status: ServingStatus) {

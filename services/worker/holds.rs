@@ -5,10 +5,14 @@
 //!
 //! Both act only on rows older than `HOLD_TIMEOUT`, long after order-service could still record an
 //! order for them, and take their rows with `for update skip locked`, so several workers share the
-//! work and never do a row twice.
+//! work and never do a row twice. When a statement fails, they go deal by deal, so one deal's
+//! failure holds back no other deal's settling.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::failures::{Done, deal_by_deal_on_failure};
 
 use crate::shared::reservations::HOLD_TIMEOUT;
 
@@ -30,13 +34,35 @@ fn cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
     now - TimeDelta::from_std(HOLD_TIMEOUT).unwrap_or(TimeDelta::MAX)
 }
 
-/// Settles every hold and pending release that has waited `HOLD_TIMEOUT` as of `now`.
+impl std::ops::AddAssign for HoldReport {
+    fn add_assign(&mut self, other: Self) {
+        self.confirmed += other.confirmed;
+        self.released += other.released;
+        self.finished_releases += other.finished_releases;
+    }
+}
+
+/// Settles every hold and pending release that has waited `HOLD_TIMEOUT` as of `now`: in one
+/// statement each, or deal by deal when one fails, naming the deals that failed.
 #[tracing::instrument(skip(pool))]
-pub async fn settle_holds(pool: &PgPool, now: DateTime<Utc>) -> Result<HoldReport, sqlx::Error> {
-    let (confirmed, released) = resolve_stale_holds(pool, cutoff(now)).await?;
-    let finished_releases = finish_releases(pool, cutoff(now)).await?;
+pub async fn settle_holds(pool: &PgPool, now: DateTime<Utc>) -> Result<Done<HoldReport>, sqlx::Error> {
+    let cutoff = cutoff(now);
+    let mut settled = deal_by_deal_on_failure(
+        resolve_stale_holds(pool, cutoff, None),
+        deals_with_stale_holds(pool, cutoff),
+        |deal| resolve_stale_holds(pool, cutoff, Some(deal)),
+    )
+    .await?;
+    let finished = deal_by_deal_on_failure(
+        finish_releases(pool, cutoff, None),
+        deals_with_unfinished_releases(pool, cutoff),
+        |deal| finish_releases(pool, cutoff, Some(deal)),
+    )
+    .await?;
+    settled.done += finished.done;
+    settled.failed.extend(finished.failed);
     forget_abandoned(pool, now).await?;
-    Ok(HoldReport { confirmed, released, finished_releases })
+    Ok(settled)
 }
 
 /// Holds made before `cutoff`: confirmed when their order is pending or approved, released (units
@@ -48,26 +74,31 @@ pub async fn settle_holds(pool: &PgPool, now: DateTime<Utc>) -> Result<HoldRepor
 /// committed before a lock was granted is seen, and none can be inserted after it (its write window
 /// has long passed).
 #[tracing::instrument(name = "sql.resolve_stale_holds", skip_all, fields(cutoff = %cutoff))]
-async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i64, i64), sqlx::Error> {
+async fn resolve_stale_holds(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    only: Option<Uuid>,
+) -> Result<HoldReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let claimed: Vec<uuid::Uuid> = sqlx::query_scalar(
+    let claimed: Vec<Uuid> = sqlx::query_scalar(
         "select id from reservations
-          where state = 'reserved' and create_time <= $1
+          where state = 'reserved' and create_time <= $1 and ($3::uuid is null or deal_id = $3)
           order by create_time
           limit $2
             for update skip locked",
     )
     .bind(cutoff)
     .bind(BATCH)
+    .bind(only)
     .fetch_all(&mut *tx)
     .await?;
-    let locked: Vec<uuid::Uuid> = sqlx::query_scalar(
+    let locked: Vec<Uuid> = sqlx::query_scalar(
         "select id from unnest($1::uuid[]) as claimed(id) where pg_try_advisory_xact_lock(hold_lock_key(id))",
     )
     .bind(&claimed)
     .fetch_all(&mut *tx)
     .await?;
-    let settled = sqlx::query_as(
+    let (confirmed, released) = sqlx::query_as(
         "with due as (
              select r.id, o.state as order_state
                from reservations r left join orders o on o.id = r.id
@@ -90,17 +121,31 @@ async fn resolve_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<(i6
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(settled)
+    Ok(HoldReport { confirmed, released, finished_releases: 0 })
+}
+
+/// The deals with holds made before `cutoff`, for settling them deal by deal.
+async fn deals_with_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select deal_id from (select distinct deal_id from reservations
+                                where state = 'reserved' and create_time <= $1) due
+          order by random() limit $2",
+    )
+    .bind(cutoff)
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await
 }
 
 /// Rejected or cancelled orders, decided before `cutoff`, whose release did not complete: their
 /// reservation is released (if it still holds units) and the order marked, in one statement.
 #[tracing::instrument(name = "sql.finish_releases", skip_all, fields(cutoff = %cutoff))]
-async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>, only: Option<Uuid>) -> Result<HoldReport, sqlx::Error> {
+    let finished_releases = sqlx::query_scalar(
         "with due as (
              select id from orders
               where state in ('rejected', 'cancelled') and not units_released and update_time <= $1
+                and ($3::uuid is null or deal_id = $3)
               order by update_time
               limit $2
                 for update skip locked
@@ -116,7 +161,23 @@ async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<i64, sq
     )
     .bind(cutoff)
     .bind(BATCH)
+    .bind(only)
     .fetch_one(pool)
+    .await?;
+    Ok(HoldReport { finished_releases, ..HoldReport::default() })
+}
+
+/// The deals of rejected or cancelled orders whose release did not complete before `cutoff`.
+async fn deals_with_unfinished_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select deal_id from (select distinct deal_id from orders
+                                where state in ('rejected', 'cancelled') and not units_released
+                                  and update_time <= $1) due
+          order by random() limit $2",
+    )
+    .bind(cutoff)
+    .bind(BATCH)
+    .fetch_all(pool)
     .await
 }
 

@@ -1,9 +1,11 @@
 //! expiry-worker: every few seconds it performs the daily reset if the UTC day has turned, sweeps
 //! expired and newly started deals, expires orders not approved in time and waitlist offers not
-//! claimed in time, and settles the holds the order protocol left behind. It
-//! serves gRPC health so orchestrators can probe it.
+//! claimed in time, and settles the holds the order protocol left behind. A step that fails for
+//! one deal does not hold back the others (`failures`). It serves gRPC health so orchestrators can
+//! probe it.
 
 pub mod daily_reset;
+pub mod failures;
 pub mod holds;
 pub mod order_expiry;
 pub mod sweep;
@@ -25,6 +27,7 @@ use crate::shared::{
 };
 
 pub use daily_reset::daily_reset;
+pub use failures::{Done, Step, StepHealth};
 pub use holds::settle_holds;
 pub use order_expiry::expire_orders;
 pub use sweep::sweep_once;
@@ -33,18 +36,29 @@ pub use waitlist::expire_waitlist_entries;
 /// The name under which the worker reports its health, besides the server's "".
 pub const HEALTH_SERVICE_NAME: &str = "topkart.worker.v1.ExpiryWorker";
 
-/// Runs the worker loop every `sweep_interval` (and at every 00:00 UTC) and serves health on
-/// `listener`, until `shutdown` completes.
+/// When the worker ticks, and when it says it is failing.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Between two ticks (a tick also comes at every 00:00 UTC).
+    pub sweep_interval: Duration,
+    /// How long a step may fail at every tick before the named health service says NOT_SERVING.
+    pub unhealthy_after: Duration,
+}
+
+/// Runs the worker loop on `schedule` and serves health on `listener`, until `shutdown` completes.
+/// The named health service ([`HEALTH_SERVICE_NAME`]) is NOT_SERVING while a step of the loop has
+/// failed for `schedule.unhealthy_after`; the server's "" follows the database alone.
 pub async fn run(
     listener: TcpListener,
     pool: PgPool,
-    sweep_interval: Duration,
+    schedule: Schedule,
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ticks = tokio::spawn(tick_until_stopped(pool.clone(), sweep_interval, stop_rx));
-    let (health, health_service) = server::Health::start(pool, &[HEALTH_SERVICE_NAME]).await;
+    let (steps_ok, steps_ok_rx) = watch::channel(true);
+    let ticks = tokio::spawn(tick_until_stopped(pool.clone(), schedule, steps_ok, stop_rx));
+    let (health, health_service) = server::Health::start_with_check(pool, &[HEALTH_SERVICE_NAME], steps_ok_rx).await;
     // Health only: no API, so no key and no limits to apply.
     let settings = server::ServerSettings {
         tls,
@@ -61,14 +75,22 @@ pub async fn run(
     served
 }
 
-async fn tick_until_stopped(pool: PgPool, sweep_interval: Duration, mut stop: watch::Receiver<bool>) {
+async fn tick_until_stopped(
+    pool: PgPool,
+    schedule: Schedule,
+    steps_ok: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut health = StepHealth::default();
     loop {
-        // The database's clock, the one reservations and orders are stamped with.
-        match sqlx::query_scalar::<_, DateTime<Utc>>("select now()").fetch_one(&pool).await {
-            Ok(now) => tick(&pool, now).await,
-            Err(err) => tracing::warn!(error = %err, "database unavailable; retrying next tick"),
+        tick(&pool, &mut health).await;
+        let failing = health.failing_for_over(schedule.unhealthy_after, Instant::now());
+        if !failing.is_empty() {
+            let steps: Vec<&str> = failing.iter().map(|step| step.as_str()).collect();
+            tracing::error!(steps = ?steps, "worker steps failing at every tick; health NOT_SERVING");
         }
-        let wait = until_next_tick(Utc::now(), sweep_interval);
+        steps_ok.send_if_modified(|ok| std::mem::replace(ok, failing.is_empty()) != failing.is_empty());
+        let wait = until_next_tick(Utc::now(), schedule.sweep_interval);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
@@ -76,66 +98,111 @@ async fn tick_until_stopped(pool: PgPool, sweep_interval: Duration, mut stop: wa
     }
 }
 
-/// One round: the day's reset first (a no-op once done), then the sweep, then the holds. Errors are
-/// logged and the next round tries again.
-async fn tick(pool: &PgPool, now: DateTime<Utc>) {
+/// One round, at the database's clock: the day's reset first (a no-op once done), then the sweep,
+/// the orders and offers not taken up in time, and the holds. Each step is recorded in `health` and
+/// the metrics; a failure is logged at ERROR with its step (and deal), and the next round tries
+/// again. Returns whether every step succeeded for every deal.
+pub async fn tick(pool: &PgPool, health: &mut StepHealth) -> bool {
     let started = Instant::now();
-    let reset = daily_reset(pool, now).await;
-    metrics::worker_pass(WorkerPass::DailyReset, started.elapsed().as_secs_f64(), reset.is_ok());
-    match reset {
-        Ok(Some(report)) => {
-            tracing::info!(day = %report.day, ended = report.ended, started = report.started, "daily reset performed")
+    // The database's clock, the one reservations and orders are stamped with.
+    let now = match sqlx::query_scalar::<_, DateTime<Utc>>("select now()").fetch_one(pool).await {
+        Ok(now) => now,
+        Err(err) => {
+            tracing::error!(step = Step::Clock.as_str(), error = %err, "database unavailable; retrying next tick");
+            finish_tick(health, &[(Step::Clock, false)], started);
+            return false;
         }
-        Ok(None) => {}
-        Err(err) => tracing::warn!(error = %err, "daily reset failed; retrying next tick"),
+    };
+    let mut outcomes = vec![(Step::Clock, true)];
+
+    let reset_started = Instant::now();
+    let reset = daily_reset(pool, now).await;
+    metrics::worker_pass(WorkerPass::DailyReset, reset_started.elapsed().as_secs_f64(), reset.is_ok());
+    if let Ok(Some(report)) = &reset {
+        tracing::info!(day = %report.day, ended = report.ended, started = report.started, "daily reset performed");
     }
-    let started = Instant::now();
+    outcomes.push((Step::DailyReset, step_ok(Step::DailyReset, reset.map(Done::clean))));
+
     let swept = sweep_once(pool, now).await;
-    metrics::worker_pass(WorkerPass::Sweep, started.elapsed().as_secs_f64(), swept.is_ok());
     if let Ok(report) = &swept {
         metrics::deals_swept(report.expired, report.started);
-    }
-    match swept {
-        Ok(report) if report != sweep::SweepReport::default() => {
-            tracing::info!(expired = report.expired, started = report.started, "sweep")
+        if *report != sweep::SweepReport::default() {
+            tracing::info!(expired = report.expired, started = report.started, "sweep");
         }
-        Ok(_) => {}
-        Err(err) => tracing::warn!(error = %err, "sweep failed; retrying next tick"),
     }
-    match expire_orders(pool, now).await {
-        Ok(expired) => {
-            metrics::orders_expired(expired.max(0) as u64);
-            if expired > 0 {
-                tracing::info!(expired, "orders not approved in time expired");
-            }
+    outcomes.push((Step::Sweep, step_ok(Step::Sweep, swept.map(Done::clean))));
+
+    let expired_orders = expire_orders(pool, now).await;
+    if let Ok(Done { done: expired, .. }) = &expired_orders {
+        metrics::orders_expired(expired.max(&0).unsigned_abs());
+        if *expired > 0 {
+            tracing::info!(expired, "orders not approved in time expired");
         }
-        Err(err) => tracing::warn!(error = %err, "expiring orders failed; retrying next tick"),
     }
-    match expire_waitlist_entries(pool, now).await {
-        Ok(expired) => {
-            metrics::waitlist_entries_expired(expired);
-            if expired > 0 {
-                tracing::info!(expired, "waitlist entries expired");
-            }
+    outcomes.push((Step::OrderExpiry, step_ok(Step::OrderExpiry, expired_orders)));
+
+    let expired_entries = expire_waitlist_entries(pool, now).await;
+    if let Ok(Done { done: expired, .. }) = &expired_entries {
+        metrics::waitlist_entries_expired(*expired);
+        if *expired > 0 {
+            tracing::info!(expired, "waitlist entries expired");
         }
-        Err(err) => tracing::warn!(error = %err, "expiring waitlist entries failed; retrying next tick"),
     }
+    outcomes.push((Step::WaitlistExpiry, step_ok(Step::WaitlistExpiry, expired_entries)));
+
     let settled = settle_holds(pool, now).await;
-    if let Ok(report) = &settled {
-        metrics::holds_settled("confirmed", report.confirmed.max(0) as u64);
-        metrics::holds_settled("released", report.released.max(0) as u64);
-        metrics::holds_settled("finished_release", report.finished_releases.max(0) as u64);
+    if let Ok(Done { done: report, .. }) = &settled {
+        metrics::holds_settled("confirmed", report.confirmed.max(0).unsigned_abs());
+        metrics::holds_settled("released", report.released.max(0).unsigned_abs());
+        metrics::holds_settled("finished_release", report.finished_releases.max(0).unsigned_abs());
+        if *report != holds::HoldReport::default() {
+            tracing::info!(
+                confirmed = report.confirmed,
+                released = report.released,
+                finished_releases = report.finished_releases,
+                "holds settled"
+            );
+        }
     }
-    match settled {
-        Ok(report) if report != holds::HoldReport::default() => tracing::info!(
-            confirmed = report.confirmed,
-            released = report.released,
-            finished_releases = report.finished_releases,
-            "holds settled"
-        ),
-        Ok(_) => {}
-        Err(err) => tracing::warn!(error = %err, "settling holds failed; retrying next tick"),
+    outcomes.push((Step::HoldSettlement, step_ok(Step::HoldSettlement, settled)));
+
+    finish_tick(health, &outcomes, started)
+}
+
+/// Whether `step` succeeded for every deal; logs each failure at ERROR, with the deal when it is
+/// one deal's.
+fn step_ok<T>(step: Step, result: Result<Done<T>, sqlx::Error>) -> bool {
+    match result {
+        Ok(done) => {
+            for failure in &done.failed {
+                tracing::error!(
+                    step = step.as_str(), deal = %failure.deal, error = %failure.error,
+                    "worker step failed for a deal; the other deals were done, retrying next tick"
+                );
+            }
+            metrics::worker_deal_failures(step.as_str(), done.failed.len() as u64);
+            done.failed.is_empty()
+        }
+        Err(err) => {
+            tracing::error!(step = step.as_str(), error = %err, "worker step failed; retrying next tick");
+            false
+        }
     }
+}
+
+/// Records every step's outcome and the tick's, and returns whether all succeeded.
+fn finish_tick(health: &mut StepHealth, outcomes: &[(Step, bool)], started: Instant) -> bool {
+    let now = Instant::now();
+    for &(step, ok) in outcomes {
+        health.record(step, ok, now);
+    }
+    for step in Step::ALL {
+        let ran = outcomes.iter().find(|(ran, _)| *ran == step).map(|(_, ok)| *ok);
+        metrics::worker_step(step.as_str(), ran, health.failing_for(step, now).as_secs_f64());
+    }
+    let ok = outcomes.iter().all(|(_, ok)| *ok);
+    metrics::worker_pass(WorkerPass::Sweep, started.elapsed().as_secs_f64(), ok);
+    ok
 }
 
 /// How long to sleep after a tick at `now`: the interval, or less to wake exactly at 00:00 UTC.

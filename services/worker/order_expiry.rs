@@ -8,18 +8,28 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::failures::{Done, deal_by_deal_on_failure};
 
 /// The most orders one pass expires; the next pass takes the rest.
 const BATCH: i64 = 1_000;
 
 /// Expires the pending orders whose deadline is at or before `now` (the database clock), releases
-/// their reservations and gives their units back. Returns how many orders expired.
+/// their reservations and gives their units back: in one statement, or deal by deal when that
+/// fails, naming the deals that failed. Returns how many orders expired.
 #[tracing::instrument(name = "sql.expire_orders", skip(pool))]
-pub async fn expire_orders(pool: &PgPool, now: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+pub async fn expire_orders(pool: &PgPool, now: DateTime<Utc>) -> Result<Done<i64>, sqlx::Error> {
+    deal_by_deal_on_failure(expire_due(pool, now, None), due_deals(pool, now), |deal| expire_due(pool, now, Some(deal)))
+        .await
+}
+
+/// Expires the orders due at `now` (of deal `only`, when given).
+async fn expire_due(pool: &PgPool, now: DateTime<Utc>, only: Option<Uuid>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "with due as (
              select id from orders
-              where state = 'pending_approval' and approve_deadline <= $1
+              where state = 'pending_approval' and approve_deadline <= $1 and ($3::uuid is null or deal_id = $3)
               order by approve_deadline
               limit $2
                 for update skip locked
@@ -38,6 +48,21 @@ pub async fn expire_orders(pool: &PgPool, now: DateTime<Utc>) -> Result<i64, sql
     )
     .bind(now)
     .bind(BATCH)
+    .bind(only)
     .fetch_one(pool)
+    .await
+}
+
+/// The deals with orders due at `now`, in random order (a deal that keeps failing cannot fill every
+/// pass).
+async fn due_deals(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select deal_id from (select distinct deal_id from orders
+                                where state = 'pending_approval' and approve_deadline <= $1) due
+          order by random() limit $2",
+    )
+    .bind(now)
+    .bind(BATCH)
+    .fetch_all(pool)
     .await
 }

@@ -6,10 +6,13 @@
 //! Each deal's entries expire in a transaction that takes the deal's row lock first, as joins,
 //! leaves and claims do: a claim in flight and the expiry of its offer take turns, and the claim
 //! checks the offer's end under the lock. Safe with several workers: the second finds nothing left.
+//! A deal whose expiry fails is skipped and named; the other deals' entries still expire.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use super::failures::{Done, each_deal};
 
 /// The most deals one pass expires entries of; the next pass takes the rest.
 const DEALS_PER_PASS: i64 = 100;
@@ -22,40 +25,48 @@ macro_rules! due {
     };
 }
 
-/// Expires the waitlist entries due at `now`. Returns how many expired.
+/// Expires the waitlist entries due at `now`, deal by deal: a deal whose expiry fails is named in
+/// the result and the others go on. Returns how many entries expired.
 #[tracing::instrument(name = "sql.expire_waitlist_entries", skip(pool))]
-pub async fn expire_waitlist_entries(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+pub async fn expire_waitlist_entries(pool: &PgPool, now: DateTime<Utc>) -> Result<Done<u64>, sqlx::Error> {
+    // In random order, so that deals failing pass after pass cannot fill every pass.
     let deals: Vec<Uuid> = sqlx::query_scalar(concat!(
-        "select distinct e.deal_id
-           from waitlist_entries e join deals d on d.id = e.deal_id
-          where e.state in ('waiting', 'offered') and (",
+        "select deal_id from (
+             select distinct e.deal_id
+               from waitlist_entries e join deals d on d.id = e.deal_id
+              where e.state in ('waiting', 'offered') and (",
         due!(),
         ")
+         ) due
+          order by random()
           limit $2"
     ))
     .bind(now)
     .bind(DEALS_PER_PASS)
     .fetch_all(pool)
     .await?;
-    let mut expired = 0;
-    for deal in deals {
-        let mut tx = pool.begin().await?;
-        sqlx::query("select from deals where id = $1 for update").bind(deal).execute(&mut *tx).await?;
-        expired += sqlx::query(concat!(
-            "update waitlist_entries e
-                set state = 'expired', update_time = clock_timestamp(),
-                    waited_until = coalesce(e.waited_until, clock_timestamp())
-               from deals d
-              where d.id = e.deal_id and e.deal_id = $2 and e.state in ('waiting', 'offered') and (",
-            due!(),
-            ")"
-        ))
-        .bind(now)
-        .bind(deal)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-    }
+    each_deal(deals, |deal| expire_deal_entries(pool, deal, now)).await
+}
+
+/// Expires deal `deal`'s entries due at `now`, under its row lock.
+#[tracing::instrument(name = "sql.expire_deal_waitlist_entries", skip(pool))]
+async fn expire_deal_entries(pool: &PgPool, deal: Uuid, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select from deals where id = $1 for update").bind(deal).execute(&mut *tx).await?;
+    let expired = sqlx::query(concat!(
+        "update waitlist_entries e
+            set state = 'expired', update_time = clock_timestamp(),
+                waited_until = coalesce(e.waited_until, clock_timestamp())
+           from deals d
+          where d.id = e.deal_id and e.deal_id = $2 and e.state in ('waiting', 'offered') and (",
+        due!(),
+        ")"
+    ))
+    .bind(now)
+    .bind(deal)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
     Ok(expired)
 }

@@ -23,3 +23,4 @@ mod tls;
 mod waitlist;
 mod watch;
 mod worker;
+mod worker_failures;

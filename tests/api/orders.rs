@@ -241,11 +241,19 @@ async fn a_cancel_while_deal_service_is_down_stands_and_the_worker_gives_the_uni
     let available = || sqlx::query_scalar::<_, i32>("select available_units from deals").fetch_one(&pool);
     assert_eq!(available().await.unwrap(), 6, "the units are out until the worker settles them");
 
-    let report = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
+    let report = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT)
+        .await
+        .unwrap()
+        .for_every_deal()
+        .unwrap();
     assert_eq!(report.finished_releases, 1);
     assert_eq!(available().await.unwrap(), 10);
     assert_invariants(&pool).await;
-    let again = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap();
+    let again = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT)
+        .await
+        .unwrap()
+        .for_every_deal()
+        .unwrap();
     assert_eq!(again.finished_releases, 0, "released exactly once");
 }
 
