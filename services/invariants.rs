@@ -19,7 +19,7 @@ impl std::fmt::Display for Violation {
 }
 
 /// Each invariant and the query that lists the rows breaking it (one text column each).
-const CHECKS: [(&str, &str); 10] = [
+const CHECKS: [(&str, &str); 11] = [
     (
         "every unit is available, held or offered: total_units = available_units + units of live reservations \
          + units offered to the waitlist",
@@ -70,14 +70,37 @@ const CHECKS: [(&str, &str); 10] = [
         "the per-customer totals that the limit is checked against (customer_holdings) are what each \
          customer of a limited deal holds, and unlimited deals have none",
         "with counted as (
-             select d.id as deal_id, c.customer_id, c.units
-               from deals d cross join lateral counted_holdings(d.id) c
+             select d.id as deal_id, h.customer_id, sum(h.units) as units
+               from deals d
+               join (select deal_id, customer_id, quantity as units from reservations
+                      where state in ('reserved', 'confirmed') and customer_id is not null
+                     union all
+                     select deal_id, customer_id, quantity from waitlist_entries
+                      where state in ('waiting', 'offered')) h on h.deal_id = d.id
               where d.max_units_per_customer is not null
+              group by d.id, h.customer_id
          )
          select format('customer %s of deal %s: total %s, holds %s', coalesce(t.customer_id, c.customer_id),
                        coalesce(t.deal_id, c.deal_id), coalesce(t.units, 0), coalesce(c.units, 0))
            from counted c full join customer_holdings t on t.deal_id = c.deal_id and t.customer_id = c.customer_id
           where coalesce(t.units, 0) <> coalesce(c.units, 0)",
+    ),
+    (
+        "every claimed waitlist entry names a reservation of its deal and customer for its claimed units, and \
+         every reservation that claims an entry is of that entry's deal and customer",
+        "select format('entry %s of deal %s (%s, customer %s) claimed %s units with reservation %s: %s', e.id, e.deal_id,
+                       e.state, e.customer_id, e.claimed_units, coalesce(e.claim_reservation_id, r.id),
+                       coalesce(format('%s units of deal %s for %s, naming entry %s', r.quantity, r.deal_id,
+                                       r.customer_id, r.waitlist_entry_id), 'missing'))
+           from waitlist_entries e
+           full join reservations r on r.id = e.claim_reservation_id
+          where (e.state = 'claimed'
+                 and (r.id is null or r.deal_id <> e.deal_id or r.customer_id is distinct from e.customer_id
+                      or r.quantity <> e.claimed_units or r.waitlist_entry_id is distinct from e.id))
+             or (r.waitlist_entry_id is not null and e.id is null
+                 and not exists (select from waitlist_entries w
+                                  where w.id = r.waitlist_entry_id and w.deal_id = r.deal_id
+                                    and w.customer_id = r.customer_id))",
     ),
     (
         "every reservation belongs to a deal",

@@ -14,6 +14,7 @@ mod helpers;
 mod hostile;
 mod jwks;
 mod malformed;
+mod model;
 mod orders;
 mod postgres_restart;
 mod processes;
