@@ -266,11 +266,32 @@ async fn a_preflight_from_an_allowed_origin_is_answered_and_replies_expose_the_s
     assert!(web_frames(body).1.contains("grpc-status:0"));
 }
 
+/// The CORS headers among `headers`.
+fn cors_headers(headers: &http::HeaderMap) -> Vec<&str> {
+    headers.keys().map(http::HeaderName::as_str).filter(|name| name.starts_with("access-control-")).collect()
+}
+
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
-async fn a_preflight_from_another_origin_gets_no_cors_permission(pool: PgPool) {
+async fn another_origin_gets_no_cors_header_on_its_preflight_or_its_calls(pool: PgPool) {
     let (addr, _stop) = spawn_deal_service_with(pool, with_page_origin()).await;
     let (head, _) = send(preflight(addr, "http://elsewhere.example")).await;
-    assert!(!head.headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN), "{head:?}");
+    assert_eq!(cors_headers(&head.headers), Vec::<&str>::new(), "{head:?}");
+    assert_eq!(listed(&head.headers, header::VARY), ["origin"], "caches keep replies per origin");
+
+    let customer = format!("Bearer {}", token(Role::Customer, "alice"));
+    for origin in [Some("http://elsewhere.example"), None] {
+        let mut headers = vec![("authorization", customer.as_str())];
+        headers.extend(origin.map(|origin| ("origin", origin)));
+        let (head, body) = send(web_request(
+            addr,
+            "topkart.deal.v1.DealService/ListDeals",
+            &dealpb::ListDealsRequest::default(),
+            &headers,
+        ))
+        .await;
+        assert_eq!(cors_headers(&head.headers), Vec::<&str>::new(), "{origin:?}: {head:?}");
+        assert!(web_frames(body).1.contains("grpc-status:0"), "the call itself is served");
+    }
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]

@@ -23,10 +23,7 @@ use http::{Request, Response};
 use tonic::body::Body;
 use tonic_web::GrpcWebLayer;
 use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
-use tower_http::{
-    cors::CorsLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use super::auth::Authenticator;
 use admission::AdmissionLayer;
@@ -93,7 +90,7 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(100);
 /// The stack every server applies to every call.
 #[derive(Clone)]
 pub struct CallStack {
-    cors: Option<CorsLayer>,
+    cors: Option<web::Cors>,
     admission: AdmissionLayer,
     callers: CallersLayer,
 }

@@ -6,9 +6,15 @@
 //! and its reply (errors of those layers included) is turned back on the way out. CORS is
 //! outermost, so a preflight is answered without a token and never counts as a call.
 
-use std::time::Duration;
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use http::{HeaderName, HeaderValue, Method, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, header};
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The request headers a gRPC-Web client may send from another origin: the token, gRPC-Web's own,
@@ -33,19 +39,94 @@ const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// CORS for pages of `origins` (exact `scheme://host[:port]` values), or none when empty: then no
 /// CORS header is sent and browsers keep other origins' pages out.
-pub fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+pub fn cors(origins: &[HeaderValue]) -> Option<Cors> {
     if origins.is_empty() {
         return None;
     }
-    Some(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
-            .allow_methods([Method::POST])
-            .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
-            .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
-            .max_age(PREFLIGHT_MAX_AGE)
-            .vary([header::ORIGIN]),
-    )
+    let layer = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::POST])
+        .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(PREFLIGHT_MAX_AGE)
+        .vary([header::ORIGIN]);
+    Some(Cors { allowed: origins.into(), layer })
+}
+
+/// tower-http's CORS, with every `access-control-*` header taken off the replies to requests from
+/// other origins (or none): tower-http sends those the exposed headers, and answers their
+/// preflights with the allowed methods, headers and max age, which grant nothing but say more than
+/// a stranger needs. `Vary: Origin` stays, for caches.
+#[derive(Clone)]
+pub struct Cors {
+    allowed: Arc<[HeaderValue]>,
+    layer: CorsLayer,
+}
+
+impl<S> Layer<S> for Cors {
+    type Service = ListedOriginsOnly<tower_http::cors::Cors<S>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ListedOriginsOnly { allowed: self.allowed.clone(), inner: self.layer.layer(inner) }
+    }
+}
+
+/// See [`Cors`].
+#[derive(Clone)]
+pub struct ListedOriginsOnly<S> {
+    allowed: Arc<[HeaderValue]>,
+    inner: S,
+}
+
+impl<S, B, R> Service<Request<B>> for ListedOriginsOnly<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = ListedOriginsOnlyFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let listed = request.headers().get(header::ORIGIN).is_some_and(|origin| self.allowed.contains(origin));
+        ListedOriginsOnlyFuture { listed, inner: self.inner.call(request) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The reply of [`ListedOriginsOnly`].
+    pub struct ListedOriginsOnlyFuture<F> {
+        listed: bool,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, R, E> Future for ListedOriginsOnlyFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if !*this.listed {
+            let granted: Vec<HeaderName> = response
+                .headers()
+                .keys()
+                .filter(|name| name.as_str().starts_with("access-control-"))
+                .cloned()
+                .collect();
+            for name in granted {
+                response.headers_mut().remove(name);
+            }
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// Parses one `--cors-allowed-origins` value: an origin as browsers send it, `http` or `https`,
