@@ -281,12 +281,19 @@ impl AuthArgs {
     }
 }
 
-/// Refuses an HS256 secret too short to resist guessing (an empty one included).
+/// Refuses an HS256 secret too short to resist guessing (an empty one included), or a placeholder
+/// (`replace-me…`, as the Secret deploy/k8s once shipped held): anyone who read it could sign
+/// tokens of any role.
 pub fn check_secret(secret: &str) -> Result<(), AuthConfigError> {
     if secret.len() < MIN_SECRET_BYTES {
         return Err(AuthConfigError(format!(
             "JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (for example `openssl rand -hex 32`)"
         )));
+    }
+    if secret.to_ascii_lowercase().contains("replace-me") {
+        return Err(AuthConfigError(
+            "JWT_SECRET is a placeholder: set a secret of your own (for example `openssl rand -hex 32`)".into(),
+        ));
     }
     Ok(())
 }

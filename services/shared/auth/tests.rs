@@ -72,7 +72,8 @@ fn services_refuse_to_start_without_a_key_unless_told_to_be_insecure() {
     assert!(matches!(insecure.authenticator(), Ok(Authenticator::Insecure)));
     let keyed = AuthArgs { jwt_secret: Some("s".repeat(MIN_SECRET_BYTES)), insecure_no_auth: true, ..args() };
     assert!(matches!(keyed.authenticator(), Ok(Authenticator::Verify(_))), "a key wins over the insecure flag");
-    for weak in ["", "short", &"s".repeat(MIN_SECRET_BYTES - 1)] {
+    let placeholder = "replace-me-with-32-random-bytes-in-hex-0000000000000000";
+    for weak in ["", "short", &"s".repeat(MIN_SECRET_BYTES - 1), placeholder] {
         let weak = AuthArgs { jwt_secret: Some(weak.into()), ..args() };
         assert!(weak.authenticator().is_err(), "a weak secret is refused");
     }
