@@ -8,6 +8,8 @@ const CONTRACTS: [&str; 2] = ["topkart/deal/v1/deal.proto", "topkart/order/v1/or
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    // sqlx::migrate! embeds migrations/ at build time; a migration added or changed must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
 
     let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
     compiler.include_source_info(true).include_imports(true).open_files(CONTRACTS)?;

@@ -157,3 +157,17 @@ begin
     return null;
 end
 $$;
+
+-- A decrease now fails its statement when it finds no row: recount every total once, under the
+-- lock taken above, so that no total made before this migration can trip it.
+with counted as (
+    select d.id as deal_id, c.customer_id, c.units
+      from deals d cross join lateral counted_holdings(d.id) c
+     where d.max_units_per_customer is not null
+), recounted as (
+    insert into customer_holdings (deal_id, customer_id, units)
+    select deal_id, customer_id, units from counted
+    on conflict (deal_id, customer_id) do update set units = excluded.units
+)
+update customer_holdings h set units = 0
+ where not exists (select from counted c where c.deal_id = h.deal_id and c.customer_id = h.customer_id);

@@ -20,6 +20,7 @@
 //! | `topkart_worker_steps_total` | counter | `step`, `outcome` (`ok`, `failed`) |
 //! | `topkart_worker_step_failing_seconds` | gauge (0 once the step succeeds) | `step` |
 //! | `topkart_worker_deal_failures_total` | counter (a deal's part of a step failed; the rest went on) | `step` |
+//! | `topkart_worker_fallbacks_total` | counter (a statement over several deals failed; the step went deal by deal) | `step` |
 //! | `topkart_deals_expired_total`, `topkart_deals_started_total` | counter | |
 //! | `topkart_orders_expired_total` | counter | |
 //! | `topkart_waitlist_events_total` | counter | `event` (`joined`, `left`, `claimed`, or a refused claim's reason) |
@@ -152,6 +153,10 @@ fn describe() {
         "topkart_worker_step_failing_seconds",
         Unit::Seconds,
         "How long a worker step has failed at every tick (0 once it succeeds)."
+    );
+    describe_counter!(
+        "topkart_worker_fallbacks_total",
+        "Worker statements over several deals that failed, after which the step went deal by deal."
     );
     describe_counter!(
         "topkart_worker_deal_failures_total",
@@ -320,6 +325,11 @@ pub fn worker_step(step: &'static str, ok: Option<bool>, failing_seconds: f64) {
         counter!("topkart_worker_steps_total", "step" => step, "outcome" => outcome).increment(1);
     }
     gauge!("topkart_worker_step_failing_seconds", "step" => step).set(failing_seconds);
+}
+
+/// A statement of worker step `step` over several deals failed, and the step went deal by deal.
+pub fn worker_fallback(step: &'static str) {
+    counter!("topkart_worker_fallbacks_total", "step" => step).increment(1);
 }
 
 /// `count` deals whose part of worker step `step` failed.

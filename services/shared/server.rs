@@ -1,7 +1,10 @@
 //! What every gRPC server here serves besides its own API: `grpc.health.v1` tied to the database,
 //! server reflection (v1 and v1alpha) so grpcurl needs no `.proto`, and a graceful shutdown.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
@@ -41,27 +44,32 @@ impl Health {
         pool: PgPool,
         services: &[&'static str],
     ) -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
-        Self::start_with_check(pool, services, watch::channel(true).1).await
+        let forever = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        Self::start_with_check(pool, services, watch::channel(forever).1).await
     }
 
-    /// [`Health::start`], with `services` (not "") SERVING only while `work_ok` also says so: the
-    /// worker's steps, which the database answering does not vouch for.
+    /// [`Health::start`], with `services` (not "") SERVING only until the instant `healthy_until`
+    /// holds: the worker's steps, which the database answering does not vouch for, push it on
+    /// while they succeed, and a worker that stops pushing it (stuck, or gone) is NOT_SERVING once
+    /// it has passed.
     pub async fn start_with_check(
         pool: PgPool,
         services: &[&'static str],
-        work_ok: watch::Receiver<bool>,
+        healthy_until: watch::Receiver<Instant>,
     ) -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
         let (reporter, server) = tonic_health::server::health_reporter();
         let mut all = services.to_vec();
         all.push("");
         set_all(&reporter, &all, ServingStatus::NotServing).await;
-        let probe = tokio::spawn(probe_database(pool, reporter.clone(), services.to_vec(), work_ok));
+        let probe = tokio::spawn(probe_database(pool, reporter.clone(), services.to_vec(), healthy_until));
         (Self { reporter, services: all, probe }, server)
     }
 
     /// Stops probing and reports NOT_SERVING, so load balancers drain this server.
     pub async fn shut_down(self) {
         self.probe.abort();
+        // A probe caught mid-update must not write SERVING after the NOT_SERVING below.
+        let _ = self.probe.await;
         set_all(&self.reporter, &self.services, ServingStatus::NotServing).await;
     }
 }
@@ -70,13 +78,13 @@ async fn probe_database(
     pool: PgPool,
     reporter: HealthReporter,
     services: Vec<&'static str>,
-    mut work_ok: watch::Receiver<bool>,
+    mut healthy_until: watch::Receiver<Instant>,
 ) {
     let mut last = None;
     loop {
         let answered =
             matches!(tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("select 1").execute(&pool)).await, Ok(Ok(_)));
-        let working = *work_ok.borrow_and_update();
+        let working = Instant::now() < *healthy_until.borrow_and_update();
         if last.is_none_or(|(was_answered, _)| was_answered != answered) {
             if answered {
                 tracing::info!("database answers, serving");
@@ -90,7 +98,7 @@ async fn probe_database(
             last = Some((answered, working));
         }
         // Wakes early when the work's health changes; without a sender it never will.
-        if let Ok(Err(_)) = tokio::time::timeout(PROBE_INTERVAL, work_ok.changed()).await {
+        if let Ok(Err(_)) = tokio::time::timeout(PROBE_INTERVAL, healthy_until.changed()).await {
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     }

@@ -11,9 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::future::BoxFuture;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::shared::db;
+use crate::shared::{db, metrics};
 
 /// What a step did, and the deals it could not do (each of them failed alone; the rest were done).
 #[derive(Debug, Default)]
@@ -43,28 +45,41 @@ pub struct DealFailure {
     pub error: sqlx::Error,
 }
 
-/// Runs a step over every due deal at once (`all`); when that fails for a reason of the data rather
-/// than the database being unavailable, runs it for each deal of `due` alone (`one`), so that the
-/// deals that can be done are, and the ones that cannot are named. An unavailable database fails
-/// the whole step: the next tick tries again.
-pub async fn deal_by_deal_on_failure<T, All, Due, One, OneFut>(
-    all: All,
-    due: Due,
-    one: One,
+/// Runs a step over every due deal at once (`run` with no deal); when that fails for a reason of
+/// the data rather than the database being unavailable, runs it for each deal `due` lists, alone,
+/// so that the deals that can be done are, and the ones that cannot are named. An unavailable
+/// database fails the whole step: the next tick tries again.
+///
+/// Everything runs on one connection: a statement that failed keeps its row locks until its
+/// backend has rolled back, which it does after sending the error, and a retry on another
+/// connection could skip those rows (`for update skip locked`) and miss the failing deal; on the
+/// same connection the retry starts after the rollback.
+pub async fn deal_by_deal_on_failure<T>(
+    pool: &PgPool,
+    step: Step,
+    run: impl for<'c> Fn(&'c mut PgConnection, Option<Uuid>) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    due: impl for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<Vec<Uuid>, sqlx::Error>>,
 ) -> Result<Done<T>, sqlx::Error>
 where
     T: Default + std::ops::AddAssign,
-    All: Future<Output = Result<T, sqlx::Error>>,
-    Due: Future<Output = Result<Vec<Uuid>, sqlx::Error>>,
-    One: Fn(Uuid) -> OneFut,
-    OneFut: Future<Output = Result<T, sqlx::Error>>,
 {
-    match all.await {
+    let mut conn = pool.acquire().await?;
+    match run(&mut conn, None).await {
         Ok(done) => Ok(Done::clean(done)),
         Err(err) if db::is_unavailable(&err) => Err(err),
         Err(err) => {
-            tracing::warn!(error = %err, "a worker statement over several deals failed; going deal by deal");
-            each_deal(due.await?, one).await
+            tracing::warn!(step = step.as_str(), error = %err, "a worker statement over several deals failed; going deal by deal");
+            metrics::worker_fallback(step.as_str());
+            let deals = due(&mut conn).await?;
+            let mut done = Done::default();
+            for deal in deals {
+                match run(&mut conn, Some(deal)).await {
+                    Ok(count) => done.done += count,
+                    Err(error) if db::is_unavailable(&error) => return Err(error),
+                    Err(error) => done.failed.push(DealFailure { deal, error }),
+                }
+            }
+            Ok(done)
         }
     }
 }
@@ -117,10 +132,13 @@ impl Step {
     }
 }
 
-/// Since when each step has failed at every tick (a step that succeeds once starts afresh).
+/// Since when each step has failed at every tick (a step that succeeds once starts afresh), and
+/// which deals failed it last: the next tick tries those first, so a failing deal is never left
+/// out of a pass (which would read as a success).
 #[derive(Debug, Default)]
 pub struct StepHealth {
     failing_since: HashMap<Step, Instant>,
+    failed_deals: HashMap<Step, Vec<Uuid>>,
 }
 
 impl StepHealth {
@@ -131,6 +149,16 @@ impl StepHealth {
         } else {
             self.failing_since.entry(step).or_insert(now);
         }
+    }
+
+    /// Records the deals that failed `step` this tick.
+    pub fn record_deals(&mut self, step: Step, deals: Vec<Uuid>) {
+        self.failed_deals.insert(step, deals);
+    }
+
+    /// The deals that failed `step` last tick.
+    pub fn failed_deals(&self, step: Step) -> &[Uuid] {
+        self.failed_deals.get(&step).map_or(&[], Vec::as_slice)
     }
 
     /// How long `step` has failed at every tick, as of `now` (zero when it last succeeded).

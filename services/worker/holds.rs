@@ -9,10 +9,10 @@
 //! failure holds back no other deal's settling.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::failures::{Done, deal_by_deal_on_failure};
+use super::failures::{Done, Step, deal_by_deal_on_failure};
 
 use crate::shared::reservations::HOLD_TIMEOUT;
 
@@ -43,24 +43,41 @@ impl std::ops::AddAssign for HoldReport {
 }
 
 /// Settles every hold and pending release that has waited `HOLD_TIMEOUT` as of `now`: in one
-/// statement each, or deal by deal when one fails, naming the deals that failed.
-#[tracing::instrument(skip(pool))]
-pub async fn settle_holds(pool: &PgPool, now: DateTime<Utc>) -> Result<Done<HoldReport>, sqlx::Error> {
+/// statement each, or deal by deal when one fails (the deals of `failed_before` first), naming the
+/// deals that failed.
+#[tracing::instrument(skip(pool, failed_before))]
+pub async fn settle_holds(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    failed_before: &[Uuid],
+) -> Result<Done<HoldReport>, sqlx::Error> {
     let cutoff = cutoff(now);
     let mut settled = deal_by_deal_on_failure(
-        resolve_stale_holds(pool, cutoff, None),
-        deals_with_stale_holds(pool, cutoff),
-        |deal| resolve_stale_holds(pool, cutoff, Some(deal)),
+        pool,
+        Step::HoldSettlement,
+        |conn, only| Box::pin(resolve_stale_holds(conn, cutoff, only)),
+        |conn| {
+            let first = failed_before.to_vec();
+            Box::pin(async move { deals_with_stale_holds(conn, cutoff, &first).await })
+        },
     )
     .await?;
     let finished = deal_by_deal_on_failure(
-        finish_releases(pool, cutoff, None),
-        deals_with_unfinished_releases(pool, cutoff),
-        |deal| finish_releases(pool, cutoff, Some(deal)),
+        pool,
+        Step::HoldSettlement,
+        |conn, only| Box::pin(finish_releases(conn, cutoff, only)),
+        |conn| {
+            let first = failed_before.to_vec();
+            Box::pin(async move { deals_with_unfinished_releases(conn, cutoff, &first).await })
+        },
     )
     .await?;
     settled.done += finished.done;
-    settled.failed.extend(finished.failed);
+    for failure in finished.failed {
+        if !settled.failed.iter().any(|failed| failed.deal == failure.deal) {
+            settled.failed.push(failure);
+        }
+    }
     forget_abandoned(pool, now).await?;
     Ok(settled)
 }
@@ -75,11 +92,11 @@ pub async fn settle_holds(pool: &PgPool, now: DateTime<Utc>) -> Result<Done<Hold
 /// has long passed).
 #[tracing::instrument(name = "sql.resolve_stale_holds", skip_all, fields(cutoff = %cutoff))]
 async fn resolve_stale_holds(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     cutoff: DateTime<Utc>,
     only: Option<Uuid>,
 ) -> Result<HoldReport, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let claimed: Vec<Uuid> = sqlx::query_scalar(
         "select id from reservations
           where state = 'reserved' and create_time <= $1 and ($3::uuid is null or deal_id = $3)
@@ -87,6 +104,7 @@ async fn resolve_stale_holds(
           limit $2
             for update skip locked",
     )
+    .persistent(only.is_none())
     .bind(cutoff)
     .bind(BATCH)
     .bind(only)
@@ -124,23 +142,32 @@ async fn resolve_stale_holds(
     Ok(HoldReport { confirmed, released, finished_releases: 0 })
 }
 
-/// The deals with holds made before `cutoff`, for settling them deal by deal.
-async fn deals_with_stale_holds(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>, sqlx::Error> {
+/// The deals with holds made before `cutoff`, for settling them deal by deal: `first` first.
+async fn deals_with_stale_holds(
+    conn: &mut PgConnection,
+    cutoff: DateTime<Utc>,
+    first: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "select deal_id from (select distinct deal_id from reservations
                                 where state = 'reserved' and create_time <= $1) due
-          order by random() limit $2",
+          order by deal_id = any($3) desc, random() limit $2",
     )
     .bind(cutoff)
     .bind(BATCH)
-    .fetch_all(pool)
+    .bind(first)
+    .fetch_all(conn)
     .await
 }
 
 /// Rejected or cancelled orders, decided before `cutoff`, whose release did not complete: their
 /// reservation is released (if it still holds units) and the order marked, in one statement.
 #[tracing::instrument(name = "sql.finish_releases", skip_all, fields(cutoff = %cutoff))]
-async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>, only: Option<Uuid>) -> Result<HoldReport, sqlx::Error> {
+async fn finish_releases(
+    conn: &mut PgConnection,
+    cutoff: DateTime<Utc>,
+    only: Option<Uuid>,
+) -> Result<HoldReport, sqlx::Error> {
     let finished_releases = sqlx::query_scalar(
         "with due as (
              select id from orders
@@ -159,25 +186,32 @@ async fn finish_releases(pool: &PgPool, cutoff: DateTime<Utc>, only: Option<Uuid
          )
          select count(*) from released",
     )
+    .persistent(only.is_none())
     .bind(cutoff)
     .bind(BATCH)
     .bind(only)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     Ok(HoldReport { finished_releases, ..HoldReport::default() })
 }
 
-/// The deals of rejected or cancelled orders whose release did not complete before `cutoff`.
-async fn deals_with_unfinished_releases(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>, sqlx::Error> {
+/// The deals of rejected or cancelled orders whose release did not complete before `cutoff`:
+/// `first` first.
+async fn deals_with_unfinished_releases(
+    conn: &mut PgConnection,
+    cutoff: DateTime<Utc>,
+    first: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "select deal_id from (select distinct deal_id from orders
                                 where state in ('rejected', 'cancelled') and not units_released
                                   and update_time <= $1) due
-          order by random() limit $2",
+          order by deal_id = any($3) desc, random() limit $2",
     )
     .bind(cutoff)
     .bind(BATCH)
-    .fetch_all(pool)
+    .bind(first)
+    .fetch_all(conn)
     .await
 }
 

@@ -56,9 +56,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (steps_ok, steps_ok_rx) = watch::channel(true);
-    let ticks = tokio::spawn(tick_until_stopped(pool.clone(), schedule, steps_ok, stop_rx));
-    let (health, health_service) = server::Health::start_with_check(pool, &[HEALTH_SERVICE_NAME], steps_ok_rx).await;
+    // Healthy until the first tick has had its time.
+    let (healthy_until, healthy_until_rx) = watch::channel(Instant::now() + schedule.unhealthy_after);
+    let ticks = tokio::spawn(tick_until_stopped(pool.clone(), schedule, healthy_until, stop_rx));
+    let (health, health_service) =
+        server::Health::start_with_check(pool, &[HEALTH_SERVICE_NAME], healthy_until_rx).await;
     // Health only: no API, so no key and no limits to apply.
     let settings = server::ServerSettings {
         tls,
@@ -75,21 +77,28 @@ pub async fn run(
     served
 }
 
+/// Ticks until `stop`, publishing after each tick until when the worker is healthy: a while past
+/// the next tick when no step has failed for too long, already past when one has. A tick that
+/// never ends (a statement stuck on a lock) publishes nothing, and the health service turns
+/// NOT_SERVING once that time has passed.
 async fn tick_until_stopped(
     pool: PgPool,
     schedule: Schedule,
-    steps_ok: watch::Sender<bool>,
+    healthy_until: watch::Sender<Instant>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut health = StepHealth::default();
     loop {
         tick(&pool, &mut health).await;
-        let failing = health.failing_for_over(schedule.unhealthy_after, Instant::now());
-        if !failing.is_empty() {
+        let now = Instant::now();
+        let failing = health.failing_for_over(schedule.unhealthy_after, now);
+        if failing.is_empty() {
+            healthy_until.send_replace(now + schedule.unhealthy_after + schedule.sweep_interval);
+        } else {
             let steps: Vec<&str> = failing.iter().map(|step| step.as_str()).collect();
             tracing::error!(steps = ?steps, "worker steps failing at every tick; health NOT_SERVING");
+            healthy_until.send_replace(now);
         }
-        steps_ok.send_if_modified(|ok| std::mem::replace(ok, failing.is_empty()) != failing.is_empty());
         let wait = until_next_tick(Utc::now(), schedule.sweep_interval);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -121,7 +130,7 @@ pub async fn tick(pool: &PgPool, health: &mut StepHealth) -> bool {
     if let Ok(Some(report)) = &reset {
         tracing::info!(day = %report.day, ended = report.ended, started = report.started, "daily reset performed");
     }
-    outcomes.push((Step::DailyReset, step_ok(Step::DailyReset, reset.map(Done::clean))));
+    outcomes.push((Step::DailyReset, step_ok(health, Step::DailyReset, reset.map(Done::clean))));
 
     let swept = sweep_once(pool, now).await;
     if let Ok(report) = &swept {
@@ -130,27 +139,27 @@ pub async fn tick(pool: &PgPool, health: &mut StepHealth) -> bool {
             tracing::info!(expired = report.expired, started = report.started, "sweep");
         }
     }
-    outcomes.push((Step::Sweep, step_ok(Step::Sweep, swept.map(Done::clean))));
+    outcomes.push((Step::Sweep, step_ok(health, Step::Sweep, swept.map(Done::clean))));
 
-    let expired_orders = expire_orders(pool, now).await;
+    let expired_orders = expire_orders(pool, now, health.failed_deals(Step::OrderExpiry)).await;
     if let Ok(Done { done: expired, .. }) = &expired_orders {
         metrics::orders_expired(expired.max(&0).unsigned_abs());
         if *expired > 0 {
             tracing::info!(expired, "orders not approved in time expired");
         }
     }
-    outcomes.push((Step::OrderExpiry, step_ok(Step::OrderExpiry, expired_orders)));
+    outcomes.push((Step::OrderExpiry, step_ok(health, Step::OrderExpiry, expired_orders)));
 
-    let expired_entries = expire_waitlist_entries(pool, now).await;
+    let expired_entries = expire_waitlist_entries(pool, now, health.failed_deals(Step::WaitlistExpiry)).await;
     if let Ok(Done { done: expired, .. }) = &expired_entries {
         metrics::waitlist_entries_expired(*expired);
         if *expired > 0 {
             tracing::info!(expired, "waitlist entries expired");
         }
     }
-    outcomes.push((Step::WaitlistExpiry, step_ok(Step::WaitlistExpiry, expired_entries)));
+    outcomes.push((Step::WaitlistExpiry, step_ok(health, Step::WaitlistExpiry, expired_entries)));
 
-    let settled = settle_holds(pool, now).await;
+    let settled = settle_holds(pool, now, health.failed_deals(Step::HoldSettlement)).await;
     if let Ok(Done { done: report, .. }) = &settled {
         metrics::holds_settled("confirmed", report.confirmed.max(0).unsigned_abs());
         metrics::holds_settled("released", report.released.max(0).unsigned_abs());
@@ -164,14 +173,14 @@ pub async fn tick(pool: &PgPool, health: &mut StepHealth) -> bool {
             );
         }
     }
-    outcomes.push((Step::HoldSettlement, step_ok(Step::HoldSettlement, settled)));
+    outcomes.push((Step::HoldSettlement, step_ok(health, Step::HoldSettlement, settled)));
 
     finish_tick(health, &outcomes, started)
 }
 
 /// Whether `step` succeeded for every deal; logs each failure at ERROR, with the deal when it is
-/// one deal's.
-fn step_ok<T>(step: Step, result: Result<Done<T>, sqlx::Error>) -> bool {
+/// one deal's, and remembers the deals that failed for the next tick.
+fn step_ok<T>(health: &mut StepHealth, step: Step, result: Result<Done<T>, sqlx::Error>) -> bool {
     match result {
         Ok(done) => {
             for failure in &done.failed {
@@ -181,6 +190,7 @@ fn step_ok<T>(step: Step, result: Result<Done<T>, sqlx::Error>) -> bool {
                 );
             }
             metrics::worker_deal_failures(step.as_str(), done.failed.len() as u64);
+            health.record_deals(step, done.failed.iter().map(|failure| failure.deal).collect());
             done.failed.is_empty()
         }
         Err(err) => {

@@ -7,25 +7,39 @@
 //! approved in time or expired, never both.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::failures::{Done, deal_by_deal_on_failure};
+use super::failures::{Done, Step, deal_by_deal_on_failure};
 
 /// The most orders one pass expires; the next pass takes the rest.
 const BATCH: i64 = 1_000;
 
 /// Expires the pending orders whose deadline is at or before `now` (the database clock), releases
 /// their reservations and gives their units back: in one statement, or deal by deal when that
-/// fails, naming the deals that failed. Returns how many orders expired.
-#[tracing::instrument(name = "sql.expire_orders", skip(pool))]
-pub async fn expire_orders(pool: &PgPool, now: DateTime<Utc>) -> Result<Done<i64>, sqlx::Error> {
-    deal_by_deal_on_failure(expire_due(pool, now, None), due_deals(pool, now), |deal| expire_due(pool, now, Some(deal)))
-        .await
+/// fails (the deals of `failed_before` first), naming the deals that failed. Returns how many
+/// orders expired.
+#[tracing::instrument(name = "sql.expire_orders", skip(pool, failed_before))]
+pub async fn expire_orders(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    failed_before: &[Uuid],
+) -> Result<Done<i64>, sqlx::Error> {
+    deal_by_deal_on_failure(
+        pool,
+        Step::OrderExpiry,
+        |conn, only| Box::pin(expire_due(conn, now, only)),
+        |conn| {
+            let first = failed_before.to_vec();
+            Box::pin(async move { due_deals(conn, now, &first).await })
+        },
+    )
+    .await
 }
 
-/// Expires the orders due at `now` (of deal `only`, when given).
-async fn expire_due(pool: &PgPool, now: DateTime<Utc>, only: Option<Uuid>) -> Result<i64, sqlx::Error> {
+/// Expires the orders due at `now` (of deal `only`, when given: sent unprepared, so that it is
+/// planned for that deal rather than with the generic plan of every deal's).
+async fn expire_due(conn: &mut PgConnection, now: DateTime<Utc>, only: Option<Uuid>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "with due as (
              select id from orders
@@ -46,23 +60,25 @@ async fn expire_due(pool: &PgPool, now: DateTime<Utc>, only: Option<Uuid>) -> Re
          )
          select count(*) from expired",
     )
+    .persistent(only.is_none())
     .bind(now)
     .bind(BATCH)
     .bind(only)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await
 }
 
-/// The deals with orders due at `now`, in random order (a deal that keeps failing cannot fill every
-/// pass).
-async fn due_deals(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<Uuid>, sqlx::Error> {
+/// The deals with orders due at `now`: those of `first` first, the rest in random order (a deal
+/// that keeps failing cannot fill every pass).
+async fn due_deals(conn: &mut PgConnection, now: DateTime<Utc>, first: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "select deal_id from (select distinct deal_id from orders
                                 where state = 'pending_approval' and approve_deadline <= $1) due
-          order by random() limit $2",
+          order by deal_id = any($3) desc, random() limit $2",
     )
     .bind(now)
     .bind(BATCH)
-    .fetch_all(pool)
+    .bind(first)
+    .fetch_all(conn)
     .await
 }

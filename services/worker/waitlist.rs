@@ -25,11 +25,16 @@ macro_rules! due {
     };
 }
 
-/// Expires the waitlist entries due at `now`, deal by deal: a deal whose expiry fails is named in
-/// the result and the others go on. Returns how many entries expired.
-#[tracing::instrument(name = "sql.expire_waitlist_entries", skip(pool))]
-pub async fn expire_waitlist_entries(pool: &PgPool, now: DateTime<Utc>) -> Result<Done<u64>, sqlx::Error> {
-    // In random order, so that deals failing pass after pass cannot fill every pass.
+/// Expires the waitlist entries due at `now`, deal by deal (those of `failed_before` first): a deal
+/// whose expiry fails is named in the result and the others go on. Returns how many entries
+/// expired.
+#[tracing::instrument(name = "sql.expire_waitlist_entries", skip(pool, failed_before))]
+pub async fn expire_waitlist_entries(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    failed_before: &[Uuid],
+) -> Result<Done<u64>, sqlx::Error> {
+    // The rest in random order, so that deals failing pass after pass cannot fill every pass.
     let deals: Vec<Uuid> = sqlx::query_scalar(concat!(
         "select deal_id from (
              select distinct e.deal_id
@@ -38,11 +43,12 @@ pub async fn expire_waitlist_entries(pool: &PgPool, now: DateTime<Utc>) -> Resul
         due!(),
         ")
          ) due
-          order by random()
+          order by deal_id = any($3) desc, random()
           limit $2"
     ))
     .bind(now)
     .bind(DEALS_PER_PASS)
+    .bind(failed_before)
     .fetch_all(pool)
     .await?;
     each_deal(deals, |deal| expire_deal_entries(pool, deal, now)).await
@@ -52,6 +58,8 @@ pub async fn expire_waitlist_entries(pool: &PgPool, now: DateTime<Utc>) -> Resul
 #[tracing::instrument(name = "sql.expire_deal_waitlist_entries", skip(pool))]
 async fn expire_deal_entries(pool: &PgPool, deal: Uuid, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // A deal locked for long (a stuck transaction) fails this deal alone, not the whole pass.
+    sqlx::query("set local lock_timeout = '5s'").execute(&mut *tx).await?;
     sqlx::query("select from deals where id = $1 for update").bind(deal).execute(&mut *tx).await?;
     let expired = sqlx::query(concat!(
         "update waitlist_entries e

@@ -98,7 +98,7 @@ pub async fn assert_settled(pool: &PgPool, outcomes: &[Outcome], total_units: i3
     let expected = total_units - orders.len() as i32;
     let mut available = 0;
     for _ in 0..50 {
-        settle_holds(pool, db_now(pool).await + HOLD_TIMEOUT).await.unwrap().for_every_deal().unwrap();
+        settle_holds(pool, db_now(pool).await + HOLD_TIMEOUT, &[]).await.unwrap().for_every_deal().unwrap();
         assert_invariants(pool).await;
         available = sqlx::query_scalar("select available_units from deals").fetch_one(pool).await.unwrap();
         if available == expected {

@@ -207,8 +207,12 @@ async fn an_order_not_approved_within_the_window_expires_and_its_units_go_back(p
 
     // The worker expires it once, and the units go back.
     let now = db_now(&pool).await;
-    assert_eq!(topkart::worker::expire_orders(&pool, now).await.unwrap().for_every_deal().unwrap(), 1);
-    assert_eq!(topkart::worker::expire_orders(&pool, now).await.unwrap().for_every_deal().unwrap(), 0, "expired once");
+    assert_eq!(topkart::worker::expire_orders(&pool, now, &[]).await.unwrap().for_every_deal().unwrap(), 1);
+    assert_eq!(
+        topkart::worker::expire_orders(&pool, now, &[]).await.unwrap().for_every_deal().unwrap(),
+        0,
+        "expired once"
+    );
     assert_eq!(app.get_deal(&deal.name).await.available_units, 10);
     let stored: String = sqlx::query_scalar("select state from orders").fetch_one(&pool).await.unwrap();
     assert_eq!(stored, "expired");
@@ -253,8 +257,11 @@ async fn approvals_racing_their_deadlines_and_two_workers_end_each_order_exactly
         async move {
             let mut expired = 0;
             for _ in 0..50 {
-                expired +=
-                    topkart::worker::expire_orders(&pool, db_now(&pool).await).await.unwrap().for_every_deal().unwrap();
+                expired += topkart::worker::expire_orders(&pool, db_now(&pool).await, &[])
+                    .await
+                    .unwrap()
+                    .for_every_deal()
+                    .unwrap();
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
             expired

@@ -272,8 +272,11 @@ impl TestApp {
     /// Moves a deal's window into the past, as if it expired a second ago and no sweep had run.
     pub async fn expire_without_sweep(&self, deal_name: &str) {
         let id = uuid(deal_name);
+        // The start stays on its day (a start moved before 00:00 UTC would put the deal's daily
+        // reset, and so its end, before the units it sold today).
         sqlx::query(
-            "update deals set start_time = now() - interval '1 hour', expire_time = now() - interval '1 second'
+            "update deals set start_time = least(start_time, now() - interval '2 seconds'),
+                              expire_time = now() - interval '1 second'
               where id = $1",
         )
         .bind(id)
@@ -356,4 +359,14 @@ where
         outputs.push(task.await.expect("task panicked"));
     }
     outputs
+}
+
+/// A test's deals must not end at 00:00 UTC behind its back (the daily reset): within a minute of
+/// midnight, waits for the new day.
+pub async fn wait_out_midnight(pool: &PgPool) {
+    let now = db_now(pool).await;
+    let midnight = topkart::worker::daily_reset::day_start(now) + TimeDelta::days(1);
+    if midnight - now < TimeDelta::minutes(1) {
+        tokio::time::sleep((midnight - now + TimeDelta::seconds(1)).to_std().unwrap_or_default()).await;
+    }
 }

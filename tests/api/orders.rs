@@ -241,7 +241,7 @@ async fn a_cancel_while_deal_service_is_down_stands_and_the_worker_gives_the_uni
     let available = || sqlx::query_scalar::<_, i32>("select available_units from deals").fetch_one(&pool);
     assert_eq!(available().await.unwrap(), 6, "the units are out until the worker settles them");
 
-    let report = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT)
+    let report = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT, &[])
         .await
         .unwrap()
         .for_every_deal()
@@ -249,7 +249,7 @@ async fn a_cancel_while_deal_service_is_down_stands_and_the_worker_gives_the_uni
     assert_eq!(report.finished_releases, 1);
     assert_eq!(available().await.unwrap(), 10);
     assert_invariants(&pool).await;
-    let again = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT)
+    let again = topkart::worker::settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT, &[])
         .await
         .unwrap()
         .for_every_deal()

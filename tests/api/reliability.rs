@@ -62,9 +62,9 @@ async fn a_failure_between_reserve_and_order_write_loses_no_units(pool: PgPool) 
     assert_eq!(available(&pool).await, 40);
 
     // Before the hold timeout the worker leaves them alone; after it, they go back.
-    let early = settle_holds(&pool, db_now(&pool).await).await.unwrap().for_every_deal().unwrap();
+    let early = settle_holds(&pool, db_now(&pool).await, &[]).await.unwrap().for_every_deal().unwrap();
     assert_eq!((early.confirmed, early.released), (0, 0));
-    let settled = settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap().for_every_deal().unwrap();
+    let settled = settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT, &[]).await.unwrap().for_every_deal().unwrap();
     assert_eq!(settled.released, 20);
     assert_eq!(available(&pool).await, 60);
     assert_eq!(app.order_count().await, 40);
@@ -129,7 +129,7 @@ async fn a_retry_after_the_hold_was_released_is_abandoned_not_doubled(pool: PgPo
     let deal = app.create_deal(10).await;
     let key = uuid::Uuid::new_v4().to_string();
     leave_a_hold_behind(&app, &deal.name, &key).await;
-    settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap().for_every_deal().unwrap();
+    settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT, &[]).await.unwrap().for_every_deal().unwrap();
 
     let mut orders = app.orders.clone();
     assert_refused(orders.create_order(keyed(&deal.name, "alice", &key)).await, Code::Aborted, "ORDER_ABANDONED");
@@ -159,7 +159,7 @@ async fn two_instances_of_every_service_keep_every_invariant(pool: PgPool) {
         let pool = pool.clone();
         async move {
             let reset = daily_reset(&pool, now).await.unwrap();
-            settle_holds(&pool, now).await.unwrap().for_every_deal().unwrap();
+            settle_holds(&pool, now, &[]).await.unwrap().for_every_deal().unwrap();
             reset.is_some()
         }
     });
@@ -286,11 +286,11 @@ async fn the_worker_never_releases_a_hold_whose_order_is_being_committed(pool: P
     // An order insert in flight for that hold: it holds the hold's lock and has not committed.
     let inserting = insert_holding_its_lock(&pool, key, uuid(&deal.name)).await;
     let while_inserting =
-        settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap().for_every_deal().unwrap();
+        settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT, &[]).await.unwrap().for_every_deal().unwrap();
     assert_eq!((while_inserting.confirmed, while_inserting.released), (0, 0), "the hold is left for later");
     inserting.commit().await.unwrap();
 
-    let after = settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT).await.unwrap().for_every_deal().unwrap();
+    let after = settle_holds(&pool, db_now(&pool).await + HOLD_TIMEOUT, &[]).await.unwrap().for_every_deal().unwrap();
     assert_eq!((after.confirmed, after.released), (1, 0));
     assert_eq!(available(&pool).await, 9);
     assert_invariants(&pool).await;

@@ -116,7 +116,7 @@ async fn hold(app: &TestApp, deal: &str, quantity: i32, customer: &str, entry: &
 
 /// Runs the worker's waitlist pass now.
 async fn worker_pass(pool: &PgPool) -> u64 {
-    topkart::worker::expire_waitlist_entries(pool, db_now(pool).await)
+    topkart::worker::expire_waitlist_entries(pool, db_now(pool).await, &[])
         .await
         .expect("worker pass")
         .for_every_deal()
@@ -509,7 +509,7 @@ async fn units_the_worker_and_abandoned_attempts_give_back_go_to_the_waitlist_to
     assert_eq!(states().await, [Offered, Waiting, Waiting]);
     // A hold left unresolved is released by the worker, a minute on: carol's turn.
     let later = db_now(&pool).await + chrono::TimeDelta::minutes(1);
-    let settled = topkart::worker::settle_holds(&pool, later).await.unwrap().for_every_deal().unwrap();
+    let settled = topkart::worker::settle_holds(&pool, later, &[]).await.unwrap().for_every_deal().unwrap();
     assert_eq!(settled.released, 1);
     assert_eq!(states().await, [Offered, Offered, Waiting]);
     // An order not approved in time expires: dave's turn.
@@ -518,7 +518,10 @@ async fn units_the_worker_and_abandoned_attempts_give_back_go_to_the_waitlist_to
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(topkart::worker::expire_orders(&pool, db_now(&pool).await).await.unwrap().for_every_deal().unwrap(), 1);
+    assert_eq!(
+        topkart::worker::expire_orders(&pool, db_now(&pool).await, &[]).await.unwrap().for_every_deal().unwrap(),
+        1
+    );
     assert_eq!(states().await, [Offered, Offered, Offered]);
     assert_eq!(app.get_deal(&deal.name).await.available_units, 0);
     assert_invariants(&pool).await;

@@ -23,10 +23,9 @@ use crate::{helpers::*, surge::sample};
 /// approval window has passed and a waitlist entry's offer has ended. Returns the deal's id, the
 /// order's and the entry's.
 async fn deal_with_due_order_and_offer(app: &TestApp) -> (Uuid, Uuid, Uuid) {
-    let deal = dealpb::Deal {
-        approval_window: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
-        ..deal_request(2)
-    };
+    wait_out_midnight(&app.pool).await;
+    let deal =
+        dealpb::Deal { approval_window: Some(prost_types::Duration { seconds: 3600, nanos: 0 }), ..deal_request(2) };
     let deal =
         app.deals.clone().create_deal(dealpb::CreateDealRequest { deal: Some(deal) }).await.unwrap().into_inner();
     let order_as = |customer: &'static str| {
