@@ -130,6 +130,17 @@ def scaled(seconds):
     return None if seconds is None else seconds * 1000
 
 
+def holds_and_invariants(args, started):
+    """Holds made since `started` still without an order, and the invariant checker's run."""
+    stranded = int(psql(args.database_url, f"""
+        select count(*) from reservations r
+         where r.state = 'reserved' and r.create_time >= '{started}'::timestamptz
+           and not exists (select 1 from orders o where o.id = r.id)"""))
+    invariants = subprocess.run([os.path.join(args.bin, "invariant-check")], capture_output=True, text=True,
+                                env=dict(os.environ, DATABASE_URL=args.database_url))
+    return stranded, invariants
+
+
 class Services:
     def __init__(self, args, log_dir):
         self.args, self.log_dir, self.procs = args, log_dir, {}
@@ -223,12 +234,7 @@ def run_level(args, concurrency, body_dir):
             select count(*) from orders
              where create_time >= '{started}'::timestamptz + interval '{args.warmup} seconds'
                and create_time < '{ended}'::timestamptz"""))
-        stranded = int(psql(args.database_url, f"""
-            select count(*) from reservations r
-             where r.state = 'reserved' and r.create_time >= '{started}'::timestamptz
-               and not exists (select 1 from orders o where o.id = r.id)"""))
-        invariants = subprocess.run([os.path.join(args.bin, "invariant-check")], capture_output=True, text=True,
-                                    env=dict(os.environ, DATABASE_URL=args.database_url))
+        stranded, invariants = holds_and_invariants(args, started)
         result = {
             "concurrency": concurrency,
             "connections": connections,

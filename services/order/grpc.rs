@@ -10,7 +10,9 @@ use crate::{
     shared::{
         auth::{self, Caller, Role},
         call::CallContext,
-        customers, names, paging,
+        customers,
+        layers::admission::stock::StockBoard,
+        names, paging,
         status::Violations,
     },
 };
@@ -36,10 +38,11 @@ pub struct OrderApi {
 }
 
 impl OrderApi {
-    /// The API over `pool`, reserving through `deals`, with `faults` injected (tests only).
-    pub fn new(pool: PgPool, deals: DealsClient, faults: Faults) -> Self {
+    /// The API over `pool`, reserving through `deals`, marking on `stock` the deals it finds sold
+    /// out or ended, with `faults` injected (tests only).
+    pub fn new(pool: PgPool, deals: DealsClient, stock: StockBoard, faults: Faults) -> Self {
         let reserving = Reserving::new(deals.clone(), faults.clone());
-        let placing = Placing { pool: pool.clone(), reserving, recorder: Recorder::new(pool.clone()), faults };
+        let placing = Placing { pool: pool.clone(), reserving, recorder: Recorder::new(pool.clone()), faults, stock };
         Self { deciding: Deciding { pool: pool.clone(), deals }, pool, placing }
     }
 }

@@ -6,6 +6,7 @@
 //! protocol) and [`deciding`] (approve, reject, cancel) apply them; [`store`] holds the SQL, and
 //! [`recording`] coalesces the order inserts; [`deals`] is the client of deal-service, and
 //! [`reserving`] coalesces the reservations and confirmations sent through it into batch calls;
+//! [`stock`] tells admission which deals are sold out or ended, from deal-service's refusals;
 //! [`error`] is the one error type and its mapping to gRPC status.
 
 pub mod convert;
@@ -18,6 +19,7 @@ pub mod grpc;
 pub mod placing;
 pub mod recording;
 pub mod reserving;
+pub mod stock;
 pub mod store;
 
 use std::future::Future;
@@ -27,7 +29,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     proto::order::order_service_server::{OrderServiceServer, SERVICE_NAME},
-    shared::server,
+    shared::{layers::admission::stock::StockBoard, server},
 };
 
 /// The `google.rpc.ErrorInfo` domain of this service's own errors.
@@ -55,7 +57,9 @@ pub async fn run_with_faults(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(pool.clone(), &[SERVICE_NAME]).await;
-    let api = OrderServiceServer::new(grpc::OrderApi::new(pool, deals, faults))
+    let board = StockBoard::new(settings.limits.sold_out_for);
+    let settings = server::ServerSettings { stock: Some(stock::aware(board.clone())), ..settings };
+    let api = OrderServiceServer::new(grpc::OrderApi::new(pool, deals, board, faults))
         .max_decoding_message_size(server::MAX_REQUEST_BYTES);
     let router = server::builder(&settings)?.add_service(health_service).add_service(api);
     server::serve(server::with_reflection(router, &[SERVICE_NAME])?, listener, health, shutdown).await

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::shared::{
     call::CallContext,
+    layers::admission::stock::StockBoard,
     metrics,
     reservations::{self, Abandoned, ORDER_WRITE_WINDOW},
 };
@@ -24,6 +25,7 @@ use super::{
     faults::Faults,
     recording::{Recorded, Recorder},
     reserving::Reserving,
+    stock,
     store::{self, OrderInsert},
 };
 
@@ -45,6 +47,8 @@ pub struct Placing {
     pub reserving: Reserving,
     pub recorder: Recorder,
     pub faults: Faults,
+    /// The deals found sold out or ended, which admission answers at once.
+    pub stock: StockBoard,
 }
 
 impl Placing {
@@ -118,7 +122,7 @@ impl Placing {
                     Some("RESERVATION_RELEASED") => OrderError::OrderAbandoned,
                     // The request id's hold was made for another deal or quantity.
                     Some("RESERVATION_ID_REUSED") => OrderError::RequestIdReused,
-                    _ => OrderError::DealRefused(status),
+                    _ => OrderError::DealRefused(stock::learn(&self.stock, new, status)),
                 }
             }
             other => other,

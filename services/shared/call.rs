@@ -76,7 +76,12 @@ impl CallContext {
 
 /// The `grpc-timeout` header: an integer of at most 8 digits and a unit (H, M, S, m, u, n).
 pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    grpc_timeout_of(metadata.as_ref())
+}
+
+/// [`grpc_timeout`], from a request's HTTP headers.
+pub fn grpc_timeout_of(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;

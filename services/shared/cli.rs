@@ -144,6 +144,18 @@ pub struct LimitArgs {
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub watch_refresh_ms: u64,
 
+    /// API calls one caller (token subject, or address without a valid token) may have waiting
+    /// for a permit once `--max-in-flight` are running; beyond, RESOURCE_EXHAUSTED (OVERLOADED),
+    /// answered after its RetryInfo delay.
+    #[arg(long, env = "MAX_WAITING_PER_CALLER", default_value_t = layers::DEFAULT_MAX_WAITING_PER_CALLER as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waiting_per_caller: u32,
+
+    /// API calls waiting for a permit, all callers together.
+    #[arg(long, env = "MAX_WAITING", default_value_t = layers::DEFAULT_MAX_WAITING as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waiting: u32,
+
     /// Calls a second each caller (token subject, or address without a valid token) may make;
     /// beyond it RESOURCE_EXHAUSTED (RATE_LIMITED). Unlimited when unset.
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", requires = "rate_limit_burst")]
@@ -169,6 +181,11 @@ impl LimitArgs {
             max_in_flight: self.max_in_flight as usize,
             retry_after: std::time::Duration::from_millis(self.shed_retry_after_ms),
             rate_limit,
+            max_waiting_per_caller: self.max_waiting_per_caller as usize,
+            max_waiting: self.max_waiting as usize,
+            max_wait: layers::DEFAULT_MAX_WAIT,
+            max_wait_overloaded: layers::DEFAULT_MAX_WAIT_OVERLOADED,
+            sold_out_for: layers::admission::stock::SOLD_OUT_FOR,
             max_streams_per_connection: self.max_streams_per_connection,
             max_watchers: self.max_watchers as usize,
             watch_refresh_interval: std::time::Duration::from_millis(self.watch_refresh_ms),
@@ -198,6 +215,7 @@ pub fn server_settings(
         limits: limits.limits()?,
         tls: tls.server_config()?,
         cors_allowed_origins: web.cors_allowed_origins.clone(),
+        stock: None,
     })
 }
 

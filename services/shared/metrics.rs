@@ -7,6 +7,9 @@
 //! | `grpc_server_handled_total` | counter | `grpc_service`, `grpc_method`, `grpc_code` |
 //! | `grpc_server_handling_seconds` | histogram | `grpc_service`, `grpc_method`, `grpc_code` |
 //! | `grpc_server_in_flight` | gauge (admitted API calls) | |
+//! | `topkart_admission_waiting`, `topkart_admission_callers_waiting` | gauge (calls, and callers, waiting for a permit) | |
+//! | `topkart_admission_wait_seconds` | histogram | `outcome` (`admitted`, `not_admitted`) |
+//! | `topkart_admission_refusals_total` | counter | `reason` (`caller_share`, `queue_full`, `wait_timeout`, `deadline`, `rate_limited`, `SOLD_OUT`, `DEAL_EXPIRED`) |
 //! | `grpc_server_shed_total` | counter | `grpc_service`, `grpc_method` |
 //! | `grpc_server_rate_limited_total` | counter | `grpc_service`, `grpc_method` |
 //! | `topkart_reservation_batch_size` | histogram | |
@@ -100,6 +103,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
     }
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("grpc_server_handling_seconds".into()), &LATENCY_BUCKETS)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(Matcher::Full("topkart_admission_wait_seconds".into()), &LATENCY_BUCKETS)
+        })
         .and_then(|builder| builder.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), &BATCH_BUCKETS))
         .and_then(|builder| builder.set_buckets_for_metric(Matcher::Prefix("topkart_sweep".into()), &PASS_BUCKETS))
         .and_then(|builder| {
@@ -125,6 +131,17 @@ fn describe() {
         "Time from a call's arrival to the end of its reply, by method and gRPC status code."
     );
     describe_gauge!("grpc_server_in_flight", "API calls admitted and not yet finished.");
+    describe_gauge!("topkart_admission_waiting", "API calls waiting for a permit.");
+    describe_gauge!("topkart_admission_callers_waiting", "Callers with calls waiting for a permit.");
+    describe_histogram!(
+        "topkart_admission_wait_seconds",
+        Unit::Seconds,
+        "Time calls waited for a permit, by whether they were admitted."
+    );
+    describe_counter!(
+        "topkart_admission_refusals_total",
+        "API calls refused before their handler, by reason (held for their retry delay when RESOURCE_EXHAUSTED)."
+    );
     describe_counter!(
         "grpc_server_shed_total",
         "API calls shed by admission control (RESOURCE_EXHAUSTED, OVERLOADED)."
@@ -264,6 +281,24 @@ pub fn call_handled(method: &'static Method, code: &'static str, seconds: f64) {
 pub fn call_shed(method: &'static Method) {
     counter!("grpc_server_shed_total", "grpc_service" => method.service.as_str(), "grpc_method" => method.method.as_str())
         .increment(1);
+}
+
+/// `waiting` calls of `callers` callers wait in the admission queue.
+pub fn admission_queue(waiting: usize, callers: usize) {
+    gauge!("topkart_admission_waiting").set(waiting as f64);
+    gauge!("topkart_admission_callers_waiting").set(callers as f64);
+}
+
+/// A call waited `seconds` in the admission queue, and was admitted or not.
+pub fn admission_wait(seconds: f64, admitted: bool) {
+    histogram!("topkart_admission_wait_seconds", "outcome" => if admitted { "admitted" } else { "not_admitted" })
+        .record(seconds);
+}
+
+/// A call refused by admission, for `reason`: `caller_share`, `queue_full`, `wait_timeout`,
+/// `deadline`, `rate_limited`, `SOLD_OUT` or `DEAL_EXPIRED`.
+pub fn admission_refused(reason: &'static str) {
+    counter!("topkart_admission_refusals_total", "reason" => reason).increment(1);
 }
 
 /// A call refused by the per-caller rate limit.

@@ -162,11 +162,16 @@ pub fn builder(settings: &ServerSettings) -> Result<tonic::transport::Server<Sta
         Some(tls) => builder.tls_config(tls).map_err(ServeError::Transport)?,
         None => builder,
     };
-    Ok(builder.layer(layers::CallStack::new(settings.auth.clone(), settings.limits, &settings.cors_allowed_origins)))
+    Ok(builder.layer(layers::CallStack::new(
+        settings.auth.clone(),
+        settings.limits,
+        &settings.cors_allowed_origins,
+        settings.stock.clone(),
+    )))
 }
 
 /// How a server authenticates its callers, how much it takes on, and whether it speaks TLS.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerSettings {
     /// Verifies the bearer token of every API call (health and reflection stay open).
     pub auth: Authenticator,
@@ -176,12 +181,14 @@ pub struct ServerSettings {
     pub tls: Option<ServerTlsConfig>,
     /// The origins whose pages may call over gRPC-Web (CORS); none when empty.
     pub cors_allowed_origins: Vec<http::HeaderValue>,
+    /// What makes admission stock-aware (order-service's CreateOrder); none elsewhere.
+    pub stock: Option<layers::admission::stock::StockAware>,
 }
 
 impl ServerSettings {
     /// Plain text, with `auth` and the default limits.
     pub fn plaintext(auth: Authenticator) -> Self {
-        Self { auth, limits: layers::Limits::default(), tls: None, cors_allowed_origins: Vec::new() }
+        Self { auth, limits: layers::Limits::default(), tls: None, cors_allowed_origins: Vec::new(), stock: None }
     }
 }
 

@@ -28,8 +28,10 @@ async fn two_hundred_concurrent_orders_on_fifty_units_sell_exactly_fifty(pool: P
 
     let sold = results.iter().filter(|result| result.is_ok()).count();
     assert_eq!(sold, 50);
+    // Every unit sold, every other buyer is told so: by deal-service's answer, or, once
+    // order-service has heard it, at once by admission.
     for refused in results.into_iter().filter(Result::is_err) {
-        assert_refused(refused, Code::FailedPrecondition, "INSUFFICIENT_UNITS");
+        assert_refused(refused, Code::FailedPrecondition, "SOLD_OUT");
     }
     assert_eq!(app.get_deal(&deal.name).await.available_units, 0);
     assert_eq!(app.order_count().await, 50);

@@ -273,6 +273,9 @@ impl Model {
         if self.ended {
             return Err("DEAL_EXPIRED");
         }
+        if self.available == 0 {
+            return Err("SOLD_OUT");
+        }
         if quantity > self.available {
             return Err("INSUFFICIENT_UNITS");
         }
@@ -555,6 +558,8 @@ impl<'a> Case<'a> {
     async fn step(&mut self, op: &Op) -> Result<(), String> {
         let (expected, got) = match op {
             Op::Order { customer, quantity } => {
+                // With a request_id, as every order here has, admission never answers from its
+                // sold-out board (a retry must get its order back): the answer is the rules'.
                 let id = Uuid::new_v4();
                 let got = self.create_order(*customer, id, *quantity, None).await;
                 (self.model.order(id, *customer, *quantity), got)

@@ -1,6 +1,7 @@
-//! Behaviour under a surge: calls beyond the in-flight limit are shed at once with a retry delay
-//! while admitted calls finish, health keeps answering, each caller has its own rate limit, and an
-//! order whose caller gives up leaves no hold behind.
+//! Behaviour under a surge: calls beyond the in-flight limit wait their turn, fairly per caller,
+//! and a caller's calls beyond its share are refused with a retry delay (and not answered before
+//! it), while admitted calls finish; health keeps answering, each caller has its own rate limit,
+//! and an order whose caller gives up leaves no hold behind.
 
 use std::{sync::Arc, time::Duration};
 
@@ -57,11 +58,18 @@ async fn eventually<F: std::future::Future<Output = bool>>(patience: Duration, m
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
-async fn calls_beyond_the_in_flight_limit_are_shed_at_once_while_admitted_calls_and_health_go_on(pool: PgPool) {
+async fn with_every_permit_taken_callers_wait_their_turn_a_flood_is_refused_late_and_health_goes_on(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
     let gate = Arc::new(Semaphore::new(0));
-    let limits = Limits { max_in_flight: 2, ..Limits::default() };
+    // Waits long enough for the test's steps: the default would refuse them after 500 ms.
+    let limits = Limits {
+        max_in_flight: 2,
+        max_waiting_per_caller: 2,
+        max_wait: Duration::from_secs(20),
+        max_wait_overloaded: Duration::from_secs(20),
+        ..Limits::default()
+    };
     let (addr, _stop) = spawn_order_service_with(
         pool.clone(),
         deals_client(app.deal_addr),
@@ -71,41 +79,91 @@ async fn calls_beyond_the_in_flight_limit_are_shed_at_once_while_admitted_calls_
     .await;
     let order_channel = channel(addr).await;
     let as_customer = |name: &str| orders_with(&order_channel, Bearer::of(&token(Role::Customer, name)));
+    let order_as = |name: &str| {
+        let (mut orders, deal) = (as_customer(name), deal.name.clone());
+        tokio::spawn(async move { orders.create_order(create(&deal, "")).await })
+    };
 
     // Two orders take both permits and wait after reserving.
-    let admitted: Vec<_> = ["alice", "bob"]
-        .into_iter()
-        .map(|name| {
-            let (mut orders, deal) = (as_customer(name), deal.name.clone());
-            tokio::spawn(async move { orders.create_order(create(&deal, "")).await })
-        })
-        .collect();
+    let admitted = [order_as("alice"), order_as("bob")];
     assert!(eventually(Duration::from_secs(5), || async { holds(&pool, "reserved").await == 2 }).await);
 
-    // A third caller is shed at once, with a delay to come back after; nothing is reserved for it.
+    // dave floods: two calls wait (his share), the third is refused, but not before its retry delay.
+    let flood = [order_as("dave"), order_as("dave")];
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
-    let shed = as_customer("carol").create_order(create(&deal.name, "")).await.unwrap_err();
-    assert_retry_later(&shed, "OVERLOADED");
-    assert!(started.elapsed() < Duration::from_secs(1), "shed, not queued: {:?}", started.elapsed());
-    let read = as_customer("carol").list_orders(orderpb::ListOrdersRequest::default()).await.unwrap_err();
-    assert_retry_later(&read, "OVERLOADED");
-    assert_eq!(holds(&pool, "reserved").await, 2);
+    let refused = as_customer("dave").create_order(create(&deal.name, "")).await.unwrap_err();
+    assert_retry_later(&refused, "OVERLOADED");
+    let delay = refused.get_error_details().retry_info().and_then(|retry| retry.retry_delay).unwrap();
+    assert!(started.elapsed() >= delay, "answered after {:?}, before its delay {delay:?}", started.elapsed());
+    // carol asks once, after the flood: she waits in a queue of her own.
+    let carol = order_as("carol");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!carol.is_finished(), "carol waits for a permit");
+    assert_eq!(holds(&pool, "reserved").await, 2, "nothing reserved for the waiting calls");
 
-    // Health is never shed.
+    // Health never waits.
     let health = HealthClient::new(order_channel.clone())
         .check(HealthCheckRequest { service: String::new() })
         .await
         .expect("health answers under overload");
     assert_eq!(health.into_inner().status(), ServingStatus::Serving);
 
-    // The admitted calls finish; then the permits are free again.
-    gate.add_permits(3);
-    for call in admitted {
-        call.await.unwrap().expect("admitted orders succeed");
+    // Permits free one by one: dave's oldest call was first in line; the next goes to carol, before
+    // his second. (Reservations are counted whatever their state: a finished order's is confirmed.)
+    let taken = || async {
+        sqlx::query_scalar::<_, String>("select customer_id from reservations order by create_time")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    gate.add_permits(1);
+    assert!(eventually(Duration::from_secs(5), || async { taken().await.len() == 3 }).await);
+    gate.add_permits(1);
+    assert!(eventually(Duration::from_secs(5), || async { taken().await.len() == 4 }).await);
+    assert_eq!(taken().await[2..], ["dave", "carol"], "carol's one call before dave's second");
+    gate.add_permits(10);
+    for call in admitted.into_iter().chain(flood).chain([carol]) {
+        call.await.unwrap().expect("every call that waited is served");
     }
-    as_customer("carol").create_order(create(&deal.name, "")).await.expect("admitted once permits are free");
-    assert_eq!(app.get_deal(&deal.name).await.available_units, 7);
+    assert_eq!(app.get_deal(&deal.name).await.available_units, 5);
     assert_invariants(&pool).await;
+}
+
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn once_a_deal_is_sold_out_orders_without_a_request_id_are_answered_without_asking_deal_service(pool: PgPool) {
+    let mut app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(1).await;
+    // A sold-out mark that outlasts the test's steps (the default lasts 100 ms).
+    let limits = Limits { sold_out_for: Duration::from_secs(60), ..Limits::default() };
+    let (addr, _stop) = spawn_order_service_with(
+        pool.clone(),
+        deals_client(app.deal_addr),
+        settings_with_limits(limits),
+        Faults::default(),
+    )
+    .await;
+    let order_channel = channel(addr).await;
+    let as_customer = |name: &str| orders_with(&order_channel, Bearer::of(&token(Role::Customer, name)));
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let alices = as_customer("alice").create_order(create(&deal.name, &request_id)).await.expect("the last unit");
+
+    // deal-service says the deal is sold out: SOLD_OUT, and order-service knows it from now on.
+    let bobs = as_customer("bob").create_order(create(&deal.name, "")).await;
+    assert_refused(bobs, Code::FailedPrecondition, "SOLD_OUT");
+    let reservations_asked =
+        || async { sqlx::query_scalar::<_, i64>("select count(*) from reservations").fetch_one(&pool).await.unwrap() };
+    assert_eq!(reservations_asked().await, 1);
+    app.stop_deal_service().await;
+
+    // With deal-service gone, only order-service's own answers are left: SOLD_OUT at once for an
+    // order without a request id; one with a request id may be a retry of an order placed before,
+    // so it is served as any call, and alice's gets her order back.
+    let carols = as_customer("carol").create_order(create(&deal.name, "")).await;
+    assert_refused(carols, Code::FailedPrecondition, "SOLD_OUT");
+    let retried = as_customer("alice").create_order(create(&deal.name, &request_id)).await.expect("her order back");
+    assert_eq!(retried.into_inner().name, alices.into_inner().name);
+    assert_eq!(app.order_count().await, 1);
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]

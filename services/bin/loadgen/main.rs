@@ -4,6 +4,7 @@
 mod discard;
 mod failover;
 mod histogram;
+mod polite;
 mod report;
 mod scenario;
 mod setup;
@@ -17,6 +18,9 @@ use clap::Parser;
 use topkart::shared::{auth::Signer, cli, telemetry};
 
 use scenario::{Options, Scenario};
+
+/// How long the polite buyer gives one order, retries included.
+const POLITE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Load generator for the Topkart services.
 #[derive(Debug, Parser)]
@@ -106,6 +110,15 @@ struct Args {
     #[arg(long)]
     events: Option<PathBuf>,
 
+    /// Orders the polite buyer places (`polite`).
+    #[arg(long, default_value_t = 200)]
+    orders: usize,
+
+    /// Buyers resend at once when refused, ignoring the `RetryInfo` delay (`surge`), as a naive
+    /// client or a bot does.
+    #[arg(long)]
+    ignore_retry_info: bool,
+
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -159,7 +172,16 @@ async fn run(args: Args) -> Result<bool, cli::MainError> {
         watch_connections: args.watch_connections,
         watch_deal_service: args.watch_deal_service,
         deal_service_pid: args.deal_service_pid,
+        ignore_retry_info: args.ignore_retry_info,
     };
+    if scenario == Scenario::Polite {
+        let report = polite::run(&options, args.orders, POLITE_PATIENCE).await.map_err(|err| err.to_string())?;
+        print!("{}", report.to_text());
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        }
+        return Ok(true);
+    }
     if scenario == Scenario::Failover {
         let failover = failover::FailoverOptions { health: args.health, events: args.events };
         let report = failover::run(options, failover).await.map_err(|err| err.to_string())?;

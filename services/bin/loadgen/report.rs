@@ -14,6 +14,8 @@ pub struct Recorder {
     /// Calls shed (RESOURCE_EXHAUSTED).
     shed_us: Vec<u32>,
     statuses: BTreeMap<String, u64>,
+    /// Every call's latency, by status.
+    by_status_us: BTreeMap<String, Vec<u32>>,
 }
 
 impl Recorder {
@@ -26,6 +28,7 @@ impl Recorder {
             self.latencies_us.push(us)
         }
         *self.statuses.entry(status_name(code)).or_default() += 1;
+        self.by_status_us.entry(status_name(code)).or_default().push(us);
     }
 
     /// Adds another client's calls to these.
@@ -34,6 +37,9 @@ impl Recorder {
         self.shed_us.extend(other.shed_us);
         for (status, count) in other.statuses {
             *self.statuses.entry(status).or_default() += count;
+        }
+        for (status, latencies) in other.by_status_us {
+            self.by_status_us.entry(status).or_default().extend(latencies);
         }
     }
 
@@ -64,6 +70,14 @@ impl Recorder {
             shed: self.shed_us.len() as u64,
             shed_latency_ms: Latency::of(&self.shed_us),
             statuses: self.statuses,
+            latency_by_status_ms: self
+                .by_status_us
+                .into_iter()
+                .map(|(status, mut latencies)| {
+                    latencies.sort_unstable();
+                    (status, Latency::of(&latencies))
+                })
+                .collect(),
         }
     }
 }
@@ -96,6 +110,7 @@ pub struct Summary {
     pub shed: u64,
     pub shed_latency_ms: Latency,
     pub statuses: BTreeMap<String, u64>,
+    pub latency_by_status_ms: BTreeMap<String, Latency>,
 }
 
 /// Latency percentiles in milliseconds (nearest rank).
@@ -109,7 +124,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(sorted_us: &[u32]) -> Self {
+    pub fn of(sorted_us: &[u32]) -> Self {
         if sorted_us.is_empty() {
             return Self::default();
         }

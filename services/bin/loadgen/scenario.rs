@@ -11,10 +11,11 @@
 //!   These two skip over replies without decoding them (as h2load does), so that their ratio
 //!   measures the server, not the load generator sharing its cores;
 //! - `mixed`: browsing plus orders (one call in five) across 20 deals;
-//! - `surge`: the hot deal as a surge of buyers: each client orders again as soon as it is answered,
-//!   and, when shed (RESOURCE_EXHAUSTED), waits the `RetryInfo` delay the server gave, as gRPC
-//!   clients honouring server pushback do. Latencies of shed and admitted calls are reported apart;
-//!   one second after the run every hold must belong to an order or be released;
+//! - `surge`: the hot deal (or `--deal`) as a surge of buyers: each client orders again as soon as
+//!   it is answered, and, when shed (RESOURCE_EXHAUSTED), waits the `RetryInfo` delay the server
+//!   gave, as gRPC clients honouring server pushback do (or, with `--ignore-retry-info`, does not,
+//!   as a naive client or a bot). Latencies of shed and admitted calls are reported apart, and of
+//!   each status; one second after the run every hold must belong to an order or be released;
 //! - `watch`: the hot deal sold as in `hot-deal`, first alone, then with `--watchers` WatchDeal
 //!   streams of it over `--watch-connections` connections of their own (see [`crate::watch`]): the
 //!   delay of every change they receive, orders/s with them against without, and deal-service's
@@ -57,6 +58,8 @@ pub enum Scenario {
     Watch,
     /// Runs apart ([`crate::failover`]): the hot deal while the database fails over.
     Failover,
+    /// Runs apart ([`crate::polite`]): one buyer's orders of `--deal`, retried as RetryInfo asks.
+    Polite,
 }
 
 impl Scenario {
@@ -67,7 +70,16 @@ impl Scenario {
     }
 
     fn places_orders(self) -> bool {
-        matches!(self, Self::HotDeal | Self::HotDealSellOut | Self::Mixed | Self::Surge | Self::Watch | Self::Failover)
+        matches!(
+            self,
+            Self::HotDeal
+                | Self::HotDealSellOut
+                | Self::Mixed
+                | Self::Surge
+                | Self::Watch
+                | Self::Failover
+                | Self::Polite
+        )
     }
 }
 
@@ -98,6 +110,8 @@ pub struct Options {
     pub watch_deal_service: Option<String>,
     /// The watched deal-service's process, whose resident memory the `watch` scenario reads.
     pub deal_service_pid: Option<u32>,
+    /// Refused buyers resend at once (`surge`).
+    pub ignore_retry_info: bool,
 }
 
 /// The load generator's own failures (setting up), as opposed to what it measures.
@@ -105,8 +119,8 @@ pub type LoadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs `scenario` and reports on it.
 pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadError> {
-    if scenario == Scenario::Failover {
-        return Err("failover runs apart, with its own report".into());
+    if matches!(scenario, Scenario::Failover | Scenario::Polite) {
+        return Err("failover and polite run apart, with reports of their own".into());
     }
     let deal_channels = channels(&options.deal_service, options.connections).await?;
     let order_channels = if scenario.places_orders() {
@@ -116,16 +130,16 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Report, LoadErr
     };
     let admin = setup::Admin::new(deal_channels[0].clone(), options.signer.as_ref(), options.deadline)?;
     let deals = match (scenario, &options.deal) {
-        (Scenario::HotDeal | Scenario::Watch, Some(name)) => {
+        (Scenario::HotDeal | Scenario::Watch | Scenario::Surge, Some(name)) => {
             admin.reread(&[dealpb::Deal { name: name.clone(), ..Default::default() }]).await?
         }
-        (_, Some(_)) => return Err("--deal is for hot-deal, watch and failover".into()),
+        (_, Some(_)) => return Err("--deal is for hot-deal, surge, watch, failover and polite".into()),
         (Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch, None) => {
             vec![admin.create_deal("hot deal", options.units).await?]
         }
         (Scenario::Browse | Scenario::ListDeals, None) => admin.create_deals(50, options.units).await?,
         (Scenario::Mixed, None) => admin.create_deals(20, options.units).await?,
-        (Scenario::HealthCheck | Scenario::Failover, None) => Vec::new(),
+        (Scenario::HealthCheck | Scenario::Failover | Scenario::Polite, None) => Vec::new(),
     };
     let deal_names: Arc<[String]> = deals.iter().map(|deal| deal.name.clone()).collect();
     let clients = Clients { scenario, options: &options, deals: &deal_channels, orders: &order_channels, deal_names };
@@ -197,6 +211,7 @@ impl Clients<'_> {
                 deal_names: self.deal_names.clone(),
                 deadline: options.deadline,
                 random: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+                ignore_retry_info: options.ignore_retry_info,
             };
             clients.push(tokio::spawn(client.run(record_from, end)));
         }
@@ -251,6 +266,7 @@ struct Client {
     deal_names: Arc<[String]>,
     deadline: Duration,
     random: u64,
+    ignore_retry_info: bool,
 }
 
 /// What one client did.
@@ -287,6 +303,7 @@ impl Client {
                 outcome.recorder.record(started.elapsed(), code);
             }
             if let (Scenario::Surge, Err(status)) = (self.scenario, &result)
+                && !self.ignore_retry_info
                 && let Some(delay) = retry_delay(status)
             {
                 tokio::time::sleep(delay.min(end.saturating_duration_since(Instant::now()))).await;
@@ -298,9 +315,12 @@ impl Client {
         let roll = self.next_random();
         let deal = (roll >> 8) as usize % self.deal_names.len().max(1);
         match self.scenario {
-            Scenario::HotDeal | Scenario::HotDealSellOut | Scenario::Surge | Scenario::Watch | Scenario::Failover => {
-                Call::Order(0)
-            }
+            Scenario::HotDeal
+            | Scenario::HotDealSellOut
+            | Scenario::Surge
+            | Scenario::Watch
+            | Scenario::Failover
+            | Scenario::Polite => Call::Order(0),
             Scenario::ListDeals => Call::List,
             Scenario::HealthCheck => Call::Health,
             Scenario::Browse if roll.is_multiple_of(2) => Call::List,

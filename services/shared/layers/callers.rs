@@ -2,11 +2,14 @@
 //! [`Caller`] put into the request's extensions for the handlers to authorize against, and the
 //! caller's rate limit applied ([`RateLimiter`]). A call without a valid token is answered
 //! UNAUTHENTICATED here, after its address's rate limit. Health and reflection pass untouched, and
-//! calls between our services (order-service reserving units) are never rate limited.
+//! calls between our services (order-service reserving units) are never rate limited. A call over
+//! its caller's rate is answered RESOURCE_EXHAUSTED (`RATE_LIMITED`), held for its retry delay as
+//! admission holds its refusals: a caller that ignores the delay cannot spin on refusals.
 
 use std::{
+    sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use http::{Request, Response};
@@ -18,7 +21,7 @@ use tonic::{
 use tower::{Layer, Service};
 
 use super::{
-    admission::DOMAIN,
+    admission::{DOMAIN, RetryDelays, deadline_of, hold_refusal, whole_deadline},
     rate_limit::{CallerKey, RateLimiter},
 };
 use crate::shared::{
@@ -31,12 +34,14 @@ use crate::shared::{
 pub struct CallersLayer {
     auth: Authenticator,
     limiter: Option<RateLimiter>,
+    delays: Arc<RetryDelays>,
 }
 
 impl CallersLayer {
-    /// Verifies tokens with `auth`, and limits callers with `limiter` when set.
-    pub fn new(auth: Authenticator, limiter: Option<RateLimiter>) -> Self {
-        Self { auth, limiter }
+    /// Verifies tokens with `auth`, and limits callers with `limiter` when set, telling them to
+    /// come back after `delays`.
+    pub fn new(auth: Authenticator, limiter: Option<RateLimiter>, delays: Arc<RetryDelays>) -> Self {
+        Self { auth, limiter, delays }
     }
 }
 
@@ -44,7 +49,7 @@ impl<S> Layer<S> for CallersLayer {
     type Service = Callers<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Callers { inner, auth: self.auth.clone(), limiter: self.limiter.clone() }
+        Callers { inner, auth: self.auth.clone(), limiter: self.limiter.clone(), delays: Arc::clone(&self.delays) }
     }
 }
 
@@ -54,6 +59,7 @@ pub struct Callers<S> {
     inner: S,
     auth: Authenticator,
     limiter: Option<RateLimiter>,
+    delays: Arc<RetryDelays>,
 }
 
 type Refusal<E> = std::future::Ready<Result<Response<Body>, E>>;
@@ -83,7 +89,15 @@ where
             && let Err(wait) = limiter.check(&key)
         {
             metrics::call_rate_limited(method);
-            return Box::pin(refuse::<S::Error>(rate_limited(wait)));
+            metrics::admission_refused("rate_limited");
+            let arrived = Instant::now();
+            let deadline = deadline_of(&request, arrived);
+            // A caller over its rate is held for as long as its call allows, as a flooding one.
+            let delay = self.delays.next(wait.max(whole_deadline(arrived, deadline)));
+            return Box::pin(async move {
+                hold_refusal(arrived, delay, deadline).await;
+                Ok(rate_limited(delay).into_http())
+            });
         }
         match verdict {
             Ok(caller) => {
@@ -110,7 +124,7 @@ fn rate_limit_key(verdict: &Result<Caller, Status>, request: &Request<Body>) -> 
 }
 
 /// The peer's address, over plain TCP or TLS (as `tonic::Request::remote_addr` finds it).
-fn peer_address(request: &Request<Body>) -> Option<std::net::IpAddr> {
+pub(super) fn peer_address(request: &Request<Body>) -> Option<std::net::IpAddr> {
     let extensions = request.extensions();
     let tcp = extensions.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
     let tls = || extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|tls| tls.get_ref().remote_addr());

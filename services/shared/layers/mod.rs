@@ -4,12 +4,13 @@
 //! 0. [`web`]: CORS when origins are allowed, and gRPC-Web turned into gRPC (and back);
 //! 1. request id: `x-request-id` taken from the caller or generated (tower-http), and returned;
 //! 2. [`observe`]: a tracing span per call carrying the method and the request id, so every log
-//!    line of the call carries them; calls counted and timed by method and status code, shed
+//!    line of the call carries them; calls counted and timed by method and status code, refused
 //!    calls included;
-//! 3. [`admission`]: API calls beyond `--max-in-flight` shed at once with RESOURCE_EXHAUSTED;
-//! 4. [`callers`]: the bearer token verified and the caller's rate limit ([`rate_limit`]) applied.
+//! 3. [`callers`]: the bearer token verified and the caller's rate limit ([`rate_limit`]) applied;
+//! 4. [`admission`]: `--max-in-flight` API calls at once, the rest waiting fairly per caller (whom 3
+//!    verified) or refused, and orders of deals known to be out answered at once.
 //!
-//! Health and reflection pass through 3 and 4 untouched: never shed, never limited, open to all.
+//! Health and reflection pass through 3 and 4 untouched: never queued, never limited, open to all.
 
 pub mod admission;
 pub mod callers;
@@ -26,7 +27,7 @@ use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use super::auth::Authenticator;
-use admission::AdmissionLayer;
+use admission::{AdmissionLayer, stock::StockAware};
 use callers::CallersLayer;
 use observe::ObserveLayer;
 use rate_limit::{RateLimit, RateLimiter};
@@ -43,6 +44,16 @@ pub struct Limits {
     pub retry_after: Duration,
     /// Each caller's rate, when limited.
     pub rate_limit: Option<RateLimit>,
+    /// API calls one caller may have waiting for a permit.
+    pub max_waiting_per_caller: usize,
+    /// API calls waiting for a permit, all callers together.
+    pub max_waiting: usize,
+    /// The longest a call waits for a permit while the queue empties now and then, and once it
+    /// has stood (not been empty) for as long as `max_wait_overloaded` (controlled delay).
+    pub max_wait: Duration,
+    pub max_wait_overloaded: Duration,
+    /// How long a deal found sold out is answered so by admission without asking again.
+    pub sold_out_for: Duration,
     /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_streams_per_connection: u32,
     /// Server-streaming calls (WatchDeal) open at once; they are not counted in `max_in_flight`.
@@ -59,12 +70,43 @@ impl Default for Limits {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             retry_after: DEFAULT_RETRY_AFTER,
             rate_limit: None,
+            max_waiting_per_caller: DEFAULT_MAX_WAITING_PER_CALLER,
+            max_waiting: DEFAULT_MAX_WAITING,
+            max_wait: DEFAULT_MAX_WAIT,
+            max_wait_overloaded: DEFAULT_MAX_WAIT_OVERLOADED,
+            sold_out_for: admission::stock::SOLD_OUT_FOR,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_watchers: DEFAULT_MAX_WATCHERS,
             watch_refresh_interval: DEFAULT_WATCH_REFRESH_INTERVAL,
         }
     }
 }
+
+impl Limits {
+    /// The admission queue's bounds.
+    pub fn queue(&self) -> admission::queue::QueueLimits {
+        admission::queue::QueueLimits {
+            in_flight: self.max_in_flight,
+            per_caller: self.max_waiting_per_caller,
+            total: self.max_waiting,
+            max_wait: self.max_wait,
+            max_wait_overloaded: self.max_wait_overloaded,
+            overload_after: self.max_wait_overloaded,
+        }
+    }
+}
+
+/// The default of `--max-waiting-per-caller`: a buyer has one or two calls at a time, a client of
+/// ours a few dozen; a caller with thousands has the rest refused (and held).
+pub const DEFAULT_MAX_WAITING_PER_CALLER: usize = 32;
+/// The default of `--max-waiting`: four times the calls in flight, about two batches of the hot
+/// deal's reservations.
+pub const DEFAULT_MAX_WAITING: usize = 1024;
+/// The longest a call waits for a permit while the queue empties now and then, and once it has
+/// stood for as long as the second (controlled delay): long enough for one batch of the hot deal
+/// (~50 ms at 256 in flight), short enough to leave the call most of a 2 s deadline.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(500);
+pub const DEFAULT_MAX_WAIT_OVERLOADED: Duration = Duration::from_millis(100);
 
 /// The default of `--max-streams-per-connection`. An open stream holds about 5 KiB in the server
 /// (10,000 streams over 100 connections: +45 MiB measured), so this bounds what one connection can
@@ -96,18 +138,22 @@ pub struct CallStack {
 }
 
 impl CallStack {
-    /// Verifies callers with `auth`, admits calls within `limits`, and answers CORS for pages of
-    /// `cors_allowed_origins` (none when empty).
-    pub fn new(auth: Authenticator, limits: Limits, cors_allowed_origins: &[http::HeaderValue]) -> Self {
+    /// Verifies callers with `auth`, admits calls within `limits` (knowing the stock of the deals
+    /// `stock` names, if set), and answers CORS for pages of `cors_allowed_origins` (none when
+    /// empty).
+    pub fn new(
+        auth: Authenticator,
+        limits: Limits,
+        cors_allowed_origins: &[http::HeaderValue],
+        stock: Option<StockAware>,
+    ) -> Self {
         let limiter = limits.rate_limit.and_then(RateLimiter::new);
         if let Some(limiter) = &limiter {
             limiter.forget_idle_callers();
         }
-        Self {
-            cors: web::cors(cors_allowed_origins),
-            admission: AdmissionLayer::new(limits.max_in_flight, limits.retry_after),
-            callers: CallersLayer::new(auth, limiter),
-        }
+        let admission = AdmissionLayer::new(&limits, stock);
+        let callers = CallersLayer::new(auth, limiter, admission.retry_delays());
+        Self { cors: web::cors(cors_allowed_origins), admission, callers }
     }
 }
 
@@ -129,8 +175,8 @@ where
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(ObserveLayer)
-            .layer(self.admission.clone())
             .layer(self.callers.clone())
+            .layer(self.admission.clone())
             .service(inner);
         BoxCloneSyncService::new(service)
     }

@@ -1,18 +1,33 @@
-//! Admission control: a process-wide cap on API calls in flight. A call beyond it is answered at
-//! once with RESOURCE_EXHAUSTED (`ErrorInfo` reason `OVERLOADED`, a `RetryInfo` delay) and never
-//! queued: under a surge, a queue only makes every call late, and calls that outlive their
-//! deadline have done their work for nobody. Health and reflection are never shed, nor are
-//! order-service's calls to deal-service: each finishes an order order-service admitted, and
-//! order-service's own limit bounds them.
+//! Admission: which API calls run now, which wait, and which are refused, fairly per caller and
+//! knowing the stock of the deals being ordered. Health and reflection never wait, nor do
+//! order-service's calls to deal-service (each finishes an order order-service admitted, and its
+//! own admission bounds them), nor WatchDeal streams (deal-service limits them itself).
 //!
-//! The `RetryInfo` delay grows with the overload: the base delay times one plus the calls shed in
-//! the last second per permit, stretched by a random 0–100 %, at most 5 s. Clients that honour it
-//! come back spread out instead of all at once: ten thousand buyers on 256 permits, retrying as
-//! told, settle at a few thousand sheds a second and delays of 2–4 s.
+//! - **Fair per caller** ([`queue`]): `--max-in-flight` calls run at once; beyond, each caller (its
+//!   token's subject, or its address) waits in a queue of its own, served round robin, so a caller
+//!   with thousands of streams gets one caller's share.
+//! - **Bounded waiting**: a call waits only while it can still be served within its deadline, at
+//!   most `max_wait`, and less once the queue stands (controlled delay); a caller may have
+//!   `--max-waiting-per-caller` calls waiting, all callers `--max-waiting`.
+//! - **Refusals held** (a tarpit): a call that is refused — its caller has its share waiting, the
+//!   queue is full, or its wait ran out — is answered RESOURCE_EXHAUSTED (`OVERLOADED`) with a
+//!   `RetryInfo` delay, and not sooner than that delay after it arrived (within its deadline). A
+//!   client that ignores RetryInfo is slowed by its own concurrency instead of spinning, and a
+//!   refusal costs the server a timer, not a core.
+//! - **Stock-aware** ([`stock`]): an order of a deal known to be sold out or ended is answered
+//!   FAILED_PRECONDITION (`SOLD_OUT`, `DEAL_EXPIRED`) at once, without a permit, and so are the calls
+//!   waiting to order it as soon as it is known. An order naming its `request_id` may be the retry
+//!   of one placed before, which must get that order back: it is served as any other call.
+//!
+//! The `RetryInfo` delay grows with the overload: the base delay times one plus the calls refused in
+//! the last second per permit, stretched by a random 0–100 %, at most 5 s.
 //!
 //! A call holds its permit until its response body ends (the trailers are sent), not only until the
 //! handler returns: tower's `ConcurrencyLimit` lets go once the response headers exist, which for a
 //! streaming reply is long before the work ends.
+
+pub mod queue;
+pub mod stock;
 
 use std::{
     pin::Pin,
@@ -24,53 +39,135 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use http_body_util::BodyExt as _;
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
+use uuid::Uuid;
 
-use crate::shared::{methods, metrics, status};
+use crate::shared::{
+    auth::Caller,
+    call::grpc_timeout_of,
+    methods::{self, Method},
+    metrics,
+    server::{DEFAULT_DEADLINE, MAX_REQUEST_BYTES},
+    status,
+};
+use queue::{Entry, FairQueue, Full, Permit, QueueKey, Waited};
+use stock::{Ordered, Out, StockAware};
 
 /// The `ErrorInfo` domain of refusals made by the server's own stack, before any service's code.
 pub const DOMAIN: &str = "server.topkart.com";
 
-/// The longest retry delay a shed call is given.
+/// The longest retry delay a refused call is given.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// A held refusal is answered this long before the call's deadline at the latest (or a tenth of
+/// the call's time, if longer), so that it reaches the caller before the caller gives up, even
+/// from a busy server.
+const HOLD_MARGIN: Duration = Duration::from_millis(100);
 
-/// The cap, shared by every connection and service of one server.
+/// Admission, shared by every connection and service of one server.
 #[derive(Clone)]
 pub struct AdmissionLayer {
     state: Arc<State>,
 }
 
 struct State {
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
-    retry_after: Duration,
-    shed: ShedRate,
+    queue: Arc<FairQueue>,
+    delays: Arc<RetryDelays>,
+    stock: Option<StockAware>,
+}
+
+/// The `RetryInfo` delays of a server's refusals (admission's, and the rate limit's): the base delay
+/// times one plus the calls refused in the last second per permit, stretched by a random 0–100 %,
+/// at most [`MAX_RETRY_AFTER`].
+pub struct RetryDelays {
+    base: Duration,
+    per: usize,
+    refused: RefusalRate,
+}
+
+impl RetryDelays {
+    /// The delay for a call refused now, at least `at_least`.
+    pub fn next(&self, at_least: Duration) -> Duration {
+        let overload = self.refused.record() as f64 / self.per.max(1) as f64;
+        jittered(self.base.mul_f64(1.0 + overload)).max(at_least).min(MAX_RETRY_AFTER)
+    }
 }
 
 impl AdmissionLayer {
-    /// At most `max_in_flight` API calls at once; the shed are told to retry after `retry_after`
-    /// or longer, as the overload grows (spread between that and twice it, so that the shed do not
-    /// come back together).
-    pub fn new(max_in_flight: usize, retry_after: Duration) -> Self {
-        let state = State {
-            permits: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-            retry_after,
-            shed: ShedRate::new(),
-        };
-        Self { state: Arc::new(state) }
+    /// Admits calls within `limits`, told of sold-out and ended deals by `stock` when set. Refused
+    /// calls are told to retry after `limits.retry_after` or longer, as the overload grows.
+    pub fn new(limits: &super::Limits, stock: Option<StockAware>) -> Self {
+        let queue = FairQueue::new(limits.queue());
+        if let Some(stock) = &stock {
+            let listening = Arc::downgrade(&queue);
+            stock.board.listen(Arc::new(move |deal, out| {
+                if let Some(queue) = listening.upgrade() {
+                    queue.stock_out(deal, out);
+                }
+            }));
+        }
+        let delays = RetryDelays { base: limits.retry_after, per: limits.max_in_flight, refused: RefusalRate::new() };
+        Self { state: Arc::new(State { queue, delays: Arc::new(delays), stock }) }
+    }
+
+    /// The delays this server's refusals are given, for the rate limit's.
+    pub fn retry_delays(&self) -> Arc<RetryDelays> {
+        Arc::clone(&self.state.delays)
     }
 }
 
 impl State {
-    /// The delay for a call shed now.
-    fn retry_after(&self) -> Duration {
-        let overload = self.shed.record() as f64 / self.max_in_flight.max(1) as f64;
-        jittered(self.retry_after.mul_f64(1.0 + overload)).min(MAX_RETRY_AFTER)
+    /// Refuses a call that arrived at `arrived` with `deadline`: RESOURCE_EXHAUSTED `OVERLOADED`
+    /// after the retry delay, or just before the deadline if that comes first. A caller refused for
+    /// having its share waiting already is flooding: it is held for as long as its call allows.
+    async fn refuse(
+        &self,
+        method: &'static Method,
+        cause: &'static str,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> Status {
+        metrics::call_shed(method);
+        metrics::admission_refused(cause);
+        let at_least = if cause == "caller_share" { whole_deadline(arrived, deadline) } else { Duration::ZERO };
+        let delay = self.delays.next(at_least);
+        hold_refusal(arrived, delay, deadline).await;
+        overloaded_because(delay, cause)
+    }
+}
+
+/// Holds the refusal of a call that arrived at `arrived` until its retry `delay` has passed, or
+/// until just before its `deadline` if that comes first: a client that ignores RetryInfo cannot
+/// come back sooner than it was told to.
+pub async fn hold_refusal(arrived: Instant, delay: Duration, deadline: Instant) {
+    let until = (arrived + delay).min(arrived + whole_deadline(arrived, deadline));
+    if until > Instant::now() {
+        tokio::time::sleep_until(until.into()).await;
+    }
+}
+
+/// The longest a refusal of a call that arrived at `arrived` can be held: until just before its
+/// deadline. What a flooding caller is told to wait.
+pub fn whole_deadline(arrived: Instant, deadline: Instant) -> Duration {
+    let time = deadline.saturating_duration_since(arrived);
+    time.saturating_sub(HOLD_MARGIN.max(time / 10))
+}
+
+/// When a call's caller gives up: its `grpc-timeout`, or the server's default deadline.
+pub fn deadline_of<B>(request: &Request<B>, arrived: Instant) -> Instant {
+    arrived + grpc_timeout_of(request.headers()).map_or(DEFAULT_DEADLINE, |timeout| timeout.min(DEFAULT_DEADLINE))
+}
+
+/// Whose queue a call waits in: the verified token's subject ([`super::callers`] put the caller in
+/// the request), or the peer's address.
+fn queue_key(request: &Request<Body>) -> QueueKey {
+    match request.extensions().get::<Caller>() {
+        Some(Caller::Token { subject, .. }) => QueueKey::Subject(subject.clone()),
+        _ => super::callers::peer_address(request).map_or(QueueKey::Anonymous, QueueKey::Peer),
     }
 }
 
@@ -91,7 +188,7 @@ pub struct Admission<S> {
 
 impl<S> Service<Request<Body>> for Admission<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>>,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -110,28 +207,128 @@ where
         else {
             return Box::pin(self.inner.call(request));
         };
-        let Ok(permit) = Arc::clone(&self.state.permits).try_acquire_owned() else {
-            metrics::call_shed(method);
-            let response = overloaded(self.state.retry_after()).into_http();
-            return Box::pin(std::future::ready(Ok(response)));
-        };
-        let admitted = InFlight::admit(permit);
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| Body::new(HoldPermit { body, _admitted: admitted })))
-        })
+        // The ready service is the one to call; its clone takes its place for the next call.
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        let state = Arc::clone(&self.state);
+        Box::pin(admit(state, inner, method, request))
     }
+}
+
+/// Admits, queues or refuses one API call, then calls `inner` with its permit held.
+async fn admit<S>(
+    state: Arc<State>,
+    mut inner: S,
+    method: &'static Method,
+    request: Request<Body>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+{
+    let arrived = Instant::now();
+    let deadline = deadline_of(&request, arrived);
+    let (request, ordering) = match &state.stock {
+        Some(stock) if request.uri().path() == stock.method => match read_deal(request, stock).await {
+            Ok(read) => read,
+            Err(status) => return Ok(status.into_http()),
+        },
+        _ => (request, None),
+    };
+    // An order that may be a retry is never answered from the board: it must get its order back.
+    let ordering = ordering.filter(|ordering| !ordering.retriable);
+    let deal = ordering.map(|ordering| ordering.deal);
+    if let Some((deal, out)) = deal.and_then(|deal| Some((deal, state.stock.as_ref()?.board.out(deal)?))) {
+        metrics::admission_refused(out.reason());
+        return Ok(out_of_stock(deal, out, stock_domain(&state)).into_http());
+    }
+    let permit = match state.queue.enter(queue_key(&request), deal) {
+        Entry::Admitted(permit) => permit,
+        Entry::Full(full) => {
+            let cause = match full {
+                Full::CallerShare => "caller_share",
+                Full::Queue => "queue_full",
+            };
+            drop(request);
+            return Ok(state.refuse(method, cause, arrived, deadline).await.into_http());
+        }
+        Entry::Waiting(waiting) => {
+            // Waiting makes sense only while the call can still be served within its deadline.
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(state.queue.expected_service() + HOLD_MARGIN);
+            let patience = state.queue.max_wait().min(budget);
+            if patience.is_zero() {
+                drop((waiting, request));
+                return Ok(state.refuse(method, "deadline", arrived, deadline).await.into_http());
+            }
+            match waiting.wait(patience).await {
+                Waited::Admitted(permit) => permit,
+                Waited::Out(out) => {
+                    metrics::admission_refused(out.reason());
+                    return Ok(out_of_stock(deal.unwrap_or_default(), out, stock_domain(&state)).into_http());
+                }
+                Waited::TimedOut => {
+                    drop(request);
+                    return Ok(state.refuse(method, "wait_timeout", arrived, deadline).await.into_http());
+                }
+            }
+        }
+    };
+    // Boxed: the service's future is large, and a call that waits or is held (most of them, in a
+    // flood) should not carry room for it.
+    let response = Box::pin(inner.call(request)).await?;
+    Ok(response.map(|body| Body::new(HoldPermit { body, _permit: permit })))
+}
+
+/// Reads the deal `request` orders (the body is read whole, as tonic would, and put back), for a
+/// stock-aware method.
+async fn read_deal(request: Request<Body>, stock: &StockAware) -> Result<(Request<Body>, Option<Ordered>), Status> {
+    let (parts, body) = request.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_REQUEST_BYTES + 5);
+    let bytes: Bytes = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return Err(Status::out_of_range(format!("a request may be at most {MAX_REQUEST_BYTES} bytes")));
+        }
+    };
+    // One uncompressed gRPC frame: a flag byte, four bytes of length, the message.
+    let deal = match bytes.first() {
+        Some(0) if bytes.len() >= 5 => (stock.deal_of)(&bytes[5..]),
+        _ => None,
+    };
+    Ok((Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes))), deal))
+}
+
+fn stock_domain(state: &State) -> &'static str {
+    state.stock.as_ref().map_or(DOMAIN, |stock| stock.domain)
+}
+
+/// FAILED_PRECONDITION: `deal` is sold out or has ended, in the `ErrorInfo` `domain` of the service
+/// whose method was called.
+pub fn out_of_stock(deal: Uuid, out: Out, domain: &str) -> Status {
+    let message = match out {
+        Out::SoldOut => "the deal is sold out: no unit is left (join its waitlist to be offered one that comes back)",
+        Out::Ended => "the deal has ended",
+    };
+    status::with_reason(Code::FailedPrecondition, domain, out.reason(), message, [("deal", format!("deals/{deal}"))])
 }
 
 /// RESOURCE_EXHAUSTED, reason `OVERLOADED`, retry after `delay`.
 pub fn overloaded(delay: Duration) -> Status {
-    status::retryable(
+    overloaded_because(delay, "queue_full")
+}
+
+/// [`overloaded`], with the `cause` in the `ErrorInfo` metadata: `caller_share` (the caller has as
+/// many calls waiting as it may), `queue_full`, `wait_timeout` or `deadline` (the call could not be
+/// served within its deadline).
+fn overloaded_because(delay: Duration, cause: &'static str) -> Status {
+    let mut details =
+        tonic_types::ErrorDetails::with_error_info("OVERLOADED", DOMAIN, [("cause".to_owned(), cause.to_owned())]);
+    details.set_retry_info(Some(delay));
+    <Status as tonic_types::StatusExt>::with_error_details(
         Code::ResourceExhausted,
-        DOMAIN,
-        "OVERLOADED",
         "the server is at capacity; retry after the RetryInfo delay",
-        delay,
+        details,
     )
 }
 
@@ -147,8 +344,8 @@ pub fn jittered(delay: Duration) -> Duration {
     delay + delay.mul_f64((x % 1024) as f64 / 1024.0)
 }
 
-/// Calls shed in the current and the previous second, counted without a lock.
-struct ShedRate {
+/// Calls refused in the current and the previous second, counted without a lock.
+struct RefusalRate {
     origin: Instant,
     /// The second (since `origin`) that `current` counts.
     second: AtomicU64,
@@ -156,7 +353,7 @@ struct ShedRate {
     previous: AtomicU64,
 }
 
-impl ShedRate {
+impl RefusalRate {
     fn new() -> Self {
         Self {
             origin: Instant::now(),
@@ -166,7 +363,7 @@ impl ShedRate {
         }
     }
 
-    /// Counts one shed call; returns the calls shed in the last full second.
+    /// Counts one refused call; returns the calls refused in the last full second.
     fn record(&self) -> u64 {
         let now = self.origin.elapsed().as_secs();
         let second = self.second.load(Ordering::Relaxed);
@@ -180,30 +377,12 @@ impl ShedRate {
     }
 }
 
-/// An admitted call: counted in flight until dropped, with its permit.
-struct InFlight {
-    _permit: OwnedSemaphorePermit,
-}
-
-impl InFlight {
-    fn admit(permit: OwnedSemaphorePermit) -> Self {
-        metrics::in_flight(1.0);
-        Self { _permit: permit }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        metrics::in_flight(-1.0);
-    }
-}
-
 pin_project_lite::pin_project! {
     /// A response body that keeps its call admitted until it ends or is dropped.
     struct HoldPermit {
         #[pin]
         body: Body,
-        _admitted: InFlight,
+        _permit: Permit,
     }
 }
 
@@ -232,21 +411,42 @@ mod tests {
     use tonic_types::StatusExt;
     use tower::ServiceExt;
 
-    use super::*;
+    use super::{stock::StockBoard, *};
+    use crate::shared::{auth::Role, layers::Limits};
 
     const GET_DEAL: &str = "/topkart.deal.v1.DealService/GetDeal";
+    const CREATE_ORDER: &str = "/topkart.order.v1.OrderService/CreateOrder";
 
-    fn request(path: &str) -> Request<Body> {
-        Request::builder().uri(path).body(Body::empty()).unwrap()
+    fn limits(in_flight: usize) -> Limits {
+        Limits { max_in_flight: in_flight, retry_after: Duration::from_millis(100), ..Limits::default() }
+    }
+
+    /// A call of `path` by `subject` (with a deadline of `timeout` when given), carrying `body`.
+    fn call_of(path: &str, subject: &str, timeout: Option<&str>, body: Bytes) -> Request<Body> {
+        let mut request = Request::builder().uri(path);
+        if let Some(timeout) = timeout {
+            request = request.header("grpc-timeout", timeout);
+        }
+        let mut request = request.body(Body::new(http_body_util::Full::new(body))).unwrap();
+        request.extensions_mut().insert(Caller::Token { subject: subject.into(), role: Role::Customer });
+        request
+    }
+
+    fn call(path: &str, subject: &str) -> Request<Body> {
+        call_of(path, subject, None, Bytes::new())
     }
 
     fn code_of(response: &Response<Body>) -> Option<String> {
         response.headers().get("grpc-status").map(|value| value.to_str().unwrap().to_owned())
     }
 
+    fn status_of(response: &Response<Body>) -> Status {
+        Status::from_header_map(response.headers()).expect("a trailers-only status")
+    }
+
     /// A service whose calls finish only when the test says.
     fn gated() -> (
-        impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone,
+        impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone + Send + 'static,
         tokio::sync::mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     ) {
         let (calls, waiting) = tokio::sync::mpsc::unbounded_channel::<oneshot::Sender<()>>();
@@ -261,66 +461,128 @@ mod tests {
         (service, waiting)
     }
 
-    #[tokio::test]
-    async fn a_call_beyond_the_limit_is_shed_at_once_with_retry_info_and_a_freed_permit_admits_again() {
+    /// A service of one permit, taken by a bot whose share (one call) waits too; the sender lets
+    /// the running call finish.
+    async fn bot_with_its_share_waiting(
+        limits: Limits,
+    ) -> (impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone, oneshot::Sender<()>) {
         let (inner, mut waiting) = gated();
-        let service = AdmissionLayer::new(1, Duration::from_millis(100)).layer(inner);
-        let first = tokio::spawn(service.clone().oneshot(request(GET_DEAL)));
-        let finish_first = waiting.recv().await.unwrap();
+        let service = AdmissionLayer::new(&Limits { max_waiting_per_caller: 1, ..limits }, None).layer(inner);
+        tokio::spawn(service.clone().oneshot(call(GET_DEAL, "bot")));
+        let finish_running = waiting.recv().await.unwrap();
+        tokio::spawn(service.clone().oneshot(call(GET_DEAL, "bot")));
+        tokio::task::yield_now().await;
+        (service, finish_running)
+    }
 
-        let shed = service.clone().oneshot(request(GET_DEAL)).await.unwrap();
-        assert_eq!(code_of(&shed).as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
-        let status = Status::from_header_map(shed.headers()).unwrap();
-        let details = status.get_error_details();
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_call_is_answered_no_sooner_than_its_retry_delay() {
+        let (service, _finish_running) = bot_with_its_share_waiting(limits(1)).await;
+        // The bot's share is waiting: its next call is refused, but only after the delay it is told.
+        let started = tokio::time::Instant::now();
+        let refused = service.clone().oneshot(call(GET_DEAL, "bot")).await.unwrap();
+        let held = started.elapsed();
+        assert_eq!(code_of(&refused).as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+        let details = status_of(&refused).get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "OVERLOADED");
+        assert_eq!(details.error_info().unwrap().metadata["cause"], "caller_share");
         let delay = details.retry_info().unwrap().retry_delay.unwrap();
-        assert!((Duration::from_millis(100)..=Duration::from_millis(200)).contains(&delay), "{delay:?}");
-
-        finish_first.send(()).unwrap();
-        let response = first.await.unwrap().unwrap();
-        // The permit is the body's until it ends.
-        drop(response);
-        let again = tokio::spawn(service.clone().oneshot(request(GET_DEAL)));
-        waiting.recv().await.unwrap().send(()).unwrap();
-        assert_eq!(code_of(&again.await.unwrap().unwrap()), None, "admitted, answered by the service");
+        assert!(delay >= Duration::from_millis(100), "{delay:?}");
+        assert!(held >= delay, "answered after {held:?}, before its retry delay {delay:?}");
     }
 
-    #[test]
-    fn the_retry_delay_grows_with_the_calls_shed_in_the_last_second() {
-        let mut state = State {
-            permits: Arc::new(Semaphore::new(10)),
-            max_in_flight: 10,
-            retry_after: Duration::from_millis(100),
-            shed: ShedRate::new(),
-        };
-        let calm = state.retry_after();
-        assert!(calm <= Duration::from_millis(200), "{calm:?}");
-        // A second with 100 calls shed on 10 permits: the next delays are about eleven times longer.
-        let five_seconds_ago = Instant::now() - Duration::from_secs(5);
-        state.shed = ShedRate {
-            origin: five_seconds_ago,
-            second: AtomicU64::new(4),
-            current: AtomicU64::new(100),
-            previous: AtomicU64::new(0),
-        };
-        let stormy = state.retry_after();
-        assert!((Duration::from_millis(1100)..=Duration::from_millis(2200)).contains(&stormy), "{stormy:?}");
-        state.shed.previous.store(1_000_000, Ordering::Relaxed);
-        assert_eq!(state.retry_after(), MAX_RETRY_AFTER, "capped, jitter included");
+    #[tokio::test(start_paused = true)]
+    async fn a_held_refusal_is_answered_before_the_calls_deadline() {
+        let limits = Limits { retry_after: Duration::from_secs(3), ..limits(1) };
+        let (service, _finish_running) = bot_with_its_share_waiting(limits).await;
+        let started = tokio::time::Instant::now();
+        let refused = service.clone().oneshot(call_of(GET_DEAL, "bot", Some("1S"), Bytes::new())).await.unwrap();
+        assert_eq!(code_of(&refused).as_deref(), Some("8"));
+        assert!(started.elapsed() < Duration::from_secs(1), "within the deadline: {:?}", started.elapsed());
     }
 
     #[tokio::test]
-    async fn health_reflection_and_calls_between_our_services_are_never_shed() {
+    async fn a_call_that_cannot_be_served_within_its_deadline_is_refused_rather_than_queued() {
         let (inner, mut waiting) = gated();
-        let service = AdmissionLayer::new(1, Duration::from_millis(100)).layer(inner);
-        let _busy = tokio::spawn(service.clone().oneshot(request(GET_DEAL)));
+        let service = AdmissionLayer::new(&limits(1), None).layer(inner);
+        let _running = tokio::spawn(service.clone().oneshot(call(GET_DEAL, "alice")));
+        let _finish_running = waiting.recv().await.unwrap();
+        // 30 ms left: less than the margin a reply needs, so there is no time to wait.
+        let refused = service.clone().oneshot(call_of(GET_DEAL, "bob", Some("30m"), Bytes::new())).await.unwrap();
+        assert_eq!(status_of(&refused).get_error_details().error_info().unwrap().metadata["cause"], "deadline");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_caller_is_admitted_before_a_flooding_caller_s_earlier_calls() {
+        let (inner, mut waiting) = gated();
+        let service = AdmissionLayer::new(&limits(1), None).layer(inner);
+        let first = tokio::spawn(service.clone().oneshot(call(GET_DEAL, "loud")));
+        let finish_first = waiting.recv().await.unwrap();
+        let loud: Vec<_> = (0..10).map(|_| tokio::spawn(service.clone().oneshot(call(GET_DEAL, "loud")))).collect();
+        tokio::task::yield_now().await;
+        let quiet = tokio::spawn(service.clone().oneshot(call(GET_DEAL, "quiet")));
+        tokio::task::yield_now().await;
+
+        // Two permits free up: one goes to the loud caller's oldest call, the next to the quiet one.
+        finish_first.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        waiting.recv().await.unwrap().send(()).unwrap();
+        waiting.recv().await.unwrap().send(()).unwrap();
+        let quiet = quiet.await.unwrap().unwrap();
+        assert_eq!(code_of(&quiet), None, "admitted and served");
+        assert_eq!(loud.iter().filter(|call| call.is_finished()).count(), 1, "one loud call served before it");
+    }
+
+    #[tokio::test]
+    async fn orders_of_a_deal_found_sold_out_are_answered_at_once_the_waiting_ones_too() {
+        let (inner, mut waiting) = gated();
+        let board = StockBoard::default();
+        let deal = Uuid::new_v4();
+        // The test's "encoding" of an order is its deal's id as text.
+        let stock = StockAware {
+            board: board.clone(),
+            method: CREATE_ORDER,
+            deal_of: |message| {
+                let deal = std::str::from_utf8(message).ok()?.parse().ok()?;
+                Some(Ordered { deal, retriable: false })
+            },
+            domain: "order.topkart.com",
+        };
+        let service = AdmissionLayer::new(&limits(1), Some(stock)).layer(inner);
+        let framed = |deal: Uuid| {
+            let text = deal.to_string();
+            let mut frame = vec![0, 0, 0, 0, text.len() as u8];
+            frame.extend_from_slice(text.as_bytes());
+            Bytes::from(frame)
+        };
+        let _running = tokio::spawn(service.clone().oneshot(call(GET_DEAL, "alice")));
+        let _finish_running = waiting.recv().await.unwrap();
+        let waiting_order = tokio::spawn(service.clone().oneshot(call_of(CREATE_ORDER, "bob", None, framed(deal))));
+        tokio::task::yield_now().await;
+        assert!(!waiting_order.is_finished(), "it waits for a permit");
+
+        board.mark(deal, Out::SoldOut);
+        let answered = tokio::time::timeout(Duration::from_millis(100), waiting_order).await.unwrap().unwrap().unwrap();
+        let info = status_of(&answered).get_error_details().error_info().unwrap().clone();
+        assert_eq!((status_of(&answered).code(), info.reason.as_str()), (Code::FailedPrecondition, "SOLD_OUT"));
+        assert_eq!(info.domain, "order.topkart.com");
+        let again = service.clone().oneshot(call_of(CREATE_ORDER, "carol", None, framed(deal))).await.unwrap();
+        assert_eq!(status_of(&again).get_error_details().error_info().unwrap().reason, "SOLD_OUT", "at once");
+    }
+
+    #[tokio::test]
+    async fn health_reflection_calls_between_our_services_and_streams_never_wait() {
+        let (inner, mut waiting) = gated();
+        let service = AdmissionLayer::new(&limits(1), None).layer(inner);
+        let _busy = tokio::spawn(service.clone().oneshot(call(GET_DEAL, "alice")));
         let _finish_busy = waiting.recv().await.unwrap();
         for path in [
             "/grpc.health.v1.Health/Check",
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/topkart.deal.v1.DealService/ReserveUnits",
+            "/topkart.deal.v1.DealService/WatchDeal",
         ] {
-            let call = tokio::spawn(service.clone().oneshot(request(path)));
+            let call = tokio::spawn(service.clone().oneshot(call(path, "alice")));
             waiting.recv().await.unwrap().send(()).unwrap();
             assert_eq!(code_of(&call.await.unwrap().unwrap()), None, "{path} was admitted");
         }
@@ -339,16 +601,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_streaming_reply_keeps_its_permit_until_its_body_is_done() {
+    async fn a_reply_keeps_its_permit_until_its_body_is_done() {
         let inner = tower::service_fn(|_request: Request<Body>| async {
             Ok::<_, Infallible>(Response::new(Body::new(Endless)))
         });
-        let service = AdmissionLayer::new(1, Duration::from_millis(100)).layer(inner);
-        let streaming = service.clone().oneshot(request(GET_DEAL)).await.unwrap();
-        let shed = service.clone().oneshot(request(GET_DEAL)).await.unwrap();
-        assert_eq!(code_of(&shed).as_deref(), Some("8"), "the first body still holds the only permit");
+        let limits = Limits { max_waiting: 1, ..limits(1) };
+        let service = AdmissionLayer::new(&limits, None).layer(inner);
+        let streaming = service.clone().oneshot(call(GET_DEAL, "alice")).await.unwrap();
+        let second = tokio::spawn(service.clone().oneshot(call(GET_DEAL, "bob")));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished(), "the first body still holds the only permit");
         drop(streaming);
-        let admitted = service.clone().oneshot(request(GET_DEAL)).await.unwrap();
-        assert_eq!(code_of(&admitted), None);
+        assert_eq!(code_of(&second.await.unwrap().unwrap()), None, "admitted once the body is gone");
+    }
+
+    #[test]
+    fn the_retry_delay_grows_with_the_calls_refused_in_the_last_second() {
+        let mut delays = RetryDelays { base: Duration::from_millis(100), per: 10, refused: RefusalRate::new() };
+        let calm = delays.next(Duration::ZERO);
+        assert!(calm <= Duration::from_millis(200), "{calm:?}");
+        // A second with 100 calls refused on 10 permits: the next delays are about eleven times longer.
+        let five_seconds_ago = Instant::now() - Duration::from_secs(5);
+        delays.refused = RefusalRate {
+            origin: five_seconds_ago,
+            second: AtomicU64::new(4),
+            current: AtomicU64::new(100),
+            previous: AtomicU64::new(0),
+        };
+        let stormy = delays.next(Duration::ZERO);
+        assert!((Duration::from_millis(1100)..=Duration::from_millis(2200)).contains(&stormy), "{stormy:?}");
+        delays.refused.previous.store(1_000_000, Ordering::Relaxed);
+        assert_eq!(delays.next(Duration::ZERO), MAX_RETRY_AFTER, "capped, jitter included");
+        assert!(delays.next(Duration::from_secs(30)) <= MAX_RETRY_AFTER);
     }
 }
