@@ -29,10 +29,16 @@ pub struct CallContext {
 }
 
 impl CallContext {
-    /// The context of `request`, received now.
+    /// The context of `request`, received now (or when admission saw it arrive).
     pub fn of<T>(request: &Request<T>) -> Self {
         let timeout =
             grpc_timeout(request.metadata()).map_or(DEFAULT_DEADLINE, |timeout| timeout.min(DEFAULT_DEADLINE));
+        // The deadline admission computed when the call arrived: time spent waiting for a permit
+        // is the caller's time too.
+        let deadline = request
+            .extensions()
+            .get::<super::layers::admission::CallDeadline>()
+            .map_or_else(|| Instant::now() + timeout, |deadline| deadline.0);
         let request_id = request
             .extensions()
             .get::<RequestId>()
@@ -41,7 +47,7 @@ impl CallContext {
             .iter()
             .filter_map(|name| request.metadata().get(*name).map(|value| (*name, value.clone())))
             .collect();
-        Self { deadline: Instant::now() + timeout, request_id, trace }
+        Self { deadline, request_id, trace }
     }
 
     /// A context without a caller, for work of our own (a background release) with `timeout`.

@@ -62,8 +62,6 @@ pub struct Callers<S> {
     delays: Arc<RetryDelays>,
 }
 
-type Refusal<E> = std::future::Ready<Result<Response<Body>, E>>;
-
 impl<S> Service<Request<Body>> for Callers<S>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
@@ -83,8 +81,9 @@ where
             return Box::pin(self.inner.call(request));
         };
         let verdict = self.auth.authenticate_headers(request.headers());
-        // Calls between our services are not limited: order-service's own limit bounds them.
-        if let Some(limiter) = self.limiter.as_ref().filter(|_| !method.internal)
+        // Calls between our services (a service token) are not limited: order-service's own
+        // admission bounds them.
+        if let Some(limiter) = self.limiter.as_ref()
             && let Some(key) = rate_limit_key(&verdict, &request)
             && let Err(wait) = limiter.check(&key)
         {
@@ -92,10 +91,12 @@ where
             metrics::admission_refused("rate_limited");
             let arrived = Instant::now();
             let deadline = deadline_of(&request, arrived);
-            // A caller over its rate is held for as long as its call allows, as a flooding one.
-            let delay = self.delays.next(wait.max(whole_deadline(arrived, deadline)));
+            // A caller over its rate is held for as long as its call allows, as a flooding one,
+            // and told when its bucket has room again.
+            let delay = self.delays.for_caller(wait);
+            let hold = delay.max(whole_deadline(arrived, deadline));
             return Box::pin(async move {
-                hold_refusal(arrived, delay, deadline).await;
+                hold_refusal(arrived, hold, deadline).await;
                 Ok(rate_limited(delay).into_http())
             });
         }
@@ -104,14 +105,21 @@ where
                 request.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(request))
             }
-            Err(status) => Box::pin(refuse::<S::Error>(status)),
+            // Held a little, so that a flood of bad tokens cannot spin on the verification.
+            Err(status) => {
+                let (arrived, deadline) = (Instant::now(), deadline_of(&request, Instant::now()));
+                Box::pin(async move {
+                    hold_refusal(arrived, UNAUTHENTICATED_HOLD, deadline).await;
+                    Ok(status.into_http())
+                })
+            }
         }
     }
 }
 
-fn refuse<E>(status: Status) -> Refusal<E> {
-    std::future::ready(Ok(status.into_http()))
-}
+/// How long an UNAUTHENTICATED answer is held: a client with a bad token learns it a moment late,
+/// and a flood of bad tokens costs a verification per 100 ms per stream, not per round trip.
+const UNAUTHENTICATED_HOLD: Duration = Duration::from_millis(100);
 
 /// Whose bucket a call takes from: its subject's, or its address's without a valid token; none
 /// for another service of ours.

@@ -48,7 +48,7 @@ use tower::{Layer, Service};
 use uuid::Uuid;
 
 use crate::shared::{
-    auth::Caller,
+    auth::{Caller, Role},
     call::grpc_timeout_of,
     methods::{self, Method},
     metrics,
@@ -90,10 +90,23 @@ pub struct RetryDelays {
 }
 
 impl RetryDelays {
-    /// The delay for a call refused now, at least `at_least`.
+    /// The delay for a call refused now because the server is overloaded (counted in the overload
+    /// that stretches the next delays), at least `at_least`.
     pub fn next(&self, at_least: Duration) -> Duration {
         let overload = self.refused.record() as f64 / self.per.max(1) as f64;
-        jittered(self.base.mul_f64(1.0 + overload)).max(at_least).min(MAX_RETRY_AFTER)
+        self.stretched(overload).max(at_least).min(MAX_RETRY_AFTER)
+    }
+
+    /// The delay for a caller refused for its own excess (its share waiting, its rate): the
+    /// overload as it stands, not counting this one, so that one flooder does not lengthen every
+    /// other caller's delay; at least `at_least`.
+    pub fn for_caller(&self, at_least: Duration) -> Duration {
+        let overload = self.refused.last_second() as f64 / self.per.max(1) as f64;
+        self.stretched(overload).max(at_least).min(MAX_RETRY_AFTER)
+    }
+
+    fn stretched(&self, overload: f64) -> Duration {
+        jittered(self.base.mul_f64(1.0 + overload))
     }
 }
 
@@ -123,7 +136,8 @@ impl AdmissionLayer {
 impl State {
     /// Refuses a call that arrived at `arrived` with `deadline`: RESOURCE_EXHAUSTED `OVERLOADED`
     /// after the retry delay, or just before the deadline if that comes first. A caller refused for
-    /// having its share waiting already is flooding: it is held for as long as its call allows.
+    /// having its share waiting already is flooding: it is held for as long as its call allows
+    /// (longer than the delay it is told).
     async fn refuse(
         &self,
         method: &'static Method,
@@ -133,18 +147,25 @@ impl State {
     ) -> Status {
         metrics::call_shed(method);
         metrics::admission_refused(cause);
-        let at_least = if cause == "caller_share" { whole_deadline(arrived, deadline) } else { Duration::ZERO };
-        let delay = self.delays.next(at_least);
-        hold_refusal(arrived, delay, deadline).await;
+        let (delay, hold) = if cause == "caller_share" {
+            let delay = self.delays.for_caller(Duration::ZERO);
+            (delay, delay.max(whole_deadline(arrived, deadline)))
+        } else {
+            let delay = self.delays.next(Duration::ZERO);
+            (delay, delay)
+        };
+        hold_refusal(arrived, hold, deadline).await;
         overloaded_because(delay, cause)
     }
 }
 
-/// Holds the refusal of a call that arrived at `arrived` until its retry `delay` has passed, or
-/// until just before its `deadline` if that comes first: a client that ignores RetryInfo cannot
-/// come back sooner than it was told to.
-pub async fn hold_refusal(arrived: Instant, delay: Duration, deadline: Instant) {
-    let until = (arrived + delay).min(arrived + whole_deadline(arrived, deadline));
+/// Holds the refusal of a call that arrived at `arrived` for `hold`, or until just before its
+/// `deadline` if that comes first: a client that ignores RetryInfo cannot come back sooner than it
+/// was told to. A call with too little time for a margin is held to its deadline itself: its
+/// answer would come too late to be read anyway, and a short `grpc-timeout` must not buy a spin.
+pub async fn hold_refusal(arrived: Instant, hold: Duration, deadline: Instant) {
+    let whole = whole_deadline(arrived, deadline);
+    let until = if whole.is_zero() { deadline } else { (arrived + hold).min(arrived + whole) };
     if until > Instant::now() {
         tokio::time::sleep_until(until.into()).await;
     }
@@ -203,7 +224,9 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let method = methods::lookup(request.uri().path());
         // Unknown paths pass: the router answers them UNIMPLEMENTED for next to nothing.
-        let Some(method) = method.filter(|method| !method.infrastructure && !method.internal && !method.streaming)
+        // Calls between our services are exempt only when the caller is one (the service role).
+        let internal = |method: &Method| method.internal && is_service(&request);
+        let Some(method) = method.filter(|method| !method.infrastructure && !internal(method) && !method.streaming)
         else {
             return Box::pin(self.inner.call(request));
         };
@@ -214,6 +237,16 @@ where
         Box::pin(admit(state, inner, method, request))
     }
 }
+
+/// Whether the verified caller is one of our services.
+fn is_service(request: &Request<Body>) -> bool {
+    matches!(request.extensions().get::<Caller>(), Some(Caller::Token { role: Role::Service, .. }))
+}
+
+/// When a call's caller gives up, as admission saw it arrive: the handler's deadline
+/// (`CallContext::of`), so that time spent waiting for a permit is not counted twice.
+#[derive(Debug, Clone, Copy)]
+pub struct CallDeadline(pub Instant);
 
 /// Admits, queues or refuses one API call, then calls `inner` with its permit held.
 async fn admit<S>(
@@ -241,39 +274,40 @@ where
         metrics::admission_refused(out.reason());
         return Ok(out_of_stock(deal, out, stock_domain(&state)).into_http());
     }
-    let permit = match state.queue.enter(queue_key(&request), deal) {
+    let mut request = request;
+    // Waiting makes sense only while the call can still be served within its deadline.
+    let budget =
+        deadline.saturating_duration_since(Instant::now()).saturating_sub(state.queue.expected_service() + HOLD_MARGIN);
+    let permit = match state.queue.enter(queue_key(&request), deal, budget) {
         Entry::Admitted(permit) => permit,
         Entry::Full(full) => {
             let cause = match full {
                 Full::CallerShare => "caller_share",
                 Full::Queue => "queue_full",
+                Full::NoTime => "deadline",
             };
             drop(request);
             return Ok(state.refuse(method, cause, arrived, deadline).await.into_http());
         }
-        Entry::Waiting(waiting) => {
-            // Waiting makes sense only while the call can still be served within its deadline.
-            let budget = deadline
-                .saturating_duration_since(Instant::now())
-                .saturating_sub(state.queue.expected_service() + HOLD_MARGIN);
-            let patience = state.queue.max_wait().min(budget);
-            if patience.is_zero() {
-                drop((waiting, request));
-                return Ok(state.refuse(method, "deadline", arrived, deadline).await.into_http());
+        Entry::Waiting(waiting) => match waiting.wait().await {
+            Waited::Admitted(permit) => permit,
+            Waited::Out(out) => {
+                metrics::admission_refused(out.reason());
+                return Ok(out_of_stock(deal.unwrap_or_default(), out, stock_domain(&state)).into_http());
             }
-            match waiting.wait(patience).await {
-                Waited::Admitted(permit) => permit,
-                Waited::Out(out) => {
-                    metrics::admission_refused(out.reason());
-                    return Ok(out_of_stock(deal.unwrap_or_default(), out, stock_domain(&state)).into_http());
-                }
-                Waited::TimedOut => {
-                    drop(request);
-                    return Ok(state.refuse(method, "wait_timeout", arrived, deadline).await.into_http());
-                }
+            Waited::TimedOut => {
+                drop(request);
+                return Ok(state.refuse(method, "wait_timeout", arrived, deadline).await.into_http());
             }
-        }
+        },
     };
+    // The deal may have run out while the call waited (the board had not heard of it when the
+    // waiting calls were told).
+    if let Some((deal, out)) = deal.and_then(|deal| Some((deal, state.stock.as_ref()?.board.out(deal)?))) {
+        metrics::admission_refused(out.reason());
+        return Ok(out_of_stock(deal, out, stock_domain(&state)).into_http());
+    }
+    request.extensions_mut().insert(CallDeadline(deadline));
     // Boxed: the service's future is large, and a call that waits or is held (most of them, in a
     // flood) should not carry room for it.
     let response = Box::pin(inner.call(request)).await?;
@@ -287,13 +321,19 @@ async fn read_deal(request: Request<Body>, stock: &StockAware) -> Result<(Reques
     let limited = http_body_util::Limited::new(body, MAX_REQUEST_BYTES + 5);
     let bytes: Bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             return Err(Status::out_of_range(format!("a request may be at most {MAX_REQUEST_BYTES} bytes")));
         }
+        // The client reset the stream, or the connection failed: nobody is left to answer.
+        Err(_) => return Err(Status::cancelled("the request's body did not arrive")),
     };
-    // One uncompressed gRPC frame: a flag byte, four bytes of length, the message.
-    let deal = match bytes.first() {
-        Some(0) if bytes.len() >= 5 => (stock.deal_of)(&bytes[5..]),
+    // The first uncompressed gRPC frame: a flag byte, four bytes of length, the message (tonic
+    // reads the same first message).
+    let deal = match (bytes.first(), bytes.get(1..5)) {
+        (Some(0), Some(length)) => {
+            let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
+            bytes.get(5..5 + length).and_then(stock.deal_of)
+        }
         _ => None,
     };
     Ok((Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes))), deal))
@@ -360,6 +400,19 @@ impl RefusalRate {
             second: AtomicU64::new(0),
             current: AtomicU64::new(0),
             previous: AtomicU64::new(0),
+        }
+    }
+
+    /// The calls refused in the last full second, counting none now.
+    fn last_second(&self) -> u64 {
+        let now = self.origin.elapsed().as_secs();
+        let second = self.second.load(Ordering::Relaxed);
+        if now == second {
+            self.previous.load(Ordering::Relaxed)
+        } else if now == second + 1 {
+            self.current.load(Ordering::Relaxed)
+        } else {
+            0
         }
     }
 
@@ -501,6 +554,15 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1), "within the deadline: {:?}", started.elapsed());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_short_deadline_buys_no_spin_its_refusal_comes_at_the_deadline() {
+        let (service, _finish_running) = bot_with_its_share_waiting(limits(1)).await;
+        let started = tokio::time::Instant::now();
+        let refused = service.clone().oneshot(call_of(GET_DEAL, "bot", Some("50m"), Bytes::new())).await.unwrap();
+        assert_eq!(code_of(&refused).as_deref(), Some("8"));
+        assert!(started.elapsed() >= Duration::from_millis(50), "answered after {:?}", started.elapsed());
+    }
+
     #[tokio::test]
     async fn a_call_that_cannot_be_served_within_its_deadline_is_refused_rather_than_queued() {
         let (inner, mut waiting) = gated();
@@ -571,18 +633,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn health_reflection_calls_between_our_services_and_streams_never_wait() {
+    async fn health_reflection_our_services_calls_to_each_other_and_streams_never_wait() {
         let (inner, mut waiting) = gated();
         let service = AdmissionLayer::new(&limits(1), None).layer(inner);
         let _busy = tokio::spawn(service.clone().oneshot(call(GET_DEAL, "alice")));
         let _finish_busy = waiting.recv().await.unwrap();
-        for path in [
-            "/grpc.health.v1.Health/Check",
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            "/topkart.deal.v1.DealService/ReserveUnits",
-            "/topkart.deal.v1.DealService/WatchDeal",
+        for (path, role) in [
+            ("/grpc.health.v1.Health/Check", Role::Customer),
+            ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Role::Customer),
+            ("/topkart.deal.v1.DealService/ReserveUnits", Role::Service),
+            ("/topkart.deal.v1.DealService/WatchDeal", Role::Customer),
         ] {
-            let call = tokio::spawn(service.clone().oneshot(call(path, "alice")));
+            let mut request = call(path, "order-service");
+            request.extensions_mut().insert(Caller::Token { subject: "order-service".into(), role });
+            let call = tokio::spawn(service.clone().oneshot(request));
             waiting.recv().await.unwrap().send(()).unwrap();
             assert_eq!(code_of(&call.await.unwrap().unwrap()), None, "{path} was admitted");
         }

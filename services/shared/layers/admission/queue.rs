@@ -72,8 +72,8 @@ struct State {
     /// The callers with calls waiting, in the order of their next turn.
     turns: VecDeque<QueueKey>,
     next_id: u64,
-    /// When the queue was last empty.
-    drained_at: Instant,
+    /// Since when calls have waited without the queue emptying (set as the first call queues).
+    standing_since: Instant,
 }
 
 struct Waiter {
@@ -98,6 +98,8 @@ pub enum Full {
     CallerShare,
     /// The queue holds as many calls as it may.
     Queue,
+    /// Its deadline leaves it no time to wait.
+    NoTime,
 }
 
 /// A call's place: admitted at once, waiting, or not queued.
@@ -115,7 +117,7 @@ impl FairQueue {
             queues: HashMap::new(),
             turns: VecDeque::new(),
             next_id: 0,
-            drained_at: Instant::now(),
+            standing_since: Instant::now(),
         };
         Arc::new(Self { limits, state: Mutex::new(state), service_micros: AtomicU64::new(0) })
     }
@@ -124,12 +126,17 @@ impl FairQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A call of `caller` (ordering `deal`, if it does) arrives.
-    pub fn enter(self: &Arc<Self>, caller: QueueKey, deal: Option<Uuid>) -> Entry {
+    /// A call of `caller` (ordering `deal`, if it does) arrives, with `budget` to wait at most (what
+    /// its deadline leaves): admitted, or queued to wait the least of the budget and the queue's
+    /// longest wait (short once the queue has stood), or not queued.
+    pub fn enter(self: &Arc<Self>, caller: QueueKey, deal: Option<Uuid>, budget: Duration) -> Entry {
         let mut state = self.state();
         if state.in_flight < self.limits.in_flight {
             state.in_flight += 1;
             return Entry::Admitted(Permit::new(self));
+        }
+        if budget.is_zero() {
+            return Entry::Full(Full::NoTime);
         }
         if state.waiting >= self.limits.total {
             return Entry::Full(Full::Queue);
@@ -138,6 +145,15 @@ impl FairQueue {
         if queue_len >= self.limits.per_caller {
             return Entry::Full(Full::CallerShare);
         }
+        let now = Instant::now();
+        if state.waiting == 0 {
+            state.standing_since = now;
+        }
+        let longest = if now.saturating_duration_since(state.standing_since) >= self.limits.overload_after {
+            self.limits.max_wait_overloaded
+        } else {
+            self.limits.max_wait
+        };
         let (turn, told) = oneshot::channel();
         let id = state.next_id;
         state.next_id += 1;
@@ -146,19 +162,10 @@ impl FairQueue {
         }
         state.queues.entry(caller.clone()).or_default().push_back(Waiter { id, deal, turn });
         state.waiting += 1;
-        let waiting = Waiting { queue: Arc::clone(self), caller, id, told: Some(told), since: Instant::now() };
+        let patience = longest.min(budget);
+        let waiting = Waiting { queue: Arc::clone(self), caller, id, told: Some(told), since: now, patience };
         report(&state);
         Entry::Waiting(waiting)
-    }
-
-    /// How long a call that starts waiting now may wait (before its own deadline is counted).
-    pub fn max_wait(&self) -> Duration {
-        let state = self.state();
-        if state.waiting > 0 && state.drained_at.elapsed() >= self.limits.overload_after {
-            self.limits.max_wait_overloaded
-        } else {
-            self.limits.max_wait
-        }
     }
 
     /// What an admitted call can expect to hold its permit.
@@ -188,9 +195,6 @@ impl FairQueue {
             }
             let Some(waiter) = waiter else { continue };
             state.waiting -= 1;
-            if state.waiting == 0 {
-                state.drained_at = Instant::now();
-            }
             // A waiter in the queue is alive (leaving takes it out under this lock), unless it is
             // being dropped right now: then the next one gets the permit.
             if waiter.turn.send(Turn::Admitted).is_ok() {
@@ -214,9 +218,6 @@ impl FairQueue {
             state.turns.retain(|turn| turn != caller);
         }
         state.waiting -= 1;
-        if state.waiting == 0 {
-            state.drained_at = Instant::now();
-        }
         report(&state);
         true
     }
@@ -225,7 +226,7 @@ impl FairQueue {
     pub fn stock_out(&self, deal: Uuid, out: Out) {
         let mut state = self.state();
         let mut told = Vec::new();
-        for queue in state.queues.values_mut() {
+        for queue in state.queues.values_mut().filter(|queue| queue.iter().any(|waiter| waiter.deal == Some(deal))) {
             let (out_of_stock, rest): (VecDeque<Waiter>, VecDeque<Waiter>) =
                 std::mem::take(queue).into_iter().partition(|waiter| waiter.deal == Some(deal));
             *queue = rest;
@@ -238,14 +239,11 @@ impl FairQueue {
         let State { turns, queues, .. } = &mut *state;
         turns.retain(|caller| queues.contains_key(caller));
         state.waiting -= told.len();
-        if state.waiting == 0 {
-            state.drained_at = Instant::now();
-        }
-        report(&state);
-        drop(state);
+        // Told under the lock, so that a waiter whose time runs out meanwhile finds its answer.
         for waiter in told {
             let _ = waiter.turn.send(Turn::Out(out));
         }
+        report(&state);
     }
 }
 
@@ -282,6 +280,8 @@ pub struct Waiting {
     id: u64,
     told: Option<oneshot::Receiver<Turn>>,
     since: Instant,
+    /// How long it may wait.
+    patience: Duration,
 }
 
 /// How a wait ended.
@@ -293,21 +293,17 @@ pub enum Waited {
 }
 
 impl Waiting {
-    /// Waits for a turn, at most `patience`.
-    pub async fn wait(mut self, patience: Duration) -> Waited {
+    /// Waits for a turn, at most its patience.
+    pub async fn wait(mut self) -> Waited {
         let Some(told) = self.told.as_mut() else { return Waited::TimedOut };
-        let outcome = match tokio::time::timeout(patience, told).await {
+        let outcome = match tokio::time::timeout(self.patience, told).await {
             Ok(Ok(turn)) => Some(turn),
             // The sender is dropped only after a turn is sent or the waiter left: not here.
             Ok(Err(_)) => None,
-            Err(_elapsed) => {
-                if self.queue.leave(&self.caller, self.id) {
-                    None
-                } else {
-                    // A turn was sent as the wait ended: take it.
-                    self.told.as_mut().and_then(|told| told.try_recv().ok())
-                }
-            }
+            // Out of time, unless a turn was sent as the time ran out (under the queue's lock, so
+            // it is there to be read): then it is the answer.
+            Err(_elapsed) if self.queue.leave(&self.caller, self.id) => None,
+            Err(_elapsed) => self.told.as_mut().and_then(|told| told.try_recv().ok()),
         };
         self.told = None;
         metrics::admission_wait(self.since.elapsed().as_secs_f64(), matches!(outcome, Some(Turn::Admitted)));
@@ -346,6 +342,9 @@ mod tests {
         }
     }
 
+    /// A budget longer than any wait.
+    const LONG: Duration = Duration::from_secs(60);
+
     fn caller(name: &str) -> QueueKey {
         QueueKey::Subject(name.into())
     }
@@ -372,7 +371,7 @@ mod tests {
     ) {
         let turns = turns.clone();
         tokio::spawn(async move {
-            if let Waited::Admitted(permit) = waiting.wait(Duration::from_secs(5)).await {
+            if let Waited::Admitted(permit) = waiting.wait().await {
                 let _ = turns.send((label, permit));
             }
         });
@@ -381,12 +380,12 @@ mod tests {
     #[tokio::test]
     async fn freed_permits_go_to_the_callers_in_turn_and_each_callers_calls_in_order() {
         let queue = FairQueue::new(limits(1, 10, 100));
-        let first = admitted(queue.enter(caller("loud"), None));
+        let first = admitted(queue.enter(caller("loud"), None, LONG));
         let (turns, mut turned) = tokio::sync::mpsc::unbounded_channel();
         for label in ["loud-1", "loud-2", "loud-3", "loud-4"] {
-            wait_in_task(waiting(queue.enter(caller("loud"), None)), label, &turns);
+            wait_in_task(waiting(queue.enter(caller("loud"), None, LONG)), label, &turns);
         }
-        wait_in_task(waiting(queue.enter(caller("quiet"), None)), "quiet-1", &turns);
+        wait_in_task(waiting(queue.enter(caller("quiet"), None, LONG)), "quiet-1", &turns);
         tokio::task::yield_now().await;
 
         drop(first);
@@ -405,26 +404,26 @@ mod tests {
     #[tokio::test]
     async fn a_caller_beyond_its_share_and_any_call_beyond_the_total_are_not_queued() {
         let queue = FairQueue::new(limits(1, 2, 3));
-        let _running = admitted(queue.enter(caller("a"), None));
-        let _a1 = waiting(queue.enter(caller("a"), None));
-        let _a2 = waiting(queue.enter(caller("a"), None));
-        assert!(matches!(queue.enter(caller("a"), None), Entry::Full(Full::CallerShare)));
-        let _b1 = waiting(queue.enter(caller("b"), None));
-        assert!(matches!(queue.enter(caller("c"), None), Entry::Full(Full::Queue)));
+        let _running = admitted(queue.enter(caller("a"), None, LONG));
+        let _a1 = waiting(queue.enter(caller("a"), None, LONG));
+        let _a2 = waiting(queue.enter(caller("a"), None, LONG));
+        assert!(matches!(queue.enter(caller("a"), None, LONG), Entry::Full(Full::CallerShare)));
+        let _b1 = waiting(queue.enter(caller("b"), None, LONG));
+        assert!(matches!(queue.enter(caller("c"), None, LONG), Entry::Full(Full::Queue)));
     }
 
     #[tokio::test]
     async fn a_call_that_gives_up_leaves_the_queue_and_the_permit_goes_to_the_next() {
         let queue = FairQueue::new(limits(1, 10, 100));
-        let running = admitted(queue.enter(caller("a"), None));
-        let gone = waiting(queue.enter(caller("b"), None));
-        let timed_out = waiting(queue.enter(caller("c"), None));
-        let next = waiting(queue.enter(caller("d"), None));
+        let running = admitted(queue.enter(caller("a"), None, LONG));
+        let gone = waiting(queue.enter(caller("b"), None, LONG));
+        let timed_out = waiting(queue.enter(caller("c"), None, Duration::from_millis(5)));
+        let next = waiting(queue.enter(caller("d"), None, LONG));
         drop(gone);
-        assert!(matches!(timed_out.wait(Duration::from_millis(5)).await, Waited::TimedOut));
+        assert!(matches!(timed_out.wait().await, Waited::TimedOut));
         assert_eq!(queue.state().waiting, 1);
         drop(running);
-        assert!(matches!(next.wait(Duration::from_secs(1)).await, Waited::Admitted(_)));
+        assert!(matches!(next.wait().await, Waited::Admitted(_)));
         let state = queue.state();
         assert_eq!((state.in_flight, state.waiting), (0, 0), "its permit came back when dropped");
     }
@@ -432,36 +431,43 @@ mod tests {
     #[tokio::test]
     async fn a_permit_handed_to_a_call_that_went_away_comes_back() {
         let queue = FairQueue::new(limits(1, 10, 100));
-        let running = admitted(queue.enter(caller("a"), None));
-        let vanishing = waiting(queue.enter(caller("b"), None));
+        let running = admitted(queue.enter(caller("a"), None, LONG));
+        let vanishing = waiting(queue.enter(caller("b"), None, LONG));
         drop(running);
         // The turn was sent to it; it never read it.
         drop(vanishing);
         assert_eq!(queue.state().in_flight, 0);
-        let _again = admitted(queue.enter(caller("c"), None));
+        let _again = admitted(queue.enter(caller("c"), None, LONG));
     }
 
     #[tokio::test]
     async fn calls_waiting_for_a_deal_that_is_out_are_answered_at_once_and_the_rest_wait_on() {
         let queue = FairQueue::new(limits(1, 10, 100));
-        let running = admitted(queue.enter(caller("a"), None));
+        let running = admitted(queue.enter(caller("a"), None, LONG));
         let (sold, other) = (Uuid::new_v4(), Uuid::new_v4());
-        let for_sold = waiting(queue.enter(caller("b"), Some(sold)));
-        let for_other = waiting(queue.enter(caller("b"), Some(other)));
+        let for_sold = waiting(queue.enter(caller("b"), Some(sold), LONG));
+        let for_other = waiting(queue.enter(caller("b"), Some(other), LONG));
         queue.stock_out(sold, Out::SoldOut);
-        assert!(matches!(for_sold.wait(Duration::from_secs(1)).await, Waited::Out(Out::SoldOut)));
+        assert!(matches!(for_sold.wait().await, Waited::Out(Out::SoldOut)));
         drop(running);
-        assert!(matches!(for_other.wait(Duration::from_secs(1)).await, Waited::Admitted(_)));
+        assert!(matches!(for_other.wait().await, Waited::Admitted(_)));
     }
 
     #[tokio::test]
-    async fn waits_get_short_once_the_queue_has_not_emptied_for_a_while() {
+    async fn waits_get_short_once_the_queue_has_stood_for_a_while_and_never_outlast_the_budget() {
         let queue = FairQueue::new(limits(1, 10, 100));
-        let _running = admitted(queue.enter(caller("a"), None));
-        assert_eq!(queue.max_wait(), Duration::from_secs(5), "nothing waits");
-        let _standing = waiting(queue.enter(caller("b"), None));
-        assert_eq!(queue.max_wait(), Duration::from_secs(5), "the queue emptied just now");
+        let _running = admitted(queue.enter(caller("a"), None, LONG));
+        let first = waiting(queue.enter(caller("b"), None, LONG));
+        assert_eq!(first.patience, Duration::from_secs(5), "the queue starts standing now");
+        let short_budget = waiting(queue.enter(caller("c"), None, Duration::from_millis(7)));
+        assert_eq!(short_budget.patience, Duration::from_millis(7), "no longer than its deadline allows");
         tokio::time::sleep(Duration::from_millis(40)).await;
-        assert_eq!(queue.max_wait(), Duration::from_millis(10), "a standing queue");
+        let late = waiting(queue.enter(caller("d"), None, LONG));
+        assert_eq!(late.patience, Duration::from_millis(10), "a standing queue");
+        drop((first, short_budget, late));
+        // Empty again: the next call to wait starts a new stand.
+        let fresh = waiting(queue.enter(caller("e"), None, LONG));
+        assert_eq!(fresh.patience, Duration::from_secs(5));
+        assert!(matches!(queue.enter(caller("f"), None, Duration::ZERO), Entry::Full(Full::NoTime)));
     }
 }

@@ -127,7 +127,12 @@ impl StockBoard {
             if deals.get(&deal).is_some_and(|(known, _)| *known == Out::Ended) {
                 return;
             }
+            // A mark renewed while it holds tells nobody: the waiting were told when it was made.
+            let renewed = deals.get(&deal).is_some_and(|(known, ends)| *known == out && *ends > Instant::now());
             deals.insert(deal, (out, until));
+            if renewed {
+                return;
+            }
         }
         let listeners = self.inner.listeners.lock().unwrap_or_else(PoisonError::into_inner).clone();
         for listener in listeners {
@@ -162,7 +167,8 @@ mod tests {
         assert_eq!((board.out(sold_out), board.out(ended)), (Some(Out::SoldOut), Some(Out::Ended)));
         board.mark(ended, Out::SoldOut);
         assert_eq!(board.out(ended), Some(Out::Ended), "ended is final");
-        assert_eq!(heard.load(Ordering::Relaxed), 2);
+        board.mark(sold_out, Out::SoldOut);
+        assert_eq!(heard.load(Ordering::Relaxed), 2, "a renewal tells nobody");
         std::thread::sleep(SOLD_OUT_FOR);
         assert_eq!(board.out(sold_out), None, "units may have come back");
         assert_eq!(board.out(ended), Some(Out::Ended));
