@@ -5,6 +5,9 @@ deadline, with either client:
   RetryInfo, so a shed call is sent again at once;
 - loadgen (`--client loadgen`, its `surge` scenario): waits the RetryInfo delay when shed, as
   gRPC clients honouring server pushback do, and times shed and admitted calls apart.
+With `--polite` (h2load only), a polite buyer (loadgen `polite`: its own token, 20 at a time, 200
+orders, RetryInfo honoured) orders the same deal during each level, and its OK count and p99 are
+reported: what one buyer who asks once sees while the surge hammers.
 
 For each level it starts the three services afresh (so each level's peak RSS is its own), creates
 the hot deal, runs the client, waits one second and reads from the database what the run left:
@@ -224,8 +227,19 @@ def run_level(args, concurrency, body_dir):
                        "--json", report]
         client_env = dict(os.environ, JWT_SECRET=args.jwt_secret)
         client_env.pop("DATABASE_URL", None)
-        finished = subprocess.run(command, capture_output=True, text=True, env=client_env,
-                                  timeout=args.duration + args.warmup + 60)
+        load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=client_env)
+        polite_report = None
+        if args.polite and args.client == "h2load":
+            # A buyer who asks once (RetryInfo honoured) orders the same deal during the surge.
+            time.sleep(args.warmup)
+            polite_report = os.path.join(body_dir, f"surge-polite-{concurrency}.json")
+            subprocess.run([args.loadgen or os.path.join(args.bin, "loadgen"), "polite", "--order-service",
+                            f"http://127.0.0.1:{PORTS['order-service']}", "--deal", f"deals/{deal_id}",
+                            "--concurrency", "20", "--orders", "200", "--connections", "1",
+                            "--deadline-ms", "2000", "--json", polite_report],
+                           capture_output=True, text=True, env=client_env, timeout=args.duration + 60)
+        stdout, _ = load.communicate(timeout=args.duration + args.warmup + 60)
+        finished = subprocess.CompletedProcess(command, load.returncode, stdout, "")
         ended = psql(args.database_url, "select now()")
         time.sleep(1.0)
         window = float(psql(args.database_url, f"select extract(epoch from ('{ended}'::timestamptz - '{started}'::timestamptz)) - {args.warmup}"))
@@ -247,6 +261,9 @@ def run_level(args, concurrency, body_dir):
             "invariant_report": (invariants.stdout + invariants.stderr).strip()[-2000:],
             "peak_rss_kib": {name: peak_rss_kib(proc.pid) for name, proc in services.procs.items()},
         }
+        if polite_report:
+            with open(polite_report) as produced:
+                result["polite"] = json.load(produced)
         if args.client == "h2load":
             result["h2load"] = parse_h2load(finished.stdout)
         else:
@@ -298,6 +315,8 @@ def main():
     parser.add_argument("--client", choices=["h2load", "loadgen"], default="h2load")
     parser.add_argument("--loadgen", help="the loadgen binary (default: --bin's); a newer one can drive an older build")
     parser.add_argument("--no-metrics", dest="metrics", action="store_false", help="for builds without --metrics-addr")
+    parser.add_argument("--polite", action="store_true",
+                        help="with h2load: a polite buyer (loadgen polite, 20 at a time, 200 orders) orders during each level")
     parser.add_argument("--log-dir", default="target/bench")
     args = parser.parse_args()
     os.makedirs(args.log_dir, exist_ok=True)
