@@ -46,7 +46,8 @@ pub struct DealFailure {
 }
 
 /// Runs a step over every due deal at once (`run` with no deal); when that fails for a reason of
-/// the data rather than the database being unavailable, runs it for each deal `due` lists, alone,
+/// the data rather than the database being unavailable, runs it for each deal `due` lists (given
+/// the deals that failed the step last time, to list first), alone,
 /// so that the deals that can be done are, and the ones that cannot are named. An unavailable
 /// database fails the whole step: the next tick tries again.
 ///
@@ -57,8 +58,9 @@ pub struct DealFailure {
 pub async fn deal_by_deal_on_failure<T>(
     pool: &PgPool,
     step: Step,
+    failed_before: &[Uuid],
     run: impl for<'c> Fn(&'c mut PgConnection, Option<Uuid>) -> BoxFuture<'c, Result<T, sqlx::Error>>,
-    due: impl for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<Vec<Uuid>, sqlx::Error>>,
+    due: impl for<'c> Fn(&'c mut PgConnection, &'c [Uuid]) -> BoxFuture<'c, Result<Vec<Uuid>, sqlx::Error>>,
 ) -> Result<Done<T>, sqlx::Error>
 where
     T: Default + std::ops::AddAssign,
@@ -70,7 +72,7 @@ where
         Err(err) => {
             tracing::warn!(step = step.as_str(), error = %err, "a worker statement over several deals failed; going deal by deal");
             metrics::worker_fallback(step.as_str());
-            let deals = due(&mut conn).await?;
+            let deals = due(&mut conn, failed_before).await?;
             let mut done = Done::default();
             for deal in deals {
                 match run(&mut conn, Some(deal)).await {

@@ -55,21 +55,17 @@ pub async fn settle_holds(
     let mut settled = deal_by_deal_on_failure(
         pool,
         Step::HoldSettlement,
+        failed_before,
         |conn, only| Box::pin(resolve_stale_holds(conn, cutoff, only)),
-        |conn| {
-            let first = failed_before.to_vec();
-            Box::pin(async move { deals_with_stale_holds(conn, cutoff, &first).await })
-        },
+        |conn, first| Box::pin(deals_with_stale_holds(conn, cutoff, first)),
     )
     .await?;
     let finished = deal_by_deal_on_failure(
         pool,
         Step::HoldSettlement,
+        failed_before,
         |conn, only| Box::pin(finish_releases(conn, cutoff, only)),
-        |conn| {
-            let first = failed_before.to_vec();
-            Box::pin(async move { deals_with_unfinished_releases(conn, cutoff, &first).await })
-        },
+        |conn, first| Box::pin(deals_with_unfinished_releases(conn, cutoff, first)),
     )
     .await?;
     settled.done += finished.done;

@@ -28,11 +28,9 @@ pub async fn expire_orders(
     deal_by_deal_on_failure(
         pool,
         Step::OrderExpiry,
+        failed_before,
         |conn, only| Box::pin(expire_due(conn, now, only)),
-        |conn| {
-            let first = failed_before.to_vec();
-            Box::pin(async move { due_deals(conn, now, &first).await })
-        },
+        |conn, first| Box::pin(due_deals(conn, now, first)),
     )
     .await
 }
