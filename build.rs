@@ -4,7 +4,8 @@
 use std::{env, error::Error, fs, path::PathBuf};
 
 const PROTO_ROOT: &str = "proto";
-const CONTRACTS: [&str; 2] = ["topkart/deal/v1/deal.proto", "topkart/order/v1/order.proto"];
+const CONTRACTS: [&str; 3] =
+    ["topkart/deal/v1/deal.proto", "topkart/deal/internal/v1/holds.proto", "topkart/order/v1/order.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");

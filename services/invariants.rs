@@ -128,14 +128,14 @@ const CHECKS: [(&str, &str); 11] = [
         "no unit was sold outside its deal's window (start_time to expire_time or the daily reset)",
         "select format('reservation %s of deal %s made at %s', r.id, d.id, r.create_time)
            from reservations r join deals d on d.id = r.deal_id
-          where r.create_time < d.start_time or r.create_time >= least(d.expire_time, d.daily_reset_time)",
+          where r.create_time < d.start_time or r.create_time >= deal_end_time(d)",
     ),
     (
         "no order reads as placed outside its deal's window (an order's create_time is its units' reservation)",
         "select format('order %s placed at %s, deal %s runs %s to %s', o.id, o.create_time, d.id, d.start_time,
-                       least(d.expire_time, d.daily_reset_time))
+                       deal_end_time(d))
            from orders o join deals d on d.id = o.deal_id
-          where o.create_time < d.start_time or o.create_time >= least(d.expire_time, d.daily_reset_time)",
+          where o.create_time < d.start_time or o.create_time >= deal_end_time(d)",
     ),
 ];
 

@@ -18,6 +18,11 @@ pub mod topkart {
         pub mod v1 {
             tonic::include_proto!("topkart.deal.v1");
         }
+        pub mod internal {
+            pub mod v1 {
+                tonic::include_proto!("topkart.deal.internal.v1");
+            }
+        }
     }
     pub mod order {
         pub mod v1 {
@@ -27,6 +32,7 @@ pub mod topkart {
 }
 
 pub use google::r#type::Money;
+pub use topkart::deal::internal::v1 as holds;
 pub use topkart::deal::v1 as deal;
 pub use topkart::order::v1 as order;
 

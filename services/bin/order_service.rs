@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::Parser;
 use tonic::transport::{Certificate, ClientTlsConfig};
 use topkart::{
-    order::deals::{Credentials, DEFAULT_CONNECTIONS, DealsClient},
+    order::placing::holds::{Credentials, DEFAULT_CONNECTIONS, DealsClient},
     shared::{auth, cli, server},
 };
 

@@ -45,7 +45,7 @@ pub async fn update(
     let added = terms.total_units - current.terms.total_units;
     if added > 0 {
         // Units added go to the waitlist first, as units that come back do.
-        store::waitlist::offer_added_units(&mut tx, id, added).await?;
+        super::waitlist::store::offer_added_units(&mut tx, id, added).await?;
         deal = store::lock_deal(&mut tx, id).await?.ok_or(DealError::Internal("a locked deal vanished"))?;
     }
     tx.commit().await?;

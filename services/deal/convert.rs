@@ -5,7 +5,7 @@
 use tonic::Status;
 
 use crate::{
-    proto::deal as pb,
+    proto::{deal as pb, holds as holds_pb},
     shared::{
         auth::{Caller, Role},
         names, status, time,
@@ -14,9 +14,9 @@ use crate::{
 
 use super::error::DealError;
 
-use super::domain::{
-    Deal, DealState, Reservation, ReservationState,
-    waitlist::{EntryState, WaitlistEntry},
+use super::{
+    domain::{Deal, DealState, Reservation, ReservationState},
+    waitlist::domain::{EntryState, WaitlistEntry},
 };
 
 /// A deal as the API shows it.
@@ -66,9 +66,9 @@ pub fn entry_to_proto(entry: &WaitlistEntry) -> pb::WaitlistEntry {
 }
 
 /// A reservation as the API shows it.
-pub fn reservation_to_proto(reservation: &Reservation) -> pb::Reservation {
+pub fn reservation_to_proto(reservation: &Reservation) -> holds_pb::Reservation {
     let state = reservation_state_to_proto(reservation.state);
-    pb::Reservation {
+    holds_pb::Reservation {
         reservation_id: reservation.id.to_string(),
         deal: names::format(names::DEALS, reservation.deal_id),
         quantity: reservation.quantity,
@@ -82,13 +82,15 @@ pub fn reservation_to_proto(reservation: &Reservation) -> pb::Reservation {
 
 /// The results of a batch call, one per request, in order: each reservation as ReserveUnits or
 /// ConfirmUnits would return it, or the status it would fail with, as a `google.rpc.Status`.
-pub fn reservation_results_to_proto(results: Vec<Result<Reservation, DealError>>) -> Vec<pb::ReservationResult> {
+pub fn reservation_results_to_proto(results: Vec<Result<Reservation, DealError>>) -> Vec<holds_pb::ReservationResult> {
     results
         .into_iter()
-        .map(|result| pb::ReservationResult {
+        .map(|result| holds_pb::ReservationResult {
             result: Some(match result {
-                Ok(reservation) => pb::reservation_result::Result::Reservation(reservation_to_proto(&reservation)),
-                Err(err) => pb::reservation_result::Result::Error(status::to_message(&Status::from(err))),
+                Ok(reservation) => {
+                    holds_pb::reservation_result::Result::Reservation(reservation_to_proto(&reservation))
+                }
+                Err(err) => holds_pb::reservation_result::Result::Error(status::to_message(&Status::from(err))),
             }),
         })
         .collect()
@@ -138,11 +140,11 @@ pub fn deal_state_from_proto(state: pb::deal::State) -> Option<DealState> {
 }
 
 /// The API's value of a reservation's state.
-pub fn reservation_state_to_proto(state: ReservationState) -> pb::reservation::State {
+pub fn reservation_state_to_proto(state: ReservationState) -> holds_pb::reservation::State {
     match state {
-        ReservationState::Held => pb::reservation::State::Reserved,
-        ReservationState::Confirmed => pb::reservation::State::Confirmed,
-        ReservationState::Released => pb::reservation::State::Released,
+        ReservationState::Held => holds_pb::reservation::State::Reserved,
+        ReservationState::Confirmed => holds_pb::reservation::State::Confirmed,
+        ReservationState::Released => holds_pb::reservation::State::Released,
     }
 }
 

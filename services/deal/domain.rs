@@ -108,6 +108,15 @@ pub struct DealTerms {
     pub offer_window_seconds: i32,
 }
 
+impl DealTerms {
+    /// When the deal ends: its `expire_time`, or the daily reset after its start if that comes
+    /// first. The one definition in Rust; SQL's is `deal_end_time` (migrations), and a test checks
+    /// the two agree.
+    pub fn end_time(&self) -> DateTime<Utc> {
+        self.expire_time.min(daily_reset_after(self.start_time))
+    }
+}
+
 /// A deal as stored, with its state at the instant it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deal {
@@ -434,7 +443,6 @@ pub(crate) fn sample_deal(start: DateTime<Utc>) -> Deal {
 }
 
 mod product_name;
-pub mod waitlist;
 use product_name::product_name;
 pub use product_name::{DEFAULT_IGNORABLE, is_visible};
 

@@ -31,7 +31,7 @@ use crate::{
 
 use super::{
     convert::deal_to_proto,
-    domain::{self, Deal},
+    domain::Deal,
     store::{self, DealFilter},
 };
 
@@ -159,9 +159,9 @@ impl Snapshot {
     }
 }
 
-/// When a deal read as live stops being live: its expiry, or its daily reset if that comes first.
+/// When a deal read as live stops being live.
 fn end_of(deal: &Deal) -> DateTime<Utc> {
-    deal.terms.expire_time.min(domain::daily_reset_after(deal.terms.start_time))
+    deal.terms.end_time()
 }
 
 #[cfg(test)]
@@ -170,7 +170,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::deal::domain::DealTerms;
+    use crate::deal::domain::{self, DealTerms};
 
     fn deal(start: DateTime<Utc>, expire: DateTime<Utc>) -> Deal {
         let deal = domain::sample_deal(start);

@@ -10,17 +10,16 @@
 //! both share among callers as bytes encoded once; [`waitlisting`] applies the
 //! waitlist's rules (`domain::waitlist`) in transactions.
 
-pub mod allocation;
-pub mod batching;
 pub mod changes;
 pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod holds;
 pub mod live_deals;
 pub mod routes;
 pub mod store;
-pub mod waitlisting;
+pub mod waitlist;
 pub mod watch;
 
 use std::future::Future;
@@ -28,7 +27,10 @@ use std::future::Future;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::{proto::deal::deal_service_server::SERVICE_NAME, shared::server};
+use crate::{
+    proto::{deal::deal_service_server::SERVICE_NAME, holds::hold_service_server::HoldServiceServer},
+    shared::server,
+};
 
 /// The `google.rpc.ErrorInfo` domain of this service's errors.
 pub const DOMAIN: &str = "deal.topkart.com";
@@ -65,12 +67,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), server::ServeError> {
     let (health, health_service) = server::Health::start(database.pool.clone(), &[SERVICE_NAME]).await;
-    let sale = batching::Sale::start(&database).map_err(server::ServeError::Start)?;
+    let sale = holds::batching::Sale::start(&database).map_err(server::ServeError::Start)?;
     // WatchDeal's streams would hold the graceful shutdown open: they end (UNAVAILABLE) first.
     let (stopping, stop_watching) = tokio::sync::watch::channel(false);
-    let api = grpc::DealApi::new(database.pool, &sale, &settings.limits, stop_watching);
+    let holds = HoldServiceServer::new(holds::grpc::HoldApi::new(database.pool.clone(), &sale))
+        .max_decoding_message_size(server::MAX_REQUEST_BYTES);
+    let api = grpc::DealApi::new(database.pool, &settings.limits, stop_watching);
     let api = routes::DealRoutes::new(api);
-    let router = server::builder(&settings)?.add_service(health_service).add_service(api);
+    let router = server::builder(&settings)?.add_service(health_service).add_service(api).add_service(holds);
     let shutdown = async move {
         shutdown.await;
         stopping.send_replace(true);

@@ -7,9 +7,9 @@ use uuid::Uuid;
 use crate::shared::call::CallContext;
 
 use super::{
-    deals::DealsClient,
     domain::{Decision, Order},
     error::OrderError,
+    placing::holds::DealsClient,
     store,
 };
 

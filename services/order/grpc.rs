@@ -19,14 +19,10 @@ use crate::{
 
 use super::{
     convert::{order_state_from_proto, order_to_proto},
-    deals::DealsClient,
     deciding::{Deciding, visible_to},
     domain::{self, Decision, Order, OrderState},
     error::OrderError,
-    faults::Faults,
-    placing::Placing,
-    recording::Recorder,
-    reserving::Reserving,
+    placing::{Placing, holds::DealsClient},
     store,
 };
 
@@ -39,10 +35,9 @@ pub struct OrderApi {
 
 impl OrderApi {
     /// The API over `pool`, reserving through `deals`, marking on `stock` the deals it finds sold
-    /// out or ended, with `faults` injected (tests only).
-    pub fn new(pool: PgPool, deals: DealsClient, stock: StockBoard, faults: Faults) -> Self {
-        let reserving = Reserving::new(deals.clone(), faults.clone());
-        let placing = Placing { pool: pool.clone(), reserving, recorder: Recorder::new(pool.clone()), faults, stock };
+    /// out or ended.
+    pub fn new(pool: PgPool, deals: DealsClient, stock: StockBoard) -> Self {
+        let placing = Placing::new(pool.clone(), deals.clone(), stock);
         Self { deciding: Deciding { pool: pool.clone(), deals }, pool, placing }
     }
 }

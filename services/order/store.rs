@@ -87,7 +87,7 @@ pub struct OrderInsert {
 /// - the expiry worker settles a hold only under its lock and only long after `write_by`, so it
 ///   either sees the order, or the insert comes after it and finds `write_by` long past (the clock
 ///   is read per row, `clock_timestamp()`);
-/// - an abandonment ([`crate::shared::reservations::abandon`]) marks the id under the same lock,
+/// - an abandonment ([`abandon_attempt`]) marks the id under the same lock,
 ///   so either it sees the order and leaves the hold, or the insert sees its mark and records
 ///   nothing.
 ///
@@ -135,6 +135,34 @@ pub async fn insert_orders(pool: &PgPool, orders: &[OrderInsert]) -> Result<Vec<
     .await?;
     tx.commit().await?;
     Ok(rows.into_iter().map(Order::from).collect())
+}
+
+/// Gives up the order attempt `id` unless its order was recorded: marks the id abandoned, so that
+/// no order is ever recorded under it. Returns whether the order exists (then nothing is marked,
+/// and the hold is the order's).
+///
+/// Safe against an order insert in flight for the same id: both take the hold's advisory lock, and
+/// each decides in a statement that starts after the lock is granted (so it sees what the other
+/// committed). Either the order was committed first, and it stays with its hold; or the mark was,
+/// and the insert ([`insert_orders`]) finds it and records nothing.
+#[tracing::instrument(name = "sql.abandon_attempt", skip_all, fields(order = %id))]
+pub async fn abandon_attempt(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock(hold_lock_key($1))").bind(id).execute(&mut *tx).await?;
+    let ordered: bool = sqlx::query_scalar(
+        "with ordered as (
+             select exists (select from orders where id = $1) as ordered
+         ), marked as (
+             insert into abandoned_orders (id) select $1 from ordered where not ordered
+             on conflict (id) do nothing
+         )
+         select ordered from ordered",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ordered)
 }
 
 /// The orders among `ids` that exist.

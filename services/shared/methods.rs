@@ -42,14 +42,11 @@ const INFRASTRUCTURE: [(&str, &str); 4] = [
     ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo"),
 ];
 
-/// The methods only order-service calls (the service role; README, "Who may call what").
-const INTERNAL: [&str; 5] = [
-    "/topkart.deal.v1.DealService/ReserveUnits",
-    "/topkart.deal.v1.DealService/ConfirmUnits",
-    "/topkart.deal.v1.DealService/ReleaseUnits",
-    "/topkart.deal.v1.DealService/BatchReserveUnits",
-    "/topkart.deal.v1.DealService/BatchConfirmUnits",
-];
+/// The protobuf packages of the calls between our services (`topkart.deal.internal.v1`): their
+/// methods are internal, whatever their names.
+fn is_internal(package: &str) -> bool {
+    package.split('.').any(|part| part == "internal")
+}
 
 static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
     let mut methods = HashMap::new();
@@ -72,7 +69,7 @@ static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
             let service_name = format!("{}.{}", file.package(), service.name());
             for method in &service.method {
                 let path = format!("/{service_name}/{}", method.name());
-                let internal = INTERNAL.contains(&path.as_str());
+                let internal = is_internal(file.package());
                 let method = Method {
                     service: service_name.clone(),
                     method: method.name().into(),
@@ -119,12 +116,14 @@ mod tests {
 
     #[test]
     fn knows_our_methods_and_the_infrastructure_and_nothing_else() {
-        let reserve = lookup("/topkart.deal.v1.DealService/ReserveUnits").expect("ReserveUnits");
+        let reserve = lookup("/topkart.deal.internal.v1.HoldService/ReserveUnits").expect("ReserveUnits");
         assert_eq!(
-            (reserve.service.as_str(), reserve.method.as_str(), reserve.infrastructure),
-            ("topkart.deal.v1.DealService", "ReserveUnits", false)
+            (reserve.service.as_str(), reserve.method.as_str(), reserve.infrastructure, reserve.internal),
+            ("topkart.deal.internal.v1.HoldService", "ReserveUnits", false, true)
         );
-        assert!(lookup("/topkart.order.v1.OrderService/CreateOrder").is_some());
+        assert!(lookup("/topkart.deal.v1.DealService/ReserveUnits").is_none(), "not on the public service");
+        assert!(!lookup("/topkart.order.v1.OrderService/CreateOrder").expect("CreateOrder").internal);
+        assert!(!lookup("/topkart.deal.v1.DealService/JoinWaitlist").expect("JoinWaitlist").internal);
         assert!(lookup("/topkart.deal.v1.DealService/WatchDeal").expect("WatchDeal").streaming);
         assert!(!reserve.streaming);
         assert!(lookup("/grpc.health.v1.Health/Check").expect("health").infrastructure);
@@ -135,7 +134,7 @@ mod tests {
     #[test]
     fn knows_every_request_message_and_its_services_domain_and_no_reply() {
         assert_eq!(request_domain("topkart.deal.v1.CreateDealRequest"), Some(crate::deal::DOMAIN));
-        assert_eq!(request_domain("topkart.deal.v1.ReserveUnitsRequest"), Some(crate::deal::DOMAIN));
+        assert_eq!(request_domain("topkart.deal.internal.v1.ReserveUnitsRequest"), Some(crate::deal::DOMAIN));
         assert_eq!(request_domain("topkart.order.v1.CreateOrderRequest"), Some(crate::order::DOMAIN));
         assert_eq!(REQUESTS.len(), 20, "one request message per method");
         for reply in ["topkart.deal.v1.Deal", "topkart.order.v1.Order", "topkart.deal.v1.ListDealsResponse"] {

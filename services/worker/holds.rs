@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::failures::{Done, Step, deal_by_deal_on_failure};
 
-use crate::shared::reservations::HOLD_TIMEOUT;
+use crate::shared::hold_times::HOLD_TIMEOUT;
 
 /// How many rows one pass settles at most; the next tick takes the rest.
 const BATCH: i64 = 1000;

@@ -11,7 +11,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest,
 };
 use topkart::{
-    proto::{deal as dealpb, order as orderpb},
+    proto::{deal as dealpb, holds as holdspb, order as orderpb},
     shared::auth::{Claims, Role, Signer},
 };
 
@@ -105,11 +105,12 @@ fn code<T>(result: Result<T, tonic::Status>) -> Code {
 /// Calls `rpc` as `who`, on fresh fixtures where the call changes them.
 async fn call(app: &TestApp, deal: &dealpb::Deal, rpc: &str, who: Who) -> Code {
     let mut deals = deals_with(&app.deal_channel, bearer(who));
+    let mut holds = holds_with(&app.deal_channel, bearer(who));
     let mut orders = orders_with(&app.order_channel, bearer(who));
     let alices_order = || async { app.order(order_request(&deal.name, 1)).await.unwrap().name };
     let reservation = || async {
         let id = uuid::Uuid::new_v4().to_string();
-        let request = dealpb::ReserveUnitsRequest {
+        let request = holdspb::ReserveUnitsRequest {
             deal: deal.name.clone(),
             reservation_id: id.clone(),
             quantity: 1,
@@ -159,32 +160,32 @@ async fn call(app: &TestApp, deal: &dealpb::Deal, rpc: &str, who: Who) -> Code {
             code(deals.list_deals(request).await)
         }
         "ReserveUnits" => {
-            let request = dealpb::ReserveUnitsRequest {
+            let request = holdspb::ReserveUnitsRequest {
                 deal: deal.name.clone(),
                 reservation_id: uuid::Uuid::new_v4().to_string(),
                 quantity: 1,
                 ..Default::default()
             };
-            code(deals.reserve_units(request).await)
+            code(holds.reserve_units(request).await)
         }
         "ConfirmUnits" => {
-            code(deals.confirm_units(dealpb::ConfirmUnitsRequest { reservation_id: reservation().await }).await)
+            code(holds.confirm_units(holdspb::ConfirmUnitsRequest { reservation_id: reservation().await }).await)
         }
         "BatchReserveUnits" => {
-            let request = dealpb::ReserveUnitsRequest {
+            let request = holdspb::ReserveUnitsRequest {
                 deal: deal.name.clone(),
                 reservation_id: uuid::Uuid::new_v4().to_string(),
                 quantity: 1,
                 ..Default::default()
             };
-            code(deals.batch_reserve_units(dealpb::BatchReserveUnitsRequest { requests: vec![request] }).await)
+            code(holds.batch_reserve_units(holdspb::BatchReserveUnitsRequest { requests: vec![request] }).await)
         }
         "BatchConfirmUnits" => {
-            let request = dealpb::ConfirmUnitsRequest { reservation_id: reservation().await };
-            code(deals.batch_confirm_units(dealpb::BatchConfirmUnitsRequest { requests: vec![request] }).await)
+            let request = holdspb::ConfirmUnitsRequest { reservation_id: reservation().await };
+            code(holds.batch_confirm_units(holdspb::BatchConfirmUnitsRequest { requests: vec![request] }).await)
         }
         "ReleaseUnits" => {
-            code(deals.release_units(dealpb::ReleaseUnitsRequest { reservation_id: reservation().await }).await)
+            code(holds.release_units(holdspb::ReleaseUnitsRequest { reservation_id: reservation().await }).await)
         }
         "CreateOrder" => code(
             orders

@@ -9,13 +9,12 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, oneshot};
 use tonic::{Code, Request};
 use topkart::{
-    order::faults::Faults,
-    proto::{deal as dealpb, order as pb},
+    proto::{deal as dealpb, holds as holdspb, order as pb},
     shared::auth::Role,
 };
 use uuid::Uuid;
 
-use crate::helpers::*;
+use crate::{faults::Faults, helpers::*};
 
 /// Orders that wait together, behind the first, for their deal's next batch call.
 const TOGETHER: usize = 8;
@@ -25,7 +24,7 @@ const PATIENT: Duration = Duration::from_secs(8);
 
 /// A second order-service on `app`'s deal-service, with `faults`; it stops when the sender drops.
 async fn faulty_order_service(app: &TestApp, faults: Faults) -> (std::net::SocketAddr, oneshot::Sender<()>) {
-    spawn_order_service_with_faults(app.pool.clone(), deals_client(app.deal_addr), faults).await
+    spawn_order_service(app.pool.clone(), faults.on(deals_client(app.deal_addr))).await
 }
 
 /// `buyer` orders `quantity` units of `deal` under `id` over `channel`, waiting at most `timeout`.
@@ -211,10 +210,10 @@ async fn a_reserve_batch_resent_after_its_reply_was_lost_gives_every_order_its_s
 }
 
 /// A batch's answer to one request: its reservation, or its error's code and `ErrorInfo` reason.
-fn outcome(result: dealpb::ReservationResult) -> Result<dealpb::Reservation, (Code, String)> {
+fn outcome(result: holdspb::ReservationResult) -> Result<holdspb::Reservation, (Code, String)> {
     match result.result.expect("a result") {
-        dealpb::reservation_result::Result::Reservation(reservation) => Ok(reservation),
-        dealpb::reservation_result::Result::Error(status) => {
+        holdspb::reservation_result::Result::Reservation(reservation) => Ok(reservation),
+        holdspb::reservation_result::Result::Error(status) => {
             let status = topkart::shared::status::from_message(status);
             let reason =
                 tonic_types::StatusExt::get_error_details(&status).error_info().map(|info| info.reason.clone());
@@ -229,7 +228,7 @@ async fn each_request_of_a_reserve_batch_gets_its_own_answer_as_if_it_came_alone
     let limited = dealpb::Deal { max_units_per_customer: Some(3), ..deal_request(10) };
     let deal = app.deals.clone().create_deal(dealpb::CreateDealRequest { deal: Some(limited) }).await.unwrap();
     let deal = deal.into_inner().name;
-    let reserve = |id: Uuid, customer: &str, quantity| dealpb::ReserveUnitsRequest {
+    let reserve = |id: Uuid, customer: &str, quantity| holdspb::ReserveUnitsRequest {
         deal: deal.clone(),
         reservation_id: id.to_string(),
         quantity,
@@ -246,11 +245,11 @@ async fn each_request_of_a_reserve_batch_gets_its_own_answer_as_if_it_came_alone
         // A retry of the first in the same call: its hold, nothing more taken.
         reserve(first, "alice", 2),
         // Its caller's time was up before the call reached the database: left out.
-        dealpb::ReserveUnitsRequest { timeout: Some(prost_types::Duration::default()), ..reserve(again, "bob", 1) },
+        holdspb::ReserveUnitsRequest { timeout: Some(prost_types::Duration::default()), ..reserve(again, "bob", 1) },
         reserve(Uuid::new_v4(), "bob", 3),
     ];
     let mut call = app.reservations.clone();
-    let results = call.batch_reserve_units(dealpb::BatchReserveUnitsRequest { requests }).await.unwrap();
+    let results = call.batch_reserve_units(holdspb::BatchReserveUnitsRequest { requests }).await.unwrap();
     let outcomes: Vec<Result<i32, (Code, String)>> = results
         .into_inner()
         .results
@@ -271,7 +270,7 @@ async fn each_request_of_a_reserve_batch_gets_its_own_answer_as_if_it_came_alone
     assert_eq!(hold_states(&pool, &[first, again]).await, [Some("reserved".into()), None]);
     assert_eq!(app.get_deal(&deal).await.available_units, 10 - 2 - 3);
     // An empty call, or one beyond 500, is refused as a whole.
-    let empty = call.batch_reserve_units(dealpb::BatchReserveUnitsRequest { requests: Vec::new() }).await;
+    let empty = call.batch_reserve_units(holdspb::BatchReserveUnitsRequest { requests: Vec::new() }).await;
     assert_invalid(empty, &["requests"]);
     assert_invariants(&pool).await;
 }
@@ -283,7 +282,7 @@ async fn each_request_of_a_confirm_batch_gets_its_own_answer_as_if_it_came_alone
     let mut call = app.reservations.clone();
     let (held, released) = (Uuid::new_v4(), Uuid::new_v4());
     for (id, quantity) in [(held, 2), (released, 3)] {
-        let reserve = dealpb::ReserveUnitsRequest {
+        let reserve = holdspb::ReserveUnitsRequest {
             deal: deal.clone(),
             reservation_id: id.to_string(),
             quantity,
@@ -292,9 +291,9 @@ async fn each_request_of_a_confirm_batch_gets_its_own_answer_as_if_it_came_alone
         };
         call.reserve_units(reserve).await.expect("a hold");
     }
-    call.release_units(dealpb::ReleaseUnitsRequest { reservation_id: released.to_string() }).await.unwrap();
+    call.release_units(holdspb::ReleaseUnitsRequest { reservation_id: released.to_string() }).await.unwrap();
 
-    let confirm = |id: String| dealpb::ConfirmUnitsRequest { reservation_id: id };
+    let confirm = |id: String| holdspb::ConfirmUnitsRequest { reservation_id: id };
     let requests = vec![
         confirm(held.to_string()),
         confirm(Uuid::new_v4().to_string()),
@@ -303,14 +302,14 @@ async fn each_request_of_a_confirm_batch_gets_its_own_answer_as_if_it_came_alone
         confirm(held.to_string()),
         confirm("not an id".into()),
     ];
-    let results = call.batch_confirm_units(dealpb::BatchConfirmUnitsRequest { requests }).await.unwrap();
-    let outcomes: Vec<Result<(i32, dealpb::reservation::State), (Code, String)>> = results
+    let results = call.batch_confirm_units(holdspb::BatchConfirmUnitsRequest { requests }).await.unwrap();
+    let outcomes: Vec<Result<(i32, holdspb::reservation::State), (Code, String)>> = results
         .into_inner()
         .results
         .into_iter()
         .map(|result| outcome(result).map(|reservation| (reservation.quantity, reservation.state())))
         .collect();
-    let confirmed = Ok((2, dealpb::reservation::State::Confirmed));
+    let confirmed = Ok((2, holdspb::reservation::State::Confirmed));
     assert_eq!(
         outcomes,
         [
@@ -323,6 +322,6 @@ async fn each_request_of_a_confirm_batch_gets_its_own_answer_as_if_it_came_alone
     );
     assert_eq!(hold_states(&pool, &[held, released]).await, [Some("confirmed".into()), Some("released".into())]);
     assert_eq!(app.get_deal(&deal).await.available_units, 10 - 2, "a confirmation takes nothing more");
-    let empty = call.batch_confirm_units(dealpb::BatchConfirmUnitsRequest { requests: Vec::new() }).await;
+    let empty = call.batch_confirm_units(holdspb::BatchConfirmUnitsRequest { requests: Vec::new() }).await;
     assert_invalid(empty, &["requests"]);
 }

@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 use tonic::Code;
-use topkart::proto::{deal as dealpb, order as pb};
+use topkart::proto::{holds as holdspb, order as pb};
 
 use crate::helpers::*;
 
@@ -53,11 +53,11 @@ async fn concurrent_reservations_of_mixed_sizes_and_retries_each_get_an_exact_an
     let deal = app.create_deal(100).await;
     let ids: Vec<String> = (0..80).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     // 80 reservations of 1 to 3 units (160 units asked of 100), and every tenth sent twice at once.
-    let requests: Vec<dealpb::ReserveUnitsRequest> = ids
+    let requests: Vec<holdspb::ReserveUnitsRequest> = ids
         .iter()
         .enumerate()
         .flat_map(|(n, id)| {
-            let request = dealpb::ReserveUnitsRequest {
+            let request = holdspb::ReserveUnitsRequest {
                 timeout: None,
                 waitlist_entry: String::new(),
                 deal: deal.name.clone(),

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tonic::{Code, transport::Endpoint};
 use topkart::{
     proto::{deal as dealpb, order as orderpb},
-    shared::{auth::Role, reservations::HOLD_TIMEOUT},
+    shared::{auth::Role, hold_times::HOLD_TIMEOUT},
     worker::settle_holds,
 };
 

@@ -7,7 +7,10 @@ use prost_types::FieldMask;
 use sqlx::PgPool;
 use tonic::Code;
 use topkart::{
-    proto::deal::{self as pb, deal::State},
+    proto::{
+        deal::{self as pb, deal::State},
+        holds as holdspb,
+    },
     shared::{layers::Limits, time},
 };
 
@@ -281,7 +284,7 @@ async fn reserve_and_release_are_idempotent_by_reservation_id(pool: PgPool) {
     let deal = app.create_deal(10).await;
     let mut client = app.reservations.clone();
     let reservation_id = uuid::Uuid::new_v4().to_string();
-    let reserve = |quantity| pb::ReserveUnitsRequest {
+    let reserve = |quantity| holdspb::ReserveUnitsRequest {
         timeout: None,
         waitlist_entry: String::new(),
         deal: deal.name.clone(),
@@ -297,9 +300,9 @@ async fn reserve_and_release_are_idempotent_by_reservation_id(pool: PgPool) {
     assert_eq!(app.get_deal(&deal.name).await.available_units, 7);
     assert_refused(client.reserve_units(reserve(4)).await, Code::AlreadyExists, "RESERVATION_ID_REUSED");
 
-    let release = pb::ReleaseUnitsRequest { reservation_id: reservation_id.clone() };
+    let release = holdspb::ReleaseUnitsRequest { reservation_id: reservation_id.clone() };
     let released = client.release_units(release.clone()).await.unwrap().into_inner();
-    assert_eq!(released.state(), pb::reservation::State::Released);
+    assert_eq!(released.state(), holdspb::reservation::State::Released);
     client.release_units(release).await.unwrap();
     assert_eq!(app.get_deal(&deal.name).await.available_units, 10);
 }
@@ -309,7 +312,7 @@ async fn reserve_refuses_with_a_reason_and_takes_nothing(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(5).await;
     let mut client = app.reservations.clone();
-    let reserve = |deal: &str, quantity, price: Option<i64>| pb::ReserveUnitsRequest {
+    let reserve = |deal: &str, quantity, price: Option<i64>| holdspb::ReserveUnitsRequest {
         timeout: None,
         waitlist_entry: String::new(),
         deal: deal.into(),
@@ -333,7 +336,7 @@ async fn reserve_refuses_with_a_reason_and_takes_nothing(pool: PgPool) {
     assert_invalid(client.reserve_units(reserve(&deal.name, 0, None)).await, &["quantity"]);
     assert_invalid(
         client
-            .reserve_units(pb::ReserveUnitsRequest { reservation_id: "x".into(), ..reserve("deals/x", 101, None) })
+            .reserve_units(holdspb::ReserveUnitsRequest { reservation_id: "x".into(), ..reserve("deals/x", 101, None) })
             .await,
         &["deal", "reservation_id", "quantity"],
     );
@@ -356,10 +359,10 @@ async fn reserve_refuses_with_a_reason_and_takes_nothing(pool: PgPool) {
 async fn release_of_an_unknown_reservation_is_not_found(pool: PgPool) {
     let app = spawn_app(pool).await;
     let mut client = app.reservations.clone();
-    let unknown = pb::ReleaseUnitsRequest { reservation_id: uuid::Uuid::new_v4().to_string() };
+    let unknown = holdspb::ReleaseUnitsRequest { reservation_id: uuid::Uuid::new_v4().to_string() };
     assert_refused(client.release_units(unknown).await, Code::NotFound, "RESERVATION_NOT_FOUND");
     assert_invalid(
-        client.release_units(pb::ReleaseUnitsRequest { reservation_id: String::new() }).await,
+        client.release_units(holdspb::ReleaseUnitsRequest { reservation_id: String::new() }).await,
         &["reservation_id"],
     );
 }
@@ -387,8 +390,7 @@ async fn the_generated_routes_of_list_deals_and_watch_deal_answer_as_the_encoded
     assert!(!served.next_page_token.is_empty());
 
     let (_stop, stopping) = tokio::sync::watch::channel(false);
-    let sale = topkart::deal::batching::Sale::start(&deal_database(pool.clone())).unwrap();
-    let api = DealApi::new(pool.clone(), &sale, &Limits { max_watchers: 10, ..Limits::default() }, stopping);
+    let api = DealApi::new(pool.clone(), &Limits { max_watchers: 10, ..Limits::default() }, stopping);
     fn as_customer<T>(message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.extensions_mut().insert(Caller::Token { subject: "alice".into(), role: Role::Customer });
@@ -401,4 +403,53 @@ async fn the_generated_routes_of_list_deals_and_watch_deal_answer_as_the_encoded
     let mut watched = api.watch_deal(as_customer(watch_request)).await.unwrap().into_inner();
     let now = watched.next().await.unwrap().unwrap();
     assert_eq!(now, app.get_deal(&first.name).await);
+}
+
+/// Rust and SQL agree on when a deal ends (`DealTerms::end_time`, `deal_end_time`), and SQL's state
+/// turns expired exactly then: around midnight, at the twelve-hour limit, and in between.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_deal_ends_at_the_same_instant_in_rust_and_in_sql(pool: PgPool) {
+    use chrono::TimeZone;
+    let midnight = Utc.with_ymd_and_hms(2026, 12, 8, 0, 0, 0).unwrap();
+    let second = TimeDelta::seconds(1);
+    let starts = [
+        midnight - TimeDelta::hours(12),
+        midnight - TimeDelta::hours(1),
+        midnight - second,
+        midnight,
+        midnight + second,
+    ];
+    let lengths = [second, TimeDelta::minutes(59), TimeDelta::hours(1) + second, TimeDelta::hours(12)];
+    for start in starts {
+        for length in lengths {
+            let price = |units: i64| topkart::shared::money::Price::from_stored("INR".into(), units * 1_000_000);
+            let terms = topkart::deal::domain::DealTerms {
+                product_name: "Phone".into(),
+                actual_price: price(1000),
+                final_price: price(600),
+                total_units: 10,
+                start_time: start,
+                expire_time: start + length,
+                max_units_per_customer: None,
+                approval_window_seconds: None,
+                offer_window_seconds: 300,
+            };
+            let id = uuid::Uuid::new_v4();
+            topkart::deal::store::insert_deal(&pool, id, &terms, topkart::deal::domain::DealState::Scheduled)
+                .await
+                .unwrap();
+            let end = terms.end_time();
+            let (sql_end, before, at): (chrono::DateTime<Utc>, String, String) = sqlx::query_as(
+                "select deal_end_time(d), deal_state_at(d, $2 - interval '1 microsecond'), deal_state_at(d, $2)
+                   from deals d where id = $1",
+            )
+            .bind(id)
+            .bind(end)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(sql_end, end, "start {start}, expire {}", terms.expire_time);
+            assert_eq!((before.as_str(), at.as_str()), ("active", "expired"), "start {start}, length {length}");
+        }
+    }
 }

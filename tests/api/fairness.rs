@@ -6,7 +6,7 @@ use sqlx::{Connection, PgPool};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use topkart::{
-    proto::{deal as dealpb, order as orderpb},
+    proto::{deal as dealpb, holds as holdspb, order as orderpb},
     shared::auth::Role,
 };
 
@@ -83,7 +83,7 @@ async fn fifty_concurrent_orders_by_one_customer_on_two_instances_take_no_more_t
     let anonymous = app
         .reservations
         .clone()
-        .reserve_units(dealpb::ReserveUnitsRequest {
+        .reserve_units(holdspb::ReserveUnitsRequest {
             deal: deal.name.clone(),
             reservation_id: uuid::Uuid::new_v4().to_string(),
             quantity: 1,
@@ -306,8 +306,8 @@ async fn one_reservation_sent_to_two_instances_at_once_is_one_hold_and_answered_
     let deal = limited_deal(&app.deals, 10, 1).await;
     let (other, _stop_other) = spawn_deal_service(pool.clone()).await;
     let service = Bearer::of(&token(Role::Service, "order-service"));
-    let clients = [app.reservations.clone(), deals_with(&channel(other).await, service)];
-    let request = dealpb::ReserveUnitsRequest {
+    let clients = [app.reservations.clone(), holds_with(&channel(other).await, service)];
+    let request = holdspb::ReserveUnitsRequest {
         deal: deal.name.clone(),
         reservation_id: uuid::Uuid::new_v4().to_string(),
         quantity: 1,
@@ -343,7 +343,7 @@ async fn one_reservation_sent_to_two_instances_at_once_is_one_hold_and_answered_
     for answer in &answers {
         let reservation = answer.as_ref().expect("both instances answer with the hold").get_ref();
         assert_eq!((reservation.reservation_id.as_str(), reservation.quantity), (request.reservation_id.as_str(), 1));
-        assert_eq!(reservation.state(), dealpb::reservation::State::Reserved);
+        assert_eq!(reservation.state(), holdspb::reservation::State::Reserved);
     }
     assert_eq!(app.get_deal(&deal.name).await.available_units, 9, "its unit is taken once");
     assert_invariants(&pool).await;

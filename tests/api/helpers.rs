@@ -14,13 +14,11 @@ use tonic::{
 };
 use tonic_types::StatusExt;
 use topkart::{
-    order::{
-        deals::{Credentials, DealsClient},
-        faults::Faults,
-    },
+    order::placing::holds::{Credentials, DealsClient},
     proto::{
         Money,
         deal::{self as dealpb, deal_service_client::DealServiceClient},
+        holds::hold_service_client::HoldServiceClient,
         order::{self as orderpb, order_service_client::OrderServiceClient},
     },
     shared::{
@@ -65,12 +63,19 @@ impl Interceptor for Bearer {
 
 /// A deal-service client presenting a token.
 pub type Deals = DealServiceClient<InterceptedService<Channel, Bearer>>;
+/// A client of deal-service's internal HoldService presenting a token.
+pub type Holds = HoldServiceClient<InterceptedService<Channel, Bearer>>;
 /// An order-service client presenting a token.
 pub type Orders = OrderServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// A deal-service client over `channel` as `bearer`.
 pub fn deals_with(channel: &Channel, bearer: Bearer) -> Deals {
     DealServiceClient::with_interceptor(channel.clone(), bearer)
+}
+
+/// A HoldService client over `channel` as `bearer`.
+pub fn holds_with(channel: &Channel, bearer: Bearer) -> Holds {
+    HoldServiceClient::with_interceptor(channel.clone(), bearer)
 }
 
 /// An order-service client over `channel` as `bearer`.
@@ -88,8 +93,8 @@ pub struct TestApp {
     pub pool: PgPool,
     /// deal-service as an admin.
     pub deals: Deals,
-    /// deal-service as order-service (the service role).
-    pub reservations: Deals,
+    /// deal-service's HoldService as order-service (the service role).
+    pub reservations: Holds,
     /// order-service as the customer alice.
     pub orders: Orders,
     /// order-service as an admin.
@@ -109,7 +114,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
     let (deal_channel, order_channel) = (channel(deal_addr).await, channel(order_addr).await);
     TestApp {
         deals: deals_with(&deal_channel, Bearer::of(&token(Role::Admin, "admin"))),
-        reservations: deals_with(&deal_channel, Bearer::of(&token(Role::Service, "order-service"))),
+        reservations: holds_with(&deal_channel, Bearer::of(&token(Role::Service, "order-service"))),
         orders: orders_with(&order_channel, Bearer::of(&token(Role::Customer, "alice"))),
         admin_orders: orders_with(&order_channel, Bearer::of(&token(Role::Admin, "admin"))),
         deal_channel,
@@ -129,29 +134,19 @@ pub async fn spawn_deal_service(pool: PgPool) -> (SocketAddr, oneshot::Sender<()
 
 /// Starts order-service on port 0 with `deals` as its deal-service; dropping the sender stops it.
 pub async fn spawn_order_service(pool: PgPool, deals: DealsClient) -> (SocketAddr, oneshot::Sender<()>) {
-    spawn_order_service_with_faults(pool, deals, Faults::default()).await
+    spawn_order_service_with(pool, deals, test_settings()).await
 }
 
-/// [`spawn_order_service`] with `faults` injected.
-pub async fn spawn_order_service_with_faults(
-    pool: PgPool,
-    deals: DealsClient,
-    faults: Faults,
-) -> (SocketAddr, oneshot::Sender<()>) {
-    spawn_order_service_with(pool, deals, test_settings(), faults).await
-}
-
-/// [`spawn_order_service`] with its own `settings` (limits, say) and `faults` injected.
+/// [`spawn_order_service`] with its own `settings` (limits, say).
 pub async fn spawn_order_service_with(
     pool: PgPool,
     deals: DealsClient,
     settings: ServerSettings,
-    faults: Faults,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(topkart::order::run_with_faults(listener, pool, deals, settings, faults, async move {
+    tokio::spawn(topkart::order::run(listener, pool, deals, settings, async move {
         let _ = stopped.await;
     }));
     (addr, stop)

@@ -9,6 +9,7 @@ mod crashes;
 mod deals;
 mod end_to_end;
 mod fairness;
+mod faults;
 mod grpc_web;
 mod helpers;
 mod hostile;

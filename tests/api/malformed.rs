@@ -153,6 +153,7 @@ async fn a_request_that_does_not_decode_is_malformed_request_on_every_rpc_and_wr
     let files = descriptors();
     let apis = [
         ("topkart.deal.v1", &app.deal_channel, topkart::deal::DOMAIN),
+        ("topkart.deal.internal.v1", &app.deal_channel, topkart::deal::DOMAIN),
         ("topkart.order.v1", &app.order_channel, topkart::order::DOMAIN),
     ];
 
@@ -174,7 +175,7 @@ async fn a_request_that_does_not_decode_is_malformed_request_on_every_rpc_and_wr
             ];
             // Internal methods are the service role's; the rest are tried as an admin. The decoder
             // runs before any authorization, so the role only has to pass the callers layer.
-            let role = if rpc.path.contains("Units") { Role::Service } else { Role::Admin };
+            let role = if rpc.path.contains(".internal.") { Role::Service } else { Role::Admin };
             for (what, body) in bodies {
                 calls += 1;
                 let outcome = call_raw(channel, role, &rpc.path, body).await;
@@ -186,7 +187,7 @@ async fn a_request_that_does_not_decode_is_malformed_request_on_every_rpc_and_wr
             }
         }
     }
-    assert_eq!(calls, 20 * 5, "every RPC of both APIs was tried");
+    assert_eq!(calls, 20 * 5, "every RPC of the three services was tried");
     assert!(failures.is_empty(), "{} calls failed:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(row_counts(&pool).await, before, "a request that did not decode wrote something");
     assert_invariants(&pool).await;

@@ -26,7 +26,7 @@ use prost_types::FieldMask;
 use sqlx::PgPool;
 use tonic::{Code, Status};
 use topkart::{
-    proto::{deal as dealpb, order as orderpb},
+    proto::{deal as dealpb, holds as holdspb, order as orderpb},
     shared::auth::Role,
     worker::{self, StepHealth, daily_reset::day_start},
 };
@@ -678,7 +678,7 @@ impl<'a> Case<'a> {
                 // A claim is the entry's customer's.
                 let customer = claim.map_or(*customer, |index| self.model.entries[index].customer);
                 let id = Uuid::new_v4();
-                let request = dealpb::ReserveUnitsRequest {
+                let request = holdspb::ReserveUnitsRequest {
                     timeout: None,
                     deal: self.deal.clone(),
                     reservation_id: id.to_string(),
@@ -700,14 +700,15 @@ impl<'a> Case<'a> {
                     return Ok(());
                 }
                 let index = candidates[pick.index.index(candidates.len())];
-                topkart::shared::reservations::abandon(&self.app.pool, self.model.holds[index].id)
+                let deals = deals_client(self.app.deal_addr);
+                topkart::order::placing::abandon::abandon(&self.app.pool, &deals, self.model.holds[index].id)
                     .await
                     .map_err(|err| format!("abandon failed: {err}"))?;
                 self.model.release_hold(index);
                 (Ok(()), Ok(()))
             }
             Op::HoldsSettled => {
-                let later = db_now(&self.app.pool).await + topkart::shared::reservations::HOLD_TIMEOUT;
+                let later = db_now(&self.app.pool).await + topkart::shared::hold_times::HOLD_TIMEOUT;
                 let settled = worker::settle_holds(&self.app.pool, later, &[]).await;
                 let settled = settled.map_err(|err| format!("settling holds failed: {err}"))?;
                 settled.for_every_deal().map_err(|failed| format!("settling holds failed: {failed:?}"))?;

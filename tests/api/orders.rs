@@ -7,7 +7,7 @@ use tonic::Code;
 use topkart::{
     proto::order::{self as pb, order::State},
     shared::auth::Role,
-    shared::reservations::HOLD_TIMEOUT,
+    shared::hold_times::HOLD_TIMEOUT,
 };
 
 use crate::helpers::*;

@@ -4,26 +4,39 @@
 use sqlx::PgPool;
 use tonic::Code;
 use topkart::{
-    order::faults::Faults,
     proto::order as pb,
-    shared::{auth::Role, reservations::HOLD_TIMEOUT},
+    shared::{auth::Role, hold_times::HOLD_TIMEOUT},
     worker::{daily_reset, settle_holds},
 };
 
-use crate::helpers::*;
+use crate::{
+    faults::{CrashableOrderService, Faults},
+    helpers::*,
+};
 
 /// An order-service client at `addr` as the customer alice.
 async fn alice_at(addr: std::net::SocketAddr) -> Orders {
     orders_with(&channel(addr).await, Bearer::of(&token(Role::Customer, "alice")))
 }
 
-/// Has alice order one unit of `deal` under `request_id` through an order-service that fails right
-/// after the reservation, as a crash there would: the hold stays, no order is written.
+/// Has alice order one unit of `deal` under `request_id` through an order-service that crashes
+/// right after the reservation: the hold stays, no order is written, nothing is abandoned.
 async fn leave_a_hold_behind(app: &TestApp, deal: &str, request_id: &str) {
-    let faults = Faults::fail_after_reserve_every(1);
-    let (faulty_addr, _stop) = spawn_order_service_with_faults(app.pool.clone(), deals_client_of(app), faults).await;
-    let failed = alice_at(faulty_addr).await.create_order(keyed(deal, "alice", request_id)).await;
-    assert_eq!(failed.unwrap_err().code(), Code::Internal);
+    let held = Faults::pause_after_reserve(std::sync::Arc::new(tokio::sync::Semaphore::new(0)));
+    let service = CrashableOrderService::start(&app.pool, app.deal_addr, held).await;
+    let mut alice = alice_at(service.addr).await;
+    let request = keyed(deal, "alice", request_id);
+    let ordering = tokio::spawn(async move { alice.create_order(request).await });
+    let id: uuid::Uuid = request_id.parse().unwrap();
+    while !hold_exists(&app.pool, id).await {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    service.crash();
+    assert!(ordering.await.unwrap().is_err(), "the crashed service answered");
+}
+
+async fn hold_exists(pool: &PgPool, id: uuid::Uuid) -> bool {
+    sqlx::query_scalar("select exists (select from reservations where id = $1)").bind(id).fetch_one(pool).await.unwrap()
 }
 
 fn keyed(deal: &str, customer: &str, request_id: &str) -> pb::CreateOrderRequest {
@@ -42,9 +55,9 @@ async fn available(pool: &PgPool) -> i32 {
 async fn a_failure_between_reserve_and_order_write_loses_no_units(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(100).await;
-    // A second order-service on the same deal-service, failing every third order after its reserve.
-    let (faulty_addr, _stop) =
-        spawn_order_service_with_faults(pool.clone(), deals_client_of(&app), Faults::fail_after_reserve_every(3)).await;
+    // A second order-service on the same deal-service, cut off from it after every third hold.
+    let faults = Faults::cut_off_after_reserve_every(3);
+    let (faulty_addr, _stop) = spawn_order_service(pool.clone(), faults.on(deals_client_of(&app))).await;
     let orders = alice_at(faulty_addr).await;
     let buyers = (0..60).map(|buyer| {
         let mut orders = orders.clone();
@@ -55,7 +68,7 @@ async fn a_failure_between_reserve_and_order_write_loses_no_units(pool: PgPool) 
     let placed = results.iter().filter(|result| result.is_ok()).count() as i32;
     assert_eq!(placed, 40);
     for failed in results.into_iter().filter(Result::is_err) {
-        assert_eq!(failed.unwrap_err().code(), Code::Internal);
+        assert_eq!(failed.unwrap_err().code(), Code::Unavailable);
     }
     // The 20 abandoned holds still count as held: no invariant is broken, no unit is lost.
     assert_invariants(&pool).await;
@@ -72,7 +85,7 @@ async fn a_failure_between_reserve_and_order_write_loses_no_units(pool: PgPool) 
 }
 
 /// A deal-service client for a second order-service in `app`'s setup.
-fn deals_client_of(app: &TestApp) -> topkart::order::deals::DealsClient {
+fn deals_client_of(app: &TestApp) -> topkart::order::placing::holds::DealsClient {
     deals_client(app.deal_addr)
 }
 
@@ -363,15 +376,15 @@ async fn an_abandonment_waiting_on_an_order_insert_leaves_the_hold_to_the_order(
     // An order insert in flight: it holds the hold's lock and has not committed.
     let inserting = insert_holding_its_lock(&pool, key, uuid(&deal.name)).await;
     let abandoning = tokio::spawn({
-        let pool = pool.clone();
-        async move { topkart::shared::reservations::abandon(&pool, key).await }
+        let (pool, deals) = (pool.clone(), deals_client(app.deal_addr));
+        async move { topkart::order::placing::abandon::abandon(&pool, &deals, key).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(!abandoning.is_finished(), "the abandonment waits for the insert's lock");
     inserting.commit().await.unwrap();
 
     let outcome = abandoning.await.unwrap().unwrap();
-    assert_eq!(outcome, topkart::shared::reservations::Abandoned::Ordered);
+    assert_eq!(outcome, topkart::order::placing::abandon::Abandoned::Ordered);
     assert_eq!(available(&pool).await, 9, "the order keeps its unit");
     assert_invariants(&pool).await;
 }

@@ -11,7 +11,6 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_types::StatusExt;
 use topkart::{
-    order::faults::Faults,
     proto::order as orderpb,
     shared::{
         auth::Role,
@@ -19,7 +18,7 @@ use topkart::{
     },
 };
 
-use crate::helpers::*;
+use crate::{faults::Faults, helpers::*};
 
 /// A CreateOrder request for one unit of `deal`.
 fn create(deal: &str, request_id: &str) -> orderpb::CreateOrderRequest {
@@ -60,7 +59,11 @@ async fn eventually<F: std::future::Future<Output = bool>>(patience: Duration, m
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn with_every_permit_taken_callers_wait_their_turn_a_flood_is_refused_late_and_health_goes_on(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
-    let deal = app.create_deal(10).await;
+    // A deal per customer: each order is then a batch call of its own, held after its reservation.
+    let mut deals = std::collections::HashMap::new();
+    for customer in ["alice", "bob", "carol", "dave"] {
+        deals.insert(customer, app.create_deal(10).await.name);
+    }
     let gate = Arc::new(Semaphore::new(0));
     // Waits long enough for the test's steps: the default would refuse them after 500 ms.
     let limits = Limits {
@@ -70,17 +73,14 @@ async fn with_every_permit_taken_callers_wait_their_turn_a_flood_is_refused_late
         max_wait_overloaded: Duration::from_secs(20),
         ..Limits::default()
     };
-    let (addr, _stop) = spawn_order_service_with(
-        pool.clone(),
-        deals_client(app.deal_addr),
-        settings_with_limits(limits),
-        Faults::pause_after_reserve(Arc::clone(&gate)),
-    )
-    .await;
+    // Held in the call to deal-service for the test's steps, which the default deadline would cut.
+    let held = Faults::pause_after_reserve(Arc::clone(&gate))
+        .on(deals_client_with_deadline(app.deal_addr, Duration::from_secs(30)));
+    let (addr, _stop) = spawn_order_service_with(pool.clone(), held, settings_with_limits(limits)).await;
     let order_channel = channel(addr).await;
     let as_customer = |name: &str| orders_with(&order_channel, Bearer::of(&token(Role::Customer, name)));
     let order_as = |name: &str| {
-        let (mut orders, deal) = (as_customer(name), deal.name.clone());
+        let (mut orders, deal) = (as_customer(name), deals[name].clone());
         tokio::spawn(async move { orders.create_order(create(&deal, "")).await })
     };
 
@@ -92,7 +92,7 @@ async fn with_every_permit_taken_callers_wait_their_turn_a_flood_is_refused_late
     let flood = [order_as("dave"), order_as("dave")];
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
-    let refused = as_customer("dave").create_order(create(&deal.name, "")).await.unwrap_err();
+    let refused = as_customer("dave").create_order(create(&deals["dave"], "")).await.unwrap_err();
     assert_retry_later(&refused, "OVERLOADED");
     let delay = refused.get_error_details().retry_info().and_then(|retry| retry.retry_delay).unwrap();
     assert!(started.elapsed() >= delay, "answered after {:?}, before its delay {delay:?}", started.elapsed());
@@ -126,7 +126,9 @@ async fn with_every_permit_taken_callers_wait_their_turn_a_flood_is_refused_late
     for call in admitted.into_iter().chain(flood).chain([carol]) {
         call.await.unwrap().expect("every call that waited is served");
     }
-    assert_eq!(app.get_deal(&deal.name).await.available_units, 5);
+    for (customer, ordered) in [("alice", 1), ("bob", 1), ("carol", 1), ("dave", 2)] {
+        assert_eq!(app.get_deal(&deals[customer]).await.available_units, 10 - ordered, "{customer}");
+    }
     assert_invariants(&pool).await;
 }
 
@@ -136,13 +138,8 @@ async fn once_a_deal_is_sold_out_orders_without_a_request_id_are_answered_withou
     let deal = app.create_deal(1).await;
     // A sold-out mark that outlasts the test's steps (the default lasts 100 ms).
     let limits = Limits { sold_out_for: Duration::from_secs(60), ..Limits::default() };
-    let (addr, _stop) = spawn_order_service_with(
-        pool.clone(),
-        deals_client(app.deal_addr),
-        settings_with_limits(limits),
-        Faults::default(),
-    )
-    .await;
+    let (addr, _stop) =
+        spawn_order_service_with(pool.clone(), deals_client(app.deal_addr), settings_with_limits(limits)).await;
     let order_channel = channel(addr).await;
     let as_customer = |name: &str| orders_with(&order_channel, Bearer::of(&token(Role::Customer, name)));
     let request_id = uuid::Uuid::new_v4().to_string();
@@ -170,13 +167,8 @@ async fn once_a_deal_is_sold_out_orders_without_a_request_id_are_answered_withou
 async fn each_caller_is_rate_limited_alone_and_order_services_own_calls_are_not(pool: PgPool) {
     let limits = Limits { rate_limit: Some(RateLimit { per_second: 0.2, burst: 2 }), ..Limits::default() };
     let (deal_addr, _stop_deal) = spawn_deal_service_with(pool.clone(), settings_with_limits(limits)).await;
-    let (order_addr, _stop_order) = spawn_order_service_with(
-        pool.clone(),
-        deals_client(deal_addr),
-        settings_with_limits(limits),
-        Faults::default(),
-    )
-    .await;
+    let (order_addr, _stop_order) =
+        spawn_order_service_with(pool.clone(), deals_client(deal_addr), settings_with_limits(limits)).await;
     let (deal_channel, order_channel) = (channel(deal_addr).await, channel(order_addr).await);
     let mut admin = deals_with(&deal_channel, Bearer::of(&token(Role::Admin, "admin")));
     let deal = admin
@@ -219,13 +211,8 @@ async fn each_caller_is_rate_limited_alone_and_order_services_own_calls_are_not(
 /// the returned gate lets it go on.
 async fn paused_order_service(app: &TestApp) -> (Orders, Arc<Semaphore>, tokio::sync::oneshot::Sender<()>) {
     let gate = Arc::new(Semaphore::new(0));
-    let (addr, stop) = spawn_order_service_with(
-        app.pool.clone(),
-        deals_client(app.deal_addr),
-        test_settings(),
-        Faults::pause_after_reserve(Arc::clone(&gate)),
-    )
-    .await;
+    let faults = Faults::pause_after_reserve(Arc::clone(&gate));
+    let (addr, stop) = spawn_order_service(app.pool.clone(), faults.on(deals_client(app.deal_addr))).await;
     (orders_with(&channel(addr).await, Bearer::of(&token(Role::Customer, "alice"))), gate, stop)
 }
 

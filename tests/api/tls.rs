@@ -5,7 +5,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
 use topkart::{
-    order::deals::{Credentials, DealsClient},
+    order::placing::holds::{Credentials, DealsClient},
     proto::order as orderpb,
     shared::{
         auth::{Authenticator, Role, Signer},

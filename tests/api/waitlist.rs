@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tonic::Code;
 use topkart::{
-    proto::{deal as dealpb, order as orderpb},
+    proto::{deal as dealpb, holds as holdspb, order as orderpb},
     shared::auth::Role,
 };
 use uuid::Uuid;
@@ -101,7 +101,7 @@ fn reason(status: &tonic::Status) -> String {
 /// order, claiming `entry`'s offer when given; returns the hold's id.
 async fn hold(app: &TestApp, deal: &str, quantity: i32, customer: &str, entry: &str) -> Uuid {
     let id = Uuid::new_v4();
-    let request = dealpb::ReserveUnitsRequest {
+    let request = holdspb::ReserveUnitsRequest {
         timeout: None,
         deal: deal.into(),
         reservation_id: id.to_string(),
@@ -505,7 +505,7 @@ async fn units_the_worker_and_abandoned_attempts_give_back_go_to_the_waitlist_to
     use State::{Offered, Waiting};
 
     // An attempt given up (order-service's abandonment) releases its hold: bob is offered the unit.
-    topkart::shared::reservations::abandon(&pool, abandoned_hold).await.unwrap();
+    topkart::order::placing::abandon::abandon(&pool, &deals_client(app.deal_addr), abandoned_hold).await.unwrap();
     assert_eq!(states().await, [Offered, Waiting, Waiting]);
     // A hold left unresolved is released by the worker, a minute on: carol's turn.
     let later = db_now(&pool).await + chrono::TimeDelta::minutes(1);
@@ -541,7 +541,7 @@ async fn a_claim_whose_order_is_never_recorded_gives_the_offer_back_to_its_custo
     let claim = hold(&app, &deal.name, 2, "bob", &bobs.name).await;
     let claimed = entry(&bob, &bobs.name).await.unwrap();
     assert_eq!((state(&claimed), claimed.order.clone()), (State::Claimed, format!("orders/{claim}")));
-    topkart::shared::reservations::abandon(&pool, claim).await.unwrap();
+    topkart::order::placing::abandon::abandon(&pool, &deals_client(app.deal_addr), claim).await.unwrap();
 
     let reopened = entry(&bob, &bobs.name).await.unwrap();
     assert_eq!((state(&reopened), reopened.offered_units, reopened.order.as_str()), (State::Offered, 2, ""));

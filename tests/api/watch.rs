@@ -369,8 +369,7 @@ async fn a_change_reaches_every_watcher_of_a_deal_watched_over_many_connections(
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let sale = topkart::deal::batching::Sale::start(&deal_database(pool.clone())).unwrap();
-    let api = DealApi::new(pool.clone(), &sale, &Limits { max_watchers: WATCHERS + 1, ..Limits::default() }, stopping);
+    let api = DealApi::new(pool.clone(), &Limits { max_watchers: WATCHERS + 1, ..Limits::default() }, stopping);
     let watch = async |i: usize, connection: Option<usize>| {
         let mut request = tonic::Request::new(dealpb::WatchDealRequest { name: deal.name.clone() });
         request.extensions_mut().insert(Caller::Token { subject: format!("watcher-{i}"), role: Role::Customer });

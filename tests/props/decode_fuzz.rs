@@ -24,7 +24,7 @@ use topkart::{
         domain::{Deal, DealState, DealTerms, ReservationState},
     },
     order::{self, domain::OrderState},
-    proto::{Money, deal as dealpb, order as orderpb},
+    proto::{Money, deal as dealpb, holds as holdspb, order as orderpb},
     shared::{
         money::Price,
         names,
@@ -66,16 +66,16 @@ fn exercise(bytes: &[u8]) {
     if let Some(request) = decoded::<dealpb::ListDealsRequest>(bytes) {
         list_deals(&request);
     }
-    if let Some(request) = decoded::<dealpb::ReserveUnitsRequest>(bytes) {
+    if let Some(request) = decoded::<holdspb::ReserveUnitsRequest>(bytes) {
         reserve_units(&request);
     }
-    if let Some(request) = decoded::<dealpb::ReleaseUnitsRequest>(bytes) {
+    if let Some(request) = decoded::<holdspb::ReleaseUnitsRequest>(bytes) {
         strings(&request.reservation_id);
     }
-    if let Some(request) = decoded::<dealpb::ConfirmUnitsRequest>(bytes) {
+    if let Some(request) = decoded::<holdspb::ConfirmUnitsRequest>(bytes) {
         strings(&request.reservation_id);
     }
-    if let Some(reservation) = decoded::<dealpb::Reservation>(bytes) {
+    if let Some(reservation) = decoded::<holdspb::Reservation>(bytes) {
         reservation_reply(&reservation);
     }
     if let Some(request) = decoded::<orderpb::CreateOrderRequest>(bytes) {
@@ -244,7 +244,7 @@ fn list_deals(request: &dealpb::ListDealsRequest) {
     strings(&request.page_token);
 }
 
-fn reserve_units(request: &dealpb::ReserveUnitsRequest) {
+fn reserve_units(request: &holdspb::ReserveUnitsRequest) {
     let mut violations = Violations::default();
     let deal_id = names::parse("deal", names::DEALS, &request.deal, &mut violations);
     let id = names::parse_uuid("reservation_id", &request.reservation_id, &mut violations);
@@ -261,13 +261,13 @@ fn reserve_units(request: &dealpb::ReserveUnitsRequest) {
 }
 
 /// What order-service does with deal-service's answer to a reservation.
-fn reservation_reply(reservation: &dealpb::Reservation) {
+fn reservation_reply(reservation: &holdspb::Reservation) {
     strings(&reservation.reservation_id);
     strings(&reservation.deal);
     price("unit_price", reservation.unit_price.as_ref());
     timestamp("create_time", reservation.create_time.as_ref());
     timestamp("update_time", reservation.update_time.as_ref());
-    if let Ok(state) = dealpb::reservation::State::try_from(reservation.state) {
+    if let Ok(state) = holdspb::reservation::State::try_from(reservation.state) {
         let _ = state.as_str_name();
     }
     for name in ["reserved", "released", "confirmed"] {
@@ -351,7 +351,7 @@ fn seeds() -> Vec<Vec<u8>> {
         .encode_to_vec(),
         dealpb::GetDealRequest { name: deal_name.clone() }.encode_to_vec(),
         dealpb::ListDealsRequest { page_size: 20, page_token: token, state: 0 }.encode_to_vec(),
-        dealpb::ReserveUnitsRequest {
+        holdspb::ReserveUnitsRequest {
             deal: deal_name.clone(),
             reservation_id: id.to_string(),
             quantity: 2,
@@ -361,8 +361,8 @@ fn seeds() -> Vec<Vec<u8>> {
             timeout: Some(prost_types::Duration { seconds: 1, nanos: 500_000_000 }),
         }
         .encode_to_vec(),
-        dealpb::ReleaseUnitsRequest { reservation_id: id.to_string() }.encode_to_vec(),
-        dealpb::Reservation {
+        holdspb::ReleaseUnitsRequest { reservation_id: id.to_string() }.encode_to_vec(),
+        holdspb::Reservation {
             reservation_id: id.to_string(),
             deal: deal_name.clone(),
             quantity: 2,
@@ -680,7 +680,7 @@ fn hostile_request() -> BoxedStrategy<Vec<u8>> {
         }),
         (hostile_string(), hostile_string(), hostile_i32(), hostile_money(), hostile_string(), hostile_string())
             .prop_map(|(deal, reservation_id, quantity, expected_unit_price, customer_id, waitlist_entry)| {
-                dealpb::ReserveUnitsRequest {
+                holdspb::ReserveUnitsRequest {
                     deal,
                     reservation_id,
                     quantity,
@@ -694,10 +694,10 @@ fn hostile_request() -> BoxedStrategy<Vec<u8>> {
         (hostile_string(), hostile_i32(), hostile_string()).prop_map(|(deal, quantity, request_id)| {
             dealpb::JoinWaitlistRequest { deal, quantity, request_id }.encode_to_vec()
         }),
-        hostile_string().prop_map(|reservation_id| dealpb::ReleaseUnitsRequest { reservation_id }.encode_to_vec()),
+        hostile_string().prop_map(|reservation_id| holdspb::ReleaseUnitsRequest { reservation_id }.encode_to_vec()),
         (hostile_string(), hostile_i32(), hostile_money(), hostile_i32(), hostile_timestamp()).prop_map(
             |(deal, quantity, unit_price, state, create_time)| {
-                dealpb::Reservation {
+                holdspb::Reservation {
                     reservation_id: deal.clone(),
                     deal,
                     quantity,
@@ -773,7 +773,7 @@ fn reaches_validation(bytes: &[u8]) -> bool {
     }
     filled::<dealpb::CreateDealRequest>(bytes)
         || filled::<dealpb::UpdateDealRequest>(bytes)
-        || filled::<dealpb::ReserveUnitsRequest>(bytes)
+        || filled::<holdspb::ReserveUnitsRequest>(bytes)
         || filled::<orderpb::CreateOrderRequest>(bytes)
 }
 

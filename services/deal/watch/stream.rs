@@ -16,7 +16,7 @@ use tonic::{Status, codegen::tokio_stream::Stream};
 use crate::{
     deal::{
         convert::Audience,
-        domain::{Deal, DealState, daily_reset_after},
+        domain::{Deal, DealState},
     },
     proto::deal as pb,
     shared::{
@@ -81,7 +81,7 @@ async fn next_version(mut updates: watch::Receiver<Arc<Version>>, first: bool) -
 /// `deal`'s state as of `now`: the stored state is the last one written, the clock may have moved it
 /// on.
 fn state_at(deal: &Deal, now: DateTime<Utc>) -> DealState {
-    let end = deal.terms.expire_time.min(daily_reset_after(deal.terms.start_time));
+    let end = deal.terms.end_time();
     match deal.state {
         DealState::Expired => DealState::Expired,
         _ if now >= end => DealState::Expired,
@@ -92,7 +92,7 @@ fn state_at(deal: &Deal, now: DateTime<Utc>) -> DealState {
 
 /// When the clock next changes the state of `deal`, in `state` now (its start, or its end).
 fn transition_after(deal: &Deal, state: DealState) -> DateTime<Utc> {
-    let end = deal.terms.expire_time.min(daily_reset_after(deal.terms.start_time));
+    let end = deal.terms.end_time();
     match state {
         DealState::Scheduled => deal.terms.start_time.min(end),
         _ => end,

@@ -22,6 +22,7 @@ use topkart::{
     proto::{
         Money,
         deal::{self as dealpb, deal::State as DealState},
+        holds as holdspb,
         order::{self as orderpb, order::State as OrderState},
     },
     shared::{auth::Role, paging::Cursor, server::MAX_REQUEST_BYTES, time},
@@ -96,7 +97,8 @@ fn check(result: Result<(), Status>, expect: &Expect) -> Result<(), String> {
 struct Callers {
     admin_deals: Deals,
     customer_deals: Deals,
-    service_deals: Deals,
+    service_holds: Holds,
+    admin_holds: Holds,
     alice: Orders,
     bob: Orders,
     admin_orders: Orders,
@@ -108,7 +110,8 @@ impl Callers {
         Self {
             admin_deals: app.deals.clone(),
             customer_deals: deals_with(&app.deal_channel, Bearer::of(&token(Role::Customer, "alice"))),
-            service_deals: app.reservations.clone(),
+            service_holds: app.reservations.clone(),
+            admin_holds: holds_with(&app.deal_channel, Bearer::of(&token(Role::Admin, "admin"))),
             alice: app.orders.clone(),
             bob: app.orders_as("bob"),
             admin_orders: app.admin_orders.clone(),
@@ -151,24 +154,24 @@ impl Callers {
         Box::pin(async move { client.list_deals(request).await.map(drop) })
     }
 
-    fn reserve(&self, request: dealpb::ReserveUnitsRequest) -> Rpc {
-        let mut client = self.service_deals.clone();
+    fn reserve(&self, request: holdspb::ReserveUnitsRequest) -> Rpc {
+        let mut client = self.service_holds.clone();
         Box::pin(async move { client.reserve_units(request).await.map(drop) })
     }
 
-    fn reserve_as_admin(&self, request: dealpb::ReserveUnitsRequest) -> Rpc {
-        let mut client = self.admin_deals.clone();
+    fn reserve_as_admin(&self, request: holdspb::ReserveUnitsRequest) -> Rpc {
+        let mut client = self.admin_holds.clone();
         Box::pin(async move { client.reserve_units(request).await.map(drop) })
     }
 
     fn release(&self, reservation_id: impl Into<String>) -> Rpc {
-        let (mut client, reservation_id) = (self.service_deals.clone(), reservation_id.into());
-        Box::pin(async move { client.release_units(dealpb::ReleaseUnitsRequest { reservation_id }).await.map(drop) })
+        let (mut client, reservation_id) = (self.service_holds.clone(), reservation_id.into());
+        Box::pin(async move { client.release_units(holdspb::ReleaseUnitsRequest { reservation_id }).await.map(drop) })
     }
 
     fn confirm(&self, reservation_id: impl Into<String>) -> Rpc {
-        let (mut client, reservation_id) = (self.service_deals.clone(), reservation_id.into());
-        Box::pin(async move { client.confirm_units(dealpb::ConfirmUnitsRequest { reservation_id }).await.map(drop) })
+        let (mut client, reservation_id) = (self.service_holds.clone(), reservation_id.into());
+        Box::pin(async move { client.confirm_units(holdspb::ConfirmUnitsRequest { reservation_id }).await.map(drop) })
     }
 
     fn create_order(&self, order: Option<orderpb::Order>, request_id: impl Into<String>) -> Rpc {

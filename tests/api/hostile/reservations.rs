@@ -7,7 +7,7 @@ async fn hostile_reservation_requests_are_refused_and_write_nothing(pool: PgPool
     let (scene, fixtures) = Scene::new(pool).await;
     let call = &scene.call;
     let Fixtures { live, alice_request_id, scheduled, expired, unknown_deal, .. } = fixtures;
-    let reserve = |deal: &str, reservation_id: &str, quantity, expected_unit_price| dealpb::ReserveUnitsRequest {
+    let reserve = |deal: &str, reservation_id: &str, quantity, expected_unit_price| holdspb::ReserveUnitsRequest {
         waitlist_entry: String::new(),
         deal: deal.into(),
         reservation_id: reservation_id.into(),
@@ -36,7 +36,7 @@ async fn hostile_reservation_requests_are_refused_and_write_nothing(pool: PgPool
         ),
         case(
             "ReserveUnits customer id holding NUL",
-            call.reserve(dealpb::ReserveUnitsRequest {
+            call.reserve(holdspb::ReserveUnitsRequest {
                 customer_id: "al\0ice".into(),
                 ..reserve(&live.name, &fresh(), 1, None)
             }),
@@ -44,7 +44,7 @@ async fn hostile_reservation_requests_are_refused_and_write_nothing(pool: PgPool
         ),
         case(
             "ReserveUnits customer id of 129 characters",
-            call.reserve(dealpb::ReserveUnitsRequest {
+            call.reserve(holdspb::ReserveUnitsRequest {
                 customer_id: "c".repeat(129),
                 ..reserve(&live.name, &fresh(), 1, None)
             }),

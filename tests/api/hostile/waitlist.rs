@@ -22,7 +22,7 @@ async fn hostile_waitlist_requests_are_refused_and_write_nothing(pool: PgPool) {
         page_size,
         page_token: page_token.into(),
     };
-    let claim = |entry: &str, customer_id: &str| dealpb::ReserveUnitsRequest {
+    let claim = |entry: &str, customer_id: &str| holdspb::ReserveUnitsRequest {
         timeout: None,
         deal: live.name.clone(),
         reservation_id: fresh(),

@@ -189,7 +189,7 @@ async fn health_reflection_our_services_calls_to_each_other_and_streams_never_wa
     for (path, role) in [
         ("/grpc.health.v1.Health/Check", Role::Customer),
         ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Role::Customer),
-        ("/topkart.deal.v1.DealService/ReserveUnits", Role::Service),
+        ("/topkart.deal.internal.v1.HoldService/ReserveUnits", Role::Service),
         ("/topkart.deal.v1.DealService/WatchDeal", Role::Customer),
     ] {
         let mut request = call(path, "order-service");

@@ -8,14 +8,14 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::{
-    deal::domain::{
-        Reservation,
-        waitlist::{Claim, EntryState, Join, WaitlistEntry},
+    deal::{
+        domain::Reservation,
+        holds::store::{ReservationRow, reservation_columns},
     },
     shared::paging::Cursor,
 };
 
-use super::ReservationRow;
+use super::domain::{Claim, EntryState, Join, WaitlistEntry};
 
 /// The columns every entry query returns, for an entry aliased `e`: its state at the transaction's
 /// start (an ended offer reads expired before the worker marks it). `position` counts the entries

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::shared::money::Price;
 
-use super::{Deal, DealState, refusal, units_left_to_customer};
+use crate::deal::domain::{Deal, DealState, refusal, units_left_to_customer};
 use crate::deal::error::DealError;
 
 /// Where an entry is in its lifecycle.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::shared::{money::Price, status::Violations};
 
-use super::{
+use crate::deal::{
     domain::{self, Deal, Reservation, ReservationState},
     error::DealError,
 };

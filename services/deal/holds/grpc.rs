@@ -1,36 +1,127 @@
-//! The reservation RPCs' part of the gRPC face: ReserveUnits, ConfirmUnits and ReleaseUnits, one at
-//! a time or in batch calls, validated here and handed to the per-deal batches (`deal::batching`)
-//! or, for a claim of a waitlist offer, to `deal::waitlisting`.
+//! HoldService, deal-service's calls for order-service: ReserveUnits, ConfirmUnits and
+//! ReleaseUnits, one at a time or in batch calls, validated here and handed to the per-deal
+//! batches ([`super::batching`]) or, for a claim of a waitlist offer, to the waitlist.
 
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
     deal::{
-        allocation::UnitRequest,
-        batching::{AnswerFuture, MAX_BATCH},
-        domain::{Reservation, waitlist::Claim},
+        convert::{reservation_results_to_proto, reservation_to_proto},
+        domain::Reservation,
         error::DealError,
-        store, waitlisting,
+        waitlist::{self, domain::Claim},
     },
-    proto::deal as pb,
-    shared::{customers, money::Price, names, quantity, status::Violations},
+    proto::holds::{self as pb, hold_service_server::HoldService},
+    shared::{
+        auth::{self, Role},
+        customers,
+        money::Price,
+        names, quantity,
+        status::Violations,
+    },
 };
 
-use super::DealApi;
+use super::{
+    allocation::UnitRequest,
+    batching::{AnswerFuture, Batches, MAX_BATCH, Sale},
+    store,
+};
 
-impl DealApi {
-    pub(super) async fn reserve(&self, request: &pb::ReserveUnitsRequest) -> Result<Reservation, DealError> {
+/// The hold service over deal-service's pool and its sale's batches.
+pub struct HoldApi {
+    pool: PgPool,
+    /// Reservations and confirmations, coalesced per deal.
+    batches: Batches,
+}
+
+impl HoldApi {
+    /// The service over `pool`, its batches on `sale`.
+    pub fn new(pool: PgPool, sale: &Sale) -> Self {
+        Self { pool, batches: Batches::new(sale) }
+    }
+}
+
+/// Who may hold, confirm and release units: order-service.
+const SERVICES: &[Role] = &[Role::Service];
+
+fn reply<T>(result: Result<T, DealError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+fn authorize<T>(request: &Request<T>) -> Result<(), DealError> {
+    auth::authorize(request, SERVICES)?;
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl HoldService for HoldApi {
+    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal, reservation = %request.get_ref().reservation_id))]
+    async fn reserve_units(
+        &self,
+        request: Request<pb::ReserveUnitsRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        authorize(&request)?;
+        reply(self.reserve(request.get_ref()).await.map(|reservation| reservation_to_proto(&reservation)))
+    }
+
+    #[tracing::instrument(skip_all, fields(reservation = %request.get_ref().reservation_id))]
+    async fn confirm_units(
+        &self,
+        request: Request<pb::ConfirmUnitsRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        authorize(&request)?;
+        reply(
+            self.confirm(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)),
+        )
+    }
+
+    #[tracing::instrument(skip_all, fields(requests = request.get_ref().requests.len()))]
+    async fn batch_reserve_units(
+        &self,
+        request: Request<pb::BatchReserveUnitsRequest>,
+    ) -> Result<Response<pb::BatchReserveUnitsResponse>, Status> {
+        authorize(&request)?;
+        let results = self.reserve_batch(&request.get_ref().requests).await;
+        reply(results.map(|results| pb::BatchReserveUnitsResponse { results: reservation_results_to_proto(results) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(requests = request.get_ref().requests.len()))]
+    async fn batch_confirm_units(
+        &self,
+        request: Request<pb::BatchConfirmUnitsRequest>,
+    ) -> Result<Response<pb::BatchConfirmUnitsResponse>, Status> {
+        authorize(&request)?;
+        let results = self.confirm_batch(&request.get_ref().requests).await;
+        reply(results.map(|results| pb::BatchConfirmUnitsResponse { results: reservation_results_to_proto(results) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(reservation = %request.get_ref().reservation_id))]
+    async fn release_units(
+        &self,
+        request: Request<pb::ReleaseUnitsRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        authorize(&request)?;
+        reply(
+            self.release(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)),
+        )
+    }
+}
+
+impl HoldApi {
+    async fn reserve(&self, request: &pb::ReserveUnitsRequest) -> Result<Reservation, DealError> {
         let mut answers = self.reserve_all(std::slice::from_ref(request));
         answers.pop().ok_or(DealError::Internal("a reservation went unanswered"))?.await
     }
 
     /// BatchReserveUnits: every request answered as ReserveUnits would answer it alone.
-    pub(super) async fn reserve_batch(
+    async fn reserve_batch(
         &self,
         requests: &[pb::ReserveUnitsRequest],
     ) -> Result<Vec<Result<Reservation, DealError>>, DealError> {
@@ -81,7 +172,7 @@ impl DealApi {
     fn claim_by(&self, deal_id: Uuid, claim: Claim, deadline: Option<Instant>) -> AnswerFuture {
         let pool = self.pool.clone();
         let claiming = tokio::spawn(async move {
-            let claim = waitlisting::claim(&pool, deal_id, &claim);
+            let claim = waitlist::claim(&pool, deal_id, &claim);
             match deadline {
                 Some(deadline) => {
                     tokio::time::timeout_at(deadline.into(), claim).await.unwrap_or(Err(DealError::DeadlineExceeded))
@@ -92,12 +183,12 @@ impl DealApi {
         Box::pin(async move { claiming.await.unwrap_or(Err(DealError::Internal("a claim crashed"))) })
     }
 
-    pub(super) async fn confirm(&self, reservation_id: &str) -> Result<Reservation, DealError> {
+    async fn confirm(&self, reservation_id: &str) -> Result<Reservation, DealError> {
         self.batches.confirm(reservation_uuid(reservation_id)?).await
     }
 
     /// BatchConfirmUnits: the holds confirmed in one statement, each answered as ConfirmUnits would.
-    pub(super) async fn confirm_batch(
+    async fn confirm_batch(
         &self,
         requests: &[pb::ConfirmUnitsRequest],
     ) -> Result<Vec<Result<Reservation, DealError>>, DealError> {
@@ -117,14 +208,15 @@ impl DealApi {
         Ok(results)
     }
 
-    pub(super) async fn release(&self, reservation_id: &str) -> Result<Reservation, DealError> {
+    async fn release(&self, reservation_id: &str) -> Result<Reservation, DealError> {
         let id = reservation_uuid(reservation_id)?;
-        if let Some(released) = store::release(&self.pool, id).await? {
-            tracing::info!(reservation = %id, units = released.quantity, "units released");
-            return Ok(released);
+        let (reservation, released_now) =
+            store::release(&self.pool, id).await?.ok_or(DealError::ReservationNotFound)?;
+        if released_now {
+            tracing::info!(reservation = %id, units = reservation.quantity, "units released");
         }
-        // Nothing held: either released before (a retry, answered the same) or unknown.
-        store::get_reservation(&self.pool, id).await?.ok_or(DealError::ReservationNotFound)
+        // Released before, the reservation is answered the same: a retry gives nothing back twice.
+        Ok(reservation)
     }
 }
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::shared::{coalesce::Coalescer, metrics};
 
-use super::{
+use crate::order::{
     domain::Order,
     error::OrderError,
     store::{self, OrderInsert},

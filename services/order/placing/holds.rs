@@ -1,8 +1,14 @@
-//! order-service's client of deal-service: reserve, confirm and release units over gRPC, with a
-//! deadline on every call, and deal-service's answers mapped onto order-service's errors. Each
-//! result of a batch call is mapped exactly as the unary call's status would be.
+//! order-service's client of deal-service's HoldService: reserve, confirm and release units over
+//! gRPC, with a deadline on every call, resent while deal-service is unavailable, and deal-service's
+//! answers mapped onto order-service's errors. Each result of a batch call is mapped exactly as the
+//! unary call's status would be.
+//!
+//! [`HoldCalls`] is the seam: each call sent once, over the wire in production; the integration
+//! tests wrap it to inject faults (a lost reply, a call held back, deal-service unreachable).
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -14,13 +20,13 @@ use chrono::{DateTime, Utc};
 use tonic_types::StatusExt;
 
 use tonic::{
-    Code, Request, Status,
+    Code, Request, Response, Status,
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 use uuid::Uuid;
 
 use crate::{
-    proto::deal::{self as pb, deal_service_client::DealServiceClient},
+    proto::holds::{self as pb, hold_service_client::HoldServiceClient},
     shared::{
         auth::{self, Role, Signer},
         call::CallContext,
@@ -31,7 +37,7 @@ use crate::{
     },
 };
 
-use super::{domain::NewOrder, error::OrderError, faults::Faults};
+use crate::order::{domain::NewOrder, error::OrderError};
 
 /// Units reserved for an order, at the price they were reserved at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,11 +67,52 @@ pub const DEFAULT_CONNECTIONS: usize = 8;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A cheap-to-clone handle on deal-service.
+/// A call's reply, on its way.
+pub type Reply<T> = Pin<Box<dyn Future<Output = Result<Response<T>, Status>> + Send>>;
+
+/// deal-service's HoldService, each call sent once (resending is [`DealsClient`]'s). What
+/// order-service needs of deal-service, and where the tests inject faults.
+pub trait HoldCalls: Send + Sync {
+    fn batch_reserve(&self, request: Request<pb::BatchReserveUnitsRequest>) -> Reply<pb::BatchReserveUnitsResponse>;
+    fn batch_confirm(&self, request: Request<pb::BatchConfirmUnitsRequest>) -> Reply<pb::BatchConfirmUnitsResponse>;
+    fn release(&self, request: Request<pb::ReleaseUnitsRequest>) -> Reply<pb::Reservation>;
+}
+
+/// HoldService over HTTP/2 connections, the calls spread over them in turn.
+struct Connections {
+    clients: Box<[HoldServiceClient<Channel>]>,
+    next: AtomicUsize,
+}
+
+impl Connections {
+    /// The next connection's client, in turn.
+    fn client(&self) -> HoldServiceClient<Channel> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[index].clone()
+    }
+}
+
+impl HoldCalls for Connections {
+    fn batch_reserve(&self, request: Request<pb::BatchReserveUnitsRequest>) -> Reply<pb::BatchReserveUnitsResponse> {
+        let mut client = self.client();
+        Box::pin(async move { client.batch_reserve_units(request).await })
+    }
+
+    fn batch_confirm(&self, request: Request<pb::BatchConfirmUnitsRequest>) -> Reply<pb::BatchConfirmUnitsResponse> {
+        let mut client = self.client();
+        Box::pin(async move { client.batch_confirm_units(request).await })
+    }
+
+    fn release(&self, request: Request<pb::ReleaseUnitsRequest>) -> Reply<pb::Reservation> {
+        let mut client = self.client();
+        Box::pin(async move { client.release_units(request).await })
+    }
+}
+
+/// A cheap-to-clone handle on deal-service's HoldService.
 #[derive(Clone)]
 pub struct DealsClient {
-    clients: Arc<[DealServiceClient<Channel>]>,
-    next: Arc<AtomicUsize>,
+    calls: Arc<dyn HoldCalls>,
     /// The longest a call may take, whatever the caller's deadline.
     deadline: Duration,
     credentials: Arc<Credentials>,
@@ -73,10 +120,7 @@ pub struct DealsClient {
 
 impl std::fmt::Debug for DealsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DealsClient")
-            .field("connections", &self.clients.len())
-            .field("deadline", &self.deadline)
-            .finish_non_exhaustive()
+        f.debug_struct("DealsClient").field("deadline", &self.deadline).finish_non_exhaustive()
     }
 }
 
@@ -151,9 +195,15 @@ impl DealsClient {
             endpoint = endpoint.tls_config(tls)?;
         }
         // Each lazy channel opens a connection of its own.
-        let clients: Arc<[_]> =
-            (0..connections.max(1)).map(|_| DealServiceClient::new(endpoint.connect_lazy())).collect();
-        Ok(Self { clients, next: Arc::new(AtomicUsize::new(0)), deadline, credentials: Arc::new(credentials) })
+        let clients = (0..connections.max(1)).map(|_| HoldServiceClient::new(endpoint.connect_lazy())).collect();
+        let calls = Arc::new(Connections { clients, next: AtomicUsize::new(0) });
+        Ok(Self { calls, deadline, credentials: Arc::new(credentials) })
+    }
+
+    /// This client with its calls sent through `wrap(calls)` instead: a decorator that injects
+    /// faults, in tests.
+    pub fn wrapped(self, wrap: impl FnOnce(Arc<dyn HoldCalls>) -> Arc<dyn HoldCalls>) -> Self {
+        Self { calls: wrap(self.calls), ..self }
     }
 
     /// Reserves units for every request of `requests` in one BatchReserveUnits call: each with its
@@ -163,7 +213,6 @@ impl DealsClient {
         &self,
         context: &CallContext,
         requests: &[(pb::ReserveUnitsRequest, Instant)],
-        faults: &Faults,
     ) -> Result<Vec<Result<ReservedUnits, OrderError>>, OrderError> {
         let Some(latest) = requests.iter().map(|(_, give_up_at)| *give_up_at).max() else { return Ok(Vec::new()) };
         // Rebuilt for every attempt, so that a resent call carries the time each caller has left.
@@ -177,11 +226,7 @@ impl DealsClient {
                 .collect(),
         };
         let budget = latest.saturating_duration_since(Instant::now());
-        let response = self
-            .call(context, budget, message, |mut client, request| async move {
-                faults.lose_reply(client.batch_reserve_units(request).await)
-            })
-            .await?;
+        let response = self.call(context, budget, message, |calls, request| calls.batch_reserve(request)).await?;
         results_of(response.results, requests.len(), |reservation| reserved_units(&reservation))
     }
 
@@ -194,24 +239,15 @@ impl DealsClient {
         let message = || pb::BatchConfirmUnitsRequest {
             requests: ids.iter().map(|id| pb::ConfirmUnitsRequest { reservation_id: id.to_string() }).collect(),
         };
-        let response = self
-            .call(context, context.remaining(), message, |mut client, request| async move {
-                client.batch_confirm_units(request).await
-            })
-            .await?;
+        let response =
+            self.call(context, context.remaining(), message, |calls, request| calls.batch_confirm(request)).await?;
         results_of(response.results, ids.len(), |_| Ok(()))
     }
 
     /// Gives the units of `reservation_id` back; a retry gives nothing back twice.
     pub async fn release(&self, context: &CallContext, reservation_id: Uuid) -> Result<(), OrderError> {
         let request = pb::ReleaseUnitsRequest { reservation_id: reservation_id.to_string() };
-        self.call(
-            context,
-            context.remaining(),
-            || request.clone(),
-            |mut client, request| async move { client.release_units(request).await },
-        )
-        .await?;
+        self.call(context, context.remaining(), || request.clone(), |calls, request| calls.release(request)).await?;
         Ok(())
     }
 
@@ -220,26 +256,17 @@ impl DealsClient {
         self.deadline
     }
 
-    /// The next connection's client, in turn.
-    fn client(&self) -> DealServiceClient<Channel> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        self.clients[index].clone()
-    }
-
     /// Sends an idempotent call within `budget` (and never longer than the client's deadline): as
     /// `grpc-timeout` for deal-service, and as a local timer for a server that never answers. It
     /// carries the caller's request id and trace context, and is resent (`message` made again) on
     /// another connection while deal-service is UNAVAILABLE and time is left.
-    async fn call<Req, Resp, Fut>(
+    async fn call<Req, Resp>(
         &self,
         context: &CallContext,
         budget: Duration,
         message: impl Fn() -> Req,
-        send: impl Fn(DealServiceClient<Channel>, Request<Req>) -> Fut,
-    ) -> Result<Resp, OrderError>
-    where
-        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
-    {
+        send: impl Fn(&dyn HoldCalls, Request<Req>) -> Reply<Resp>,
+    ) -> Result<Resp, OrderError> {
         let give_up_at = Instant::now() + budget.min(self.deadline);
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
@@ -255,7 +282,7 @@ impl DealsClient {
                     .ok_or_else(|| OrderError::Internal("the service token is not a valid header".into()))?;
                 request.metadata_mut().insert("authorization", value);
             }
-            let status = match tokio::time::timeout(left, send(self.client(), request)).await {
+            let status = match tokio::time::timeout(left, send(self.calls.as_ref(), request)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
                 Err(_elapsed) => return Err(OrderError::DealServiceUnavailable { code: Code::DeadlineExceeded }),

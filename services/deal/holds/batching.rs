@@ -33,11 +33,15 @@ use crate::shared::{
     runtime_thread::{RuntimeThread, run_on},
 };
 
-use super::{
+use crate::deal::{
     Database,
-    allocation::{self, Allocation, UnitRequest},
     domain::{Reservation, ReservationState},
     error::DealError,
+    store as deals,
+};
+
+use super::{
+    allocation::{self, Allocation, UnitRequest},
     store,
 };
 
@@ -187,7 +191,7 @@ async fn try_reserve_batch(pool: &PgPool, deal_id: Uuid, requests: &[UnitRequest
     let mut customers: Vec<&str> = requests.iter().filter_map(|request| request.customer.as_deref()).collect();
     customers.sort_unstable();
     customers.dedup();
-    let Some(store::Sale { deal, at, held }) = store::lock_deal_for_sale(&mut tx, deal_id, &customers).await? else {
+    let Some(deals::Sale { deal, at, held }) = deals::lock_deal_for_sale(&mut tx, deal_id, &customers).await? else {
         return Ok(requests.iter().map(|_| Err(DealError::DealNotFound)).collect());
     };
     // Under the lock: a retry of an id that another instance's batch is inserting must find that

@@ -17,7 +17,7 @@ use crate::{
     },
 };
 
-use super::{DOMAIN, domain::NewOrder};
+use crate::order::{DOMAIN, domain::NewOrder};
 
 /// Admission's view of CreateOrder over `board`.
 pub fn aware(board: StockBoard) -> StockAware {

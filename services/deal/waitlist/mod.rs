@@ -8,19 +8,27 @@ use uuid::Uuid;
 use crate::shared::{metrics, paging::Cursor};
 
 use super::{
-    allocation::{self, UnitRequest},
-    domain::{
-        Reservation,
-        waitlist::{self, Claim, EntryState, Join, WaitlistEntry},
-    },
+    domain::Reservation,
     error::DealError,
-    store::{self, waitlist as entries},
+    holds::{
+        allocation::{self, UnitRequest},
+        store as holds,
+    },
+    store as deals,
 };
+
+use self::{
+    domain::{self as waitlist, Claim, EntryState, Join, WaitlistEntry},
+    store as entries,
+};
+
+pub mod domain;
+pub mod store;
 
 /// Adds `join` to its deal's waitlist, or answers a retry with the entry it made.
 pub async fn join(pool: &PgPool, join: &Join) -> Result<WaitlistEntry, DealError> {
     let mut tx = pool.begin().await?;
-    let store::Sale { deal, held, .. } = store::lock_deal_for_sale(&mut tx, join.deal_id, &[join.customer.as_str()])
+    let deals::Sale { deal, held, .. } = deals::lock_deal_for_sale(&mut tx, join.deal_id, &[join.customer.as_str()])
         .await?
         .ok_or(DealError::DealNotFound)?;
     if let Some(existing) = entries::get_entry(&mut *tx, join.id).await? {
@@ -63,7 +71,7 @@ pub async fn get(
 /// one, goes on to the next entries in the same transaction. Leaving twice is answered the same.
 pub async fn leave(pool: &PgPool, deal_id: Uuid, entry_id: Uuid, customer: &str) -> Result<WaitlistEntry, DealError> {
     let mut tx = pool.begin().await?;
-    store::lock_deal(&mut tx, deal_id).await?.ok_or(DealError::WaitlistEntryNotFound)?;
+    deals::lock_deal(&mut tx, deal_id).await?.ok_or(DealError::WaitlistEntryNotFound)?;
     let entry = entries::get_entry(&mut *tx, entry_id)
         .await?
         .filter(|entry| entry.deal_id == deal_id && entry.customer == customer)
@@ -92,11 +100,11 @@ pub async fn claim(pool: &PgPool, deal_id: Uuid, claim: &Claim) -> Result<Reserv
         customer: Some(claim.customer.clone()),
     };
     let mut tx = pool.begin().await?;
-    let store::Sale { deal, at, .. } =
-        store::lock_deal_for_sale(&mut tx, deal_id, &[]).await?.ok_or(DealError::DealNotFound)?;
+    let deals::Sale { deal, at, .. } =
+        deals::lock_deal_for_sale(&mut tx, deal_id, &[]).await?.ok_or(DealError::DealNotFound)?;
     let window = deal.terms.approval_window_seconds;
     let with_window = |reservation: Reservation| Reservation { approval_window_seconds: window, ..reservation };
-    if let Some(existing) = store::reservations_by_id(&mut tx, &[claim.id]).await?.pop() {
+    if let Some(existing) = holds::reservations_by_id(&mut tx, &[claim.id]).await?.pop() {
         return allocation::same_reservation(existing, deal_id, &as_request).map(with_window);
     }
     let entry = entries::get_entry(&mut *tx, claim.entry_id)
@@ -110,7 +118,7 @@ pub async fn claim(pool: &PgPool, deal_id: Uuid, claim: &Claim) -> Result<Reserv
     let Some(reservation) = entries::claim(&mut tx, deal_id, at, claim).await? else {
         // Another transaction inserted a reservation under this id first: answer from it.
         drop(tx);
-        let theirs = store::get_reservation(pool, claim.id).await?;
+        let theirs = holds::get_reservation(pool, claim.id).await?;
         let theirs = theirs.ok_or(DealError::Internal("a reservation inserted by another transaction vanished"))?;
         return allocation::same_reservation(theirs, deal_id, &as_request).map(with_window);
     };
@@ -128,7 +136,7 @@ pub async fn list(
     after: Option<Cursor>,
     limit: i64,
 ) -> Result<Vec<WaitlistEntry>, DealError> {
-    if store::get_deal(pool, deal_id).await?.is_none() {
+    if deals::get_deal(pool, deal_id).await?.is_none() {
         return Err(DealError::DealNotFound);
     }
     Ok(entries::list_entries(pool, deal_id, customer, after, limit).await?)

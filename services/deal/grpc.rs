@@ -1,6 +1,6 @@
 //! The gRPC face of deal-service. Every handler reads the same: decode and validate the request,
-//! call the domain and the store, map the error, encode the reply. The reservation RPCs' part is in
-//! [`reservations`].
+//! call the domain and the store, map the error, encode the reply. order-service's calls
+//! (HoldService) are in [`super::holds::grpc`].
 
 use std::{pin::Pin, sync::Arc};
 
@@ -25,32 +25,24 @@ use crate::{
 };
 
 use super::{
-    batching::{Batches, Sale},
     changes,
-    convert::{
-        Audience, deal_state_from_proto, deal_to_proto, entry_to_proto, reservation_results_to_proto,
-        reservation_to_proto,
-    },
-    domain::{
-        self, Deal, DealState,
-        waitlist::{Join, WaitlistEntry},
-    },
+    convert::{Audience, deal_state_from_proto, deal_to_proto, entry_to_proto},
+    domain::{self, Deal, DealState},
     error::DealError,
     live_deals::LiveDeals,
     store::{self, DealFilter},
-    waitlisting,
+    waitlist::{
+        self,
+        domain::{Join, WaitlistEntry},
+    },
     watch::{DealStream, Watchers},
 };
-
-mod reservations;
 
 /// The deal API over its database pools.
 pub struct DealApi {
     pool: PgPool,
     /// WatchDeal's streams.
     watchers: Arc<Watchers>,
-    /// Reservations and confirmations, coalesced.
-    batches: Batches,
     /// The first page of live deals.
     live_deals: LiveDeals,
 }
@@ -84,12 +76,11 @@ impl DealApi {
         reply(watch.await)
     }
 
-    /// The API over `pool`, its sale on `sale`, streaming WatchDeal calls within `limits` (at most
+    /// The API over `pool`, streaming WatchDeal calls within `limits` (at most
     /// `max_watchers`, changes read every `watch_refresh_interval` at most), which end when
     /// `shutdown` turns true.
-    pub fn new(pool: PgPool, sale: &Sale, limits: &Limits, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(pool: PgPool, limits: &Limits, shutdown: watch::Receiver<bool>) -> Self {
         Self {
-            batches: Batches::new(sale),
             live_deals: LiveDeals::new(pool.clone()),
             watchers: Watchers::start(pool.clone(), limits.max_watchers, limits.watch_refresh_interval, shutdown),
             pool,
@@ -139,57 +130,6 @@ impl DealService for DealApi {
         Ok(Response::new(Box::pin(stream.map(|message| message.and_then(Reply::into_message)))))
     }
 
-    #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal, reservation = %request.get_ref().reservation_id))]
-    async fn reserve_units(
-        &self,
-        request: Request<pb::ReserveUnitsRequest>,
-    ) -> Result<Response<pb::Reservation>, Status> {
-        authorize(&request, SERVICES)?;
-        reply(self.reserve(request.get_ref()).await.map(|reservation| reservation_to_proto(&reservation)))
-    }
-
-    #[tracing::instrument(skip_all, fields(reservation = %request.get_ref().reservation_id))]
-    async fn confirm_units(
-        &self,
-        request: Request<pb::ConfirmUnitsRequest>,
-    ) -> Result<Response<pb::Reservation>, Status> {
-        authorize(&request, SERVICES)?;
-        reply(
-            self.confirm(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)),
-        )
-    }
-
-    #[tracing::instrument(skip_all, fields(requests = request.get_ref().requests.len()))]
-    async fn batch_reserve_units(
-        &self,
-        request: Request<pb::BatchReserveUnitsRequest>,
-    ) -> Result<Response<pb::BatchReserveUnitsResponse>, Status> {
-        authorize(&request, SERVICES)?;
-        let results = self.reserve_batch(&request.get_ref().requests).await;
-        reply(results.map(|results| pb::BatchReserveUnitsResponse { results: reservation_results_to_proto(results) }))
-    }
-
-    #[tracing::instrument(skip_all, fields(requests = request.get_ref().requests.len()))]
-    async fn batch_confirm_units(
-        &self,
-        request: Request<pb::BatchConfirmUnitsRequest>,
-    ) -> Result<Response<pb::BatchConfirmUnitsResponse>, Status> {
-        authorize(&request, SERVICES)?;
-        let results = self.confirm_batch(&request.get_ref().requests).await;
-        reply(results.map(|results| pb::BatchConfirmUnitsResponse { results: reservation_results_to_proto(results) }))
-    }
-
-    #[tracing::instrument(skip_all, fields(reservation = %request.get_ref().reservation_id))]
-    async fn release_units(
-        &self,
-        request: Request<pb::ReleaseUnitsRequest>,
-    ) -> Result<Response<pb::Reservation>, Status> {
-        authorize(&request, SERVICES)?;
-        reply(
-            self.release(&request.get_ref().reservation_id).await.map(|reservation| reservation_to_proto(&reservation)),
-        )
-    }
-
     #[tracing::instrument(skip_all, fields(deal = %request.get_ref().deal))]
     async fn join_waitlist(
         &self,
@@ -207,7 +147,7 @@ impl DealService for DealApi {
         let caller = authorize(&request, READERS)?;
         let get = async {
             let (deal_id, entry_id) = entry_name(&request.get_ref().name)?;
-            waitlisting::get(&self.pool, deal_id, entry_id, caller.customer()).await
+            waitlist::get(&self.pool, deal_id, entry_id, caller.customer()).await
         };
         reply(get.await.map(|entry| entry_to_proto(&entry)))
     }
@@ -220,7 +160,7 @@ impl DealService for DealApi {
         let caller = authorize(&request, CUSTOMERS)?;
         let leave = async {
             let (deal_id, entry_id) = entry_name(&request.get_ref().name)?;
-            waitlisting::leave(&self.pool, deal_id, entry_id, entry_owner(caller)?).await
+            waitlist::leave(&self.pool, deal_id, entry_id, entry_owner(caller)?).await
         };
         reply(leave.await.map(|entry| entry_to_proto(&entry)))
     }
@@ -245,8 +185,6 @@ const ADMINS: &[Role] = &[Role::Admin];
 const READERS: &[Role] = &[Role::Customer, Role::Admin];
 /// Who may join and leave waitlists.
 const CUSTOMERS: &[Role] = &[Role::Customer];
-/// Who may reserve, confirm and release units: order-service.
-const SERVICES: &[Role] = &[Role::Service];
 
 /// The request's caller, if it has one of `roles`.
 fn authorize<'r, T>(request: &'r Request<T>, roles: &'static [Role]) -> Result<&'r Caller, DealError> {
@@ -332,7 +270,7 @@ impl DealApi {
         };
         violations.into_result(())?;
         let id = request_id.unwrap_or_else(Uuid::new_v4);
-        waitlisting::join(&self.pool, &Join { id, deal_id, customer: customer.to_owned(), quantity }).await
+        waitlist::join(&self.pool, &Join { id, deal_id, customer: customer.to_owned(), quantity }).await
     }
 
     async fn list_entries(
@@ -347,7 +285,7 @@ impl DealApi {
         let filter_key = format!("{}|{}", request.parent, customer.unwrap_or("*"));
         let after = paging::Cursor::from_token("page_token", &request.page_token, &filter_key, &mut violations);
         let deal_id = violations.into_result(deal_id)?.ok_or(DealError::DealNotFound)?;
-        let mut entries = waitlisting::list(&self.pool, deal_id, customer, after, limit + 1).await?;
+        let mut entries = waitlist::list(&self.pool, deal_id, customer, after, limit + 1).await?;
         let next_page_token = paging::cut_page(&mut entries, limit, &filter_key, |last| paging::Cursor {
             at: last.create_time,
             id: last.id,

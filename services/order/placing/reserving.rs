@@ -9,7 +9,7 @@
 //! it out of its database batch once it has passed), its own answer and the per-customer limit,
 //! which deal-service decides per request. A caller that gives up while its reservation waits here
 //! is left out of the next call; one that gives up while its call is in flight may still get a
-//! hold, which its abandoned attempt releases (placing.rs).
+//! hold, which its abandoned attempt releases ([`super::abandon`]).
 
 use std::{
     sync::Arc,
@@ -21,16 +21,12 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    proto::deal as pb,
+    order::{domain::NewOrder, error::OrderError},
+    proto::holds as pb,
     shared::{call::CallContext, coalesce::Coalescer, metrics},
 };
 
-use super::{
-    deals::{self, DealsClient, ReservedUnits},
-    domain::NewOrder,
-    error::OrderError,
-    faults::Faults,
-};
+use super::holds::{self as deals, DealsClient, ReservedUnits};
 
 /// The most reservations (or confirmations) one call carries: order-service's in-flight limit by
 /// default, so under a surge one deal's waiting orders go in one call; and well within
@@ -62,12 +58,12 @@ pub struct Reserving {
 }
 
 impl Reserving {
-    /// Batch calls through `deals`, with `faults` injected (tests only).
-    pub fn new(deals: DealsClient, faults: Faults) -> Self {
+    /// Batch calls through `deals`.
+    pub fn new(deals: DealsClient) -> Self {
         let reserving = deals.clone();
         let reservations = Coalescer::new(MAX_BATCH, move |_deal, waiting: Vec<Waiting>| {
-            let (deals, faults) = (reserving.clone(), faults.clone());
-            Box::pin(async move { reserve_batch(&deals, &faults, waiting).await })
+            let deals = reserving.clone();
+            Box::pin(async move { reserve_batch(&deals, waiting).await })
         });
         let confirming = deals.clone();
         let confirmations = Coalescer::new(MAX_BATCH, move |(), ids: Vec<Uuid>| {
@@ -126,15 +122,14 @@ impl Reserving {
 }
 
 /// One BatchReserveUnits call for `waiting`, one answer each, in order.
-async fn reserve_batch(deals: &DealsClient, faults: &Faults, waiting: Vec<Waiting>) -> Vec<Answer> {
+async fn reserve_batch(deals: &DealsClient, waiting: Vec<Waiting>) -> Vec<Answer> {
     metrics::deal_call_batch("reserve", waiting.len());
-    faults.before_reserve_batch(waiting.len()).await;
     let Some((context, span)) = waiting.first().map(|first| (first.context.clone(), first.span.clone())) else {
         return Vec::new();
     };
     let requests: Vec<(pb::ReserveUnitsRequest, Instant)> =
         waiting.into_iter().map(|waiting| (waiting.request, waiting.give_up_at)).collect();
-    match deals.reserve_batch(&context, &requests, faults).instrument(span).await {
+    match deals.reserve_batch(&context, &requests).instrument(span).await {
         Ok(results) => results
             .into_iter()
             .map(|result| {

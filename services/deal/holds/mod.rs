@@ -1,0 +1,16 @@
+//! Holding a deal's units for orders: the deal-service half of the protocol in
+//! docs/reservations.md, served to order-service alone as `topkart.deal.internal.v1.HoldService`.
+//!
+//! - [`grpc`]: the service's handlers: ReserveUnits, ConfirmUnits, ReleaseUnits and their batch
+//!   forms, validated and handed to the batches (or, for a claim of a waitlist offer, to
+//!   [`crate::deal::waitlist`]).
+//! - [`batching`]: the reservations of one deal that arrive while its previous batch is in the
+//!   database go together as the next batch, in one transaction; confirmations in one statement.
+//! - [`allocation`]: which requests of a batch get units, the per-customer limit among them, and
+//!   what a retry is answered. No I/O.
+//! - [`store`]: every statement on `reservations`.
+
+pub mod allocation;
+pub mod batching;
+pub mod grpc;
+pub mod store;
