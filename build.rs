@@ -4,21 +4,29 @@
 use std::{env, error::Error, fs, path::PathBuf};
 
 const PROTO_ROOT: &str = "proto";
-const CONTRACTS: [&str; 3] =
-    ["topkart/deal/v1/deal.proto", "topkart/deal/internal/v1/holds.proto", "topkart/order/v1/order.proto"];
+/// The public contracts: what gateways and generated clients are given.
+const PUBLIC: [&str; 2] = ["topkart/deal/v1/deal.proto", "topkart/order/v1/order.proto"];
+/// The calls between our services, served to the service role alone.
+const INTERNAL: [&str; 1] = ["topkart/deal/internal/v1/holds.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
     // sqlx::migrate! embeds migrations/ at build time; a migration added or changed must rebuild.
     println!("cargo:rerun-if-changed=migrations");
 
-    let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
-    compiler.include_source_info(true).include_imports(true).open_files(CONTRACTS)?;
-    let descriptors = compiler.file_descriptor_set();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    // Served by server reflection and loadable by gateways (Envoy's gRPC-JSON transcoder, say).
-    // Encoded by protox, which keeps the options that are extensions (`google.api.http`, field
-    // behaviour, resources); prost's own types would drop them.
+    // Loadable by gateways (Envoy's gRPC-JSON transcoder, say): the public contracts alone. Encoded
+    // by protox, which keeps the options that are extensions (`google.api.http`, field behaviour,
+    // resources); prost's own types would drop them.
+    let mut public = protox::Compiler::new([PROTO_ROOT])?;
+    public.include_source_info(true).include_imports(true).open_files(PUBLIC)?;
+    fs::write(out_dir.join("topkart_public_descriptor.bin"), public.encode_file_descriptor_set())?;
+
+    // Every contract, for the generated code, server reflection (which lists only what a server
+    // serves) and the servers' own knowledge of their methods.
+    let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
+    compiler.include_source_info(true).include_imports(true).open_files(PUBLIC.iter().chain(&INTERNAL))?;
+    let descriptors = compiler.file_descriptor_set();
     fs::write(out_dir.join("topkart_descriptor.bin"), compiler.encode_file_descriptor_set())?;
 
     // Every message knows its protobuf name (`prost::Name`), so our codec can tell a request that

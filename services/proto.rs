@@ -39,6 +39,10 @@ pub use topkart::order::v1 as order;
 /// Descriptors of every contract in `proto/` (with their imports), for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/topkart_descriptor.bin"));
 
+/// Descriptors of the public contracts alone (with their imports), for gateways: not the internal
+/// `topkart.deal.internal.v1`.
+pub const PUBLIC_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/topkart_public_descriptor.bin"));
+
 #[cfg(test)]
 mod tests {
     //! The descriptor set keeps the annotations gateways read. Read through just enough of
@@ -81,9 +85,9 @@ mod tests {
         http: Option<HttpRule>,
     }
 
-    /// Every method of our services with its HTTP rule, `service/method`.
-    fn http_rules() -> Vec<(String, Option<HttpRule>)> {
-        let set = <FileSet as prost::Message>::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+    /// Every method of the services in descriptor set `set` with its HTTP rule, `service/method`.
+    fn http_rules(set: &[u8]) -> Vec<(String, Option<HttpRule>)> {
+        let set = <FileSet as prost::Message>::decode(set).unwrap();
         set.file
             .into_iter()
             .flat_map(|file| file.service)
@@ -97,20 +101,27 @@ mod tests {
     }
 
     #[test]
-    fn every_public_rpc_has_its_http_rule_and_the_internal_ones_none() {
-        let rules = http_rules();
-        assert_eq!(rules.len(), 20, "{rules:?}");
-        for (method, rule) in &rules {
-            let internal = ["ReserveUnits", "ConfirmUnits", "ReleaseUnits"].iter().any(|name| method.ends_with(name));
-            // BatchReserveUnits and BatchConfirmUnits end with their unary names.
-            assert_eq!(rule.is_none(), internal, "{method}: {rule:?}");
+    fn gateways_get_every_public_rpc_with_its_http_rule_and_no_internal_one() {
+        let public = http_rules(super::PUBLIC_DESCRIPTOR_SET);
+        assert_eq!(public.len(), 15, "{public:?}");
+        for (method, rule) in &public {
+            assert!(rule.is_some(), "{method} has no HTTP rule");
+            assert!(!method.starts_with("HoldService/"), "{method} is internal");
         }
+        let all = http_rules(super::FILE_DESCRIPTOR_SET);
+        let internal: Vec<_> = all.iter().filter(|(method, _)| method.starts_with("HoldService/")).collect();
+        assert_eq!((all.len(), internal.len()), (20, 5));
+        assert!(internal.iter().all(|(_, rule)| rule.is_none()), "{internal:?}");
     }
 
     #[test]
     fn join_waitlist_is_a_custom_method_on_the_deal_s_entries() {
-        let rule =
-            http_rules().into_iter().find(|(method, _)| method == "DealService/JoinWaitlist").unwrap().1.unwrap();
+        let rule = http_rules(super::PUBLIC_DESCRIPTOR_SET)
+            .into_iter()
+            .find(|(method, _)| method == "DealService/JoinWaitlist")
+            .unwrap()
+            .1
+            .unwrap();
         assert_eq!(rule.pattern, Some(Pattern::Post("/v1/{deal=deals/*}/waitlistEntries:join".into())));
         assert_eq!(rule.body, "*");
     }

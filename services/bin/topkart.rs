@@ -67,8 +67,9 @@ enum Command {
         #[arg(long)]
         kid: String,
     },
-    /// Writes the FileDescriptorSet of proto/ (with imports and comments), as `buf build -o` would,
-    /// for a gateway such as Envoy's gRPC-JSON transcoder.
+    /// Writes the FileDescriptorSet of the public contracts (with imports and comments), as `buf build
+    /// -o` would, for a gateway such as Envoy's gRPC-JSON transcoder. The internal HoldService is
+    /// not in it.
     Descriptors {
         /// Where to write it.
         #[arg(long, short)]
@@ -98,7 +99,7 @@ fn main() -> ExitCode {
         Command::Jwk { jwt_private_key_file, jwt_algorithm, kid } => {
             jwk(&jwt_private_key_file, jwt_algorithm, kid).map(|jwk| println!("{jwk}"))
         }
-        Command::Descriptors { out } => std::fs::write(&out, topkart::proto::FILE_DESCRIPTOR_SET)
+        Command::Descriptors { out } => std::fs::write(&out, topkart::proto::PUBLIC_DESCRIPTOR_SET)
             .map_err(|err| format!("cannot write {}: {err}", out.display()).into()),
     };
     match result {

@@ -8,6 +8,9 @@ use crate::shared::{auth, money::Price, status};
 
 use super::DOMAIN;
 
+/// The retry delay a watcher is told when the server shuts down or has as many watchers as it may.
+const WATCH_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Everything a deal-service request can fail with. Cloneable, so that one failed batch of
 /// reservations answers every request in it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -220,8 +223,21 @@ impl From<DealError> for Status {
                 "DEADLINE_EXCEEDED",
                 "the request's timeout passed before its batch started; nothing was reserved",
             ),
-            TooManyWatchers => super::watch::too_many_watchers(),
-            ShuttingDown => super::watch::shutting_down(),
+            // A client that reads nothing finds its stream cut when the server's connections close.
+            ShuttingDown => status::retryable(
+                Code::Unavailable,
+                DOMAIN,
+                "SHUTTING_DOWN",
+                "the server is shutting down; watch again",
+                WATCH_AGAIN_AFTER,
+            ),
+            TooManyWatchers => status::retryable(
+                Code::ResourceExhausted,
+                DOMAIN,
+                "TOO_MANY_WATCHERS",
+                "this server watches as many deals as it may; retry later or elsewhere",
+                WATCH_AGAIN_AFTER,
+            ),
             Internal(cause) => {
                 tracing::error!(cause, "internal error");
                 status::internal(DOMAIN)

@@ -24,8 +24,8 @@ use uuid::Uuid;
 use topkart::proto::order::{self as orderpb, order_service_client::OrderServiceClient};
 
 use crate::{
+    options::{Authorization, LoadError, Options, authorization, channels, request, retry_delay},
     report::{Check, status_name},
-    scenario::{Authorization, LoadError, Options, authorization, channels, request, retry_delay},
     setup,
     timeline::{self, Event, EventWindow, Second, Timeline, unix_ms},
 };

@@ -1,9 +1,11 @@
 //! loadgen: drives the running services with one scenario and reports throughput, latency and
 //! statuses; exits 1 when a check after the run fails (errors, oversold units, broken invariants).
 
+mod clients;
 mod discard;
 mod failover;
 mod histogram;
+mod options;
 mod polite;
 mod report;
 mod scenario;
@@ -17,7 +19,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::Parser;
 use topkart::shared::{auth::Signer, cli, telemetry};
 
-use scenario::{Options, Scenario};
+use options::{Options, Scenario};
 
 /// How long the polite buyer gives one order, retries included.
 const POLITE_PATIENCE: Duration = Duration::from_secs(30);

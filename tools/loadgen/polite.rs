@@ -24,8 +24,8 @@ use topkart::{
 };
 
 use crate::{
+    options::{LoadError, Options, authorization, channels, request, retry_delay},
     report::{Latency, status_name},
-    scenario::{LoadError, Options, authorization, channels, request, retry_delay},
 };
 
 /// The pause before a retry the server gave no delay for.
@@ -122,7 +122,7 @@ async fn order(
     mut client: OrderServiceClient<Channel>,
     deal: &str,
     deadline: Duration,
-    authorization: Option<&crate::scenario::Authorization>,
+    authorization: Option<&crate::options::Authorization>,
     patience: Duration,
 ) -> Outcome {
     let message = orderpb::CreateOrderRequest {

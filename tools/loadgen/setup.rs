@@ -15,8 +15,8 @@ use topkart::{
 };
 
 use crate::{
+    options::{self, Authorization, LoadError, Scenario, authorization},
     report::Check,
-    scenario::{self, Authorization, LoadError, Scenario, authorization},
 };
 
 /// The admin's client of deal-service.
@@ -35,7 +35,7 @@ impl Admin {
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        scenario::request(message, self.deadline, self.authorization.as_ref())
+        options::request(message, self.deadline, self.authorization.as_ref())
     }
 
     /// A live deal with `units` units, running for two hours or until the daily reset, if sooner.

@@ -33,7 +33,7 @@ use topkart::shared::runtime_thread::RuntimeThread;
 
 use crate::{
     histogram::DelayHistogram,
-    scenario::{Authorization, LoadError},
+    options::{Authorization, LoadError},
 };
 
 mod streams;

@@ -9,8 +9,9 @@ use uuid::Uuid;
 use topkart::{proto::deal as dealpb, shared::auth::Role};
 
 use crate::{
+    clients::{Clients, Load},
+    options::{LoadError, authorization},
     report::{Check, Rss, WatchReport},
-    scenario::{Clients, Load, LoadError, authorization},
     watch,
 };
 

@@ -32,25 +32,20 @@ use std::{
 use indexmap::IndexMap;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, watch};
-use tonic::{Code, Status};
 use uuid::Uuid;
 
-use crate::shared::status;
-
-use super::{DOMAIN, convert::Audience, domain::Deal, error::DealError, store};
+use super::{convert::Audience, domain::Deal, error::DealError, store};
 
 pub use stream::DealStream;
 use stream::Version;
 
 /// How long the listener waits before reconnecting, and a read of changed deals before retrying,
-/// after an error; the retry delay a watcher is told on a shutdown.
+/// after an error.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// How many watchers of a deal a refresh wakes before it lets the tasks that waited meanwhile run.
 /// On one thread, 10,000 watchers woken at once held every other task back for the ~40 ms their
-/// messages take (BENCHMARKS.md, "WatchDeal").
+/// messages take.
 pub const WATCHERS_PER_YIELD: usize = 256;
-/// The retry delay suggested to a watcher refused for too many watchers.
-const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The watched deals of this process and the permits of its streams.
 pub struct Watchers {
@@ -305,29 +300,6 @@ async fn close_on_shutdown(watchers: std::sync::Weak<Watchers>, mut shutdown: wa
     if let Some(live) = watchers.upgrade() {
         live.channels.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
-}
-
-/// UNAVAILABLE for the streams of a server shutting down, and for a watcher who comes then. A
-/// client that reads nothing finds its stream cut when the server's connections close.
-pub fn shutting_down() -> Status {
-    status::retryable(
-        Code::Unavailable,
-        DOMAIN,
-        "SHUTTING_DOWN",
-        "the server is shutting down; watch again",
-        RECONNECT_AFTER,
-    )
-}
-
-/// RESOURCE_EXHAUSTED for a watcher beyond `--max-watchers`.
-pub fn too_many_watchers() -> Status {
-    status::retryable(
-        Code::ResourceExhausted,
-        DOMAIN,
-        "TOO_MANY_WATCHERS",
-        "this server watches as many deals as it may; retry later or elsewhere",
-        FULL_RETRY_AFTER,
-    )
 }
 
 #[cfg(test)]

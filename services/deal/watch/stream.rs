@@ -17,6 +17,7 @@ use crate::{
     deal::{
         convert::Audience,
         domain::{Deal, DealState},
+        error::DealError,
     },
     proto::deal as pb,
     shared::{
@@ -163,7 +164,7 @@ impl Stream for DealStream {
             Poll::Ready(None) => {
                 *this.next = Next::End;
                 let stopping = *this.shutdown.borrow();
-                return Poll::Ready(stopping.then(|| Err(super::shutting_down())));
+                return Poll::Ready(stopping.then(|| Err(DealError::ShuttingDown.into())));
             }
             Poll::Pending => {}
         }

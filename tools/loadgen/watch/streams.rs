@@ -13,7 +13,7 @@ use tonic::Code;
 
 use topkart::proto::deal as dealpb;
 
-use crate::scenario::{Authorization, LoadError};
+use crate::options::{Authorization, LoadError};
 
 /// WatchDeal's path.
 const WATCH_DEAL: &str = "/topkart.deal.v1.DealService/WatchDeal";
