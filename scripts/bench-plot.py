@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plots the surge benchmark against offered concurrency: goodput (orders recorded per second),
 with both clients, and what a polite buyer sees (p99 of its 200 orders, RetryInfo honoured) while
-h2load hammers; before fair admission (benchmarks/surge-before.json, dd6998d) and now (this run's
+h2load hammers; before fair admission (benchmarks/surge-before.json) and now (this run's
 surge-loadgen.json and surge-h2load.json).
 
     bench-plot.py target/bench benchmarks/surge.png
@@ -42,7 +42,7 @@ def main():
             if not runs:
                 continue
             color, line = styles[(when, client)]
-            label = f"{client}, {'before fair admission (dd6998d)' if when == 'before' else 'now'}"
+            label = f"{client}, {'before fair admission' if when == 'before' else 'now'}"
             xs = [run["concurrency"] for run in runs]
             goodput.plot(xs, [run["orders_per_s"] for run in runs], line, color=color, marker="o", label=label)
             polite = [(run["concurrency"], run["polite"]) for run in runs if "polite" in run]

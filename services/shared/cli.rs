@@ -25,7 +25,7 @@ use super::{
 pub struct RuntimeArgs {
     /// Threads that run the service's tasks. 1, the default, runs them all on one thread (tokio's
     /// current-thread scheduler): on the benchmark machine that sold the hot deal faster and
-    /// streamed WatchDeal at half the CPU per message (BENCHMARKS.md, "One thread per service").
+    /// streamed WatchDeal at half the CPU per message (BENCHMARKS.md).
     /// Past one core, run more replicas, or give more threads here (a work-stealing scheduler).
     #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: u16,

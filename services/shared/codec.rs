@@ -22,7 +22,7 @@ pub const MALFORMED_REQUEST: &str = "MALFORMED_REQUEST";
 
 /// The buffer a call's replies are encoded into, grown when a reply needs more. tonic's default of
 /// 8 KiB is held by every open stream for its whole life, and again by each chunk HTTP/2 has not
-/// sent yet: a WatchDeal stream's messages are ~0.2 KiB (BENCHMARKS.md, watch).
+/// sent yet: a WatchDeal stream's messages are ~0.2 KiB (BENCHMARKS.md).
 const ENCODE_BUFFER_BYTES: usize = 1024;
 /// tonic's default: a stream's messages are handed to HTTP/2 once they reach 32 KiB together.
 const ENCODE_YIELD_BYTES: usize = 32 * 1024;

@@ -2,7 +2,7 @@
 //! runtime's tasks. deal-service runs the sale's transactions on one: on the main thread, each of a
 //! transaction's round trips to Postgres waited its turn behind thousands of WatchDeal messages
 //! (with 10,000 watchers the hot deal kept a median 0.71× of its orders, 0.81× with the sale on a
-//! thread of its own: BENCHMARKS.md, "Session 10"). On a thread of its own the kernel schedules it
+//! thread of its own: BENCHMARKS.md). On a thread of its own the kernel schedules it
 //! beside the main thread, and a reply from Postgres is handled as soon as it arrives.
 
 use std::future::Future;

@@ -78,7 +78,7 @@ struct Watcher {
 
 /// Watchers of one deal, running until [`Watchers::stop`]: raw HTTP/2 streams read on a thread of
 /// their own, one task per connection. A tonic client per stream took 3.9 µs of CPU per message,
-/// half a core at 10,000 watchers, on the cores the services share (BENCHMARKS.md, "Session 11").
+/// half a core at 10,000 watchers, on the cores the services share (BENCHMARKS.md).
 pub struct Watchers {
     shared: Arc<Shared>,
     connections: Vec<JoinHandle<Vec<Watcher>>>,

@@ -3,7 +3,7 @@
 //! each taking every notification that has arrived since the one before. The interval bounds the
 //! fan-out's work whatever the rate of commits (a hot deal commits every few milliseconds): each
 //! read wakes every watcher of the deals it read, and changes notified meanwhile wait and are read
-//! together (BENCHMARKS.md, watch).
+//! together (BENCHMARKS.md).
 
 use std::{collections::BTreeSet, ops::ControlFlow, sync::Weak};
 

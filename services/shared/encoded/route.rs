@@ -2,7 +2,7 @@
 //! does (`shared::codec`) and hands each reply's frame to HTTP/2 as it is, then the trailers tonic
 //! would send. tonic's `Grpc` would copy every reply into an encode buffer of its own and frame it
 //! there: for WatchDeal, whose every message goes to thousands of streams, that buffer's work was
-//! an eighth of deal-service's CPU per message (BENCHMARKS.md, "WatchDeal").
+//! an eighth of deal-service's CPU per message (BENCHMARKS.md).
 
 use std::{
     pin::Pin,

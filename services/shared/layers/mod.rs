@@ -115,16 +115,16 @@ pub const DEFAULT_MAX_WAIT_OVERLOADED: Duration = Duration::from_millis(100);
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// The default of `--max-watchers`: WatchDeal streams per process. A watcher holds its place on its
-/// deal's channel and its HTTP/2 stream, about 5 KiB (BENCHMARKS.md, "WatchDeal").
+/// deal's channel and its HTTP/2 stream, about 5 KiB (BENCHMARKS.md).
 pub const DEFAULT_MAX_WATCHERS: usize = 20_000;
 
 /// The default of `--watch-refresh-ms`: a hot deal commits every few milliseconds, and 20 reads a
 /// second leave room within WatchDeal's 100 ms for the read and the fan-out to 10,000 watchers
-/// (BENCHMARKS.md, "WatchDeal").
+/// (BENCHMARKS.md).
 pub const DEFAULT_WATCH_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The default of `--max-in-flight`: about what keeps the hot deal's admitted calls within 100 ms
-/// on the benchmark machine (BENCHMARKS.md, surge).
+/// on the benchmark machine (BENCHMARKS.md).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// The base of the retry delay given to shed calls (each gets between it and twice it).
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(100);

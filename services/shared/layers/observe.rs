@@ -10,7 +10,7 @@
 //! The span is entered while the handler runs, not on every frame of the reply: a WatchDeal stream
 //! sends a frame per change to each of thousands of watchers, and tower-http's `TraceLayer` (which
 //! this replaces) entered the span and read the clock twice per frame, in a body wrapper of its own
-//! (BENCHMARKS.md, "Session 12"). With OpenTelemetry, a streaming call's span counts the time its
+//! (BENCHMARKS.md). With OpenTelemetry, a streaming call's span counts the time its
 //! reply is sent as idle rather than busy.
 
 use std::{
