@@ -373,11 +373,6 @@ fn offer_window(field: &str, window: Option<&prost_types::Duration>, violations:
     }
 }
 
-/// How many more units a customer holding `held` units of `deal` may take, when the deal limits it.
-pub fn units_left_to_customer(deal: &Deal, held: i32) -> Option<i32> {
-    deal.terms.max_units_per_customer.map(|limit| (limit - held).max(0))
-}
-
 fn total_units(field: &str, units: i32, violations: &mut Violations) -> Option<i32> {
     if (1..=MAX_TOTAL_UNITS).contains(&units) {
         Some(units)

@@ -9,12 +9,14 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use crate::shared::{money::Price, status::Violations};
+use crate::shared::money::Price;
 
 use crate::deal::{
     domain::{self, Deal, Reservation, ReservationState},
     error::DealError,
 };
+
+use super::customer_limit;
 
 /// One `ReserveUnits` request, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +71,9 @@ pub fn allocate(
                 Allocation::SameAsEarlier
             } else if let Some(refusal) = domain::refusal(&left, request.quantity, request.expected_price.as_ref()) {
                 Allocation::Refused(refusal)
-            } else if let Some(refusal) = over_limit(&left, request, &held) {
+            } else if let Some(refusal) =
+                customer_limit::refusal(&left, request.customer.as_deref(), request.quantity, &held)
+            {
                 Allocation::Refused(refusal)
             } else {
                 left.available_units -= request.quantity;
@@ -81,18 +85,6 @@ pub fn allocate(
             }
         })
         .collect()
-}
-
-/// Why `request` would take its customer past the deal's per-customer limit, if it would.
-fn over_limit(deal: &Deal, request: &UnitRequest, held: &HashMap<String, i32>) -> Option<DealError> {
-    let limit = deal.terms.max_units_per_customer?;
-    let Some(customer) = &request.customer else {
-        let mut violations = Violations::default();
-        violations.add("customer_id", "is required: the deal limits the units one customer may hold");
-        return Some(violations.into());
-    };
-    let remaining = domain::units_left_to_customer(deal, held.get(customer).copied().unwrap_or(0))?;
-    (request.quantity > remaining).then_some(DealError::PerCustomerLimitExceeded { limit, remaining })
 }
 
 /// The answer to `request` when a reservation with its id already exists: the reservation itself

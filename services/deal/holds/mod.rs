@@ -6,11 +6,12 @@
 //!   [`crate::deal::waitlist`]).
 //! - [`batching`]: the reservations of one deal that arrive while its previous batch is in the
 //!   database go together as the next batch, in one transaction; confirmations in one statement.
-//! - [`allocation`]: which requests of a batch get units, the per-customer limit among them, and
-//!   what a retry is answered. No I/O.
+//! - [`allocation`]: which requests of a batch get units, and what a retry is answered. No I/O.
+//! - [`customer_limit`]: the per-customer limit's rule, for holds and waitlist entries alike.
 //! - [`store`]: every statement on `reservations`.
 
 pub mod allocation;
 pub mod batching;
+pub mod customer_limit;
 pub mod grpc;
 pub mod store;

@@ -7,8 +7,11 @@ use uuid::Uuid;
 
 use crate::shared::money::Price;
 
-use crate::deal::domain::{Deal, DealState, refusal, units_left_to_customer};
 use crate::deal::error::DealError;
+use crate::deal::{
+    domain::{Deal, DealState, refusal},
+    holds::customer_limit,
+};
 
 /// Where an entry is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +76,7 @@ pub fn join_refusal(deal: &Deal, join: &Join, holds: i32) -> Option<DealError> {
         Some(other) => return Some(other),
     }
     let limit = deal.terms.max_units_per_customer?;
-    let remaining = units_left_to_customer(deal, holds)?;
+    let remaining = customer_limit::units_left(deal, holds)?;
     (join.quantity > remaining).then_some(DealError::PerCustomerLimitExceeded { limit, remaining })
 }
 
