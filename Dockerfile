@@ -19,6 +19,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY migrations ./migrations
 COPY services ./services
+# The workspace's other member: cargo reads its manifest, and builds nothing of it here.
+COPY tools ./tools
 
 # The cache mounts keep downloaded crates and compiled dependencies between builds, so a code change
 # recompiles only our crate. A cache mount is not part of the image, so the binaries are copied out

@@ -1,14 +1,17 @@
-//! deal-service: admins create and update deals, customers read them, and order-service reserves
-//! and releases their units.
+//! deal-service: admins create and update deals, customers read, watch and wait for them
+//! (DealService), and order-service holds, confirms and releases their units (HoldService).
 //!
-//! Layers: [`grpc`] decodes, validates, calls and maps errors, with [`convert`] turning domain
-//! values into messages and back; [`domain`] and [`allocation`] hold the rules, [`changes`] and
-//! [`batching`] apply them in transactions; [`store`] holds the SQL; [`error`] is the one error type
-//! and its mapping to gRPC status. Two parts make the hot paths fast: [`batching`] coalesces the
-//! reservations of one deal, [`live_deals`] serves the first page of live deals from a snapshot.
-//! [`watch`] streams a deal's changes to its watchers (WatchDeal), and [`routes`] sends the replies
-//! both share among callers as bytes encoded once; [`waitlisting`] applies the
-//! waitlist's rules (`domain::waitlist`) in transactions.
+//! Layers: [`grpc`] (DealService) and [`holds::grpc`] (HoldService) decode, validate, call and map
+//! errors, with [`convert`] turning domain values into messages and back; [`domain`] holds the
+//! rules of a deal, [`changes`] applies an admin's in a transaction, [`store`] holds the SQL of
+//! deals; [`error`] is the one error type and its mapping to gRPC status. One folder per concern:
+//! - [`holds`]: holding units for orders: the per-deal batches ([`holds::batching`], on the sale's
+//!   thread), who gets units ([`holds::allocation`]), the per-customer limit
+//!   ([`holds::customer_limit`]) and the statements on reservations;
+//! - [`waitlist`]: joining, leaving and claiming a sold-out deal's waitlist;
+//! - [`watch`]: WatchDeal's fan-out, one listener and one channel per watched deal;
+//! - [`live_deals`]: the first page of live deals from a snapshot, which [`routes`] sends (with
+//!   WatchDeal's messages) as bytes encoded once.
 
 pub mod changes;
 pub mod convert;
@@ -41,7 +44,7 @@ pub const MIN_CONNECTIONS: u32 = 3;
 
 /// deal-service's database: `pool` for everything but the sale, whose reservations and
 /// confirmations have a pool of their own, of at most `sale_connections`, on the sale's thread
-/// ([`batching::Sale`]).
+/// ([`holds::batching::Sale`]).
 pub struct Database {
     pub pool: PgPool,
     pub sale_connections: u32,

@@ -115,12 +115,13 @@ async fn set_all(reporter: &HealthReporter, services: &[&'static str], status: S
 }
 
 /// Adds server reflection to `router`: v1 for current clients and v1alpha for older ones (PyPI's
-/// grpcurl). It describes our contracts and the health and `google.rpc` error-detail types, and
-/// lists only what this server serves: `services`, health and reflection.
+/// grpcurl). It describes our public contracts (not the internal HoldService) and the health and
+/// `google.rpc` error-detail types, and lists only what this server serves: `services`, health and
+/// reflection.
 pub fn with_reflection(router: ApiRouter, services: &[&str]) -> Result<ApiRouter, tonic_reflection::server::Error> {
     let describe = |reflection_service: &str| {
         let builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(crate::proto::PUBLIC_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(HEALTH_SERVICE)

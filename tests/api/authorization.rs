@@ -279,3 +279,39 @@ async fn health_and_reflection_answer_anonymous_callers(pool: PgPool) {
     let reply = replies.message().await.unwrap().expect("a reply");
     assert!(format!("{reply:?}").contains("topkart.order.v1.OrderService"), "{reply:?}");
 }
+
+/// Reflection describes the public contracts only: the internal HoldService, which deal-service
+/// serves to order-service, is neither listed nor described, while DealService is.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn reflection_describes_the_public_contracts_and_not_the_internal_service(pool: PgPool) {
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let app = spawn_app(pool).await;
+    let ask = |message_request| {
+        let mut reflection = ServerReflectionClient::new(app.deal_channel.clone());
+        let request = ServerReflectionRequest { host: String::new(), message_request: Some(message_request) };
+        async move {
+            let mut replies = reflection.server_reflection_info(tokio_stream::iter([request])).await?.into_inner();
+            let reply = replies.message().await?.expect("a reply");
+            Ok::<_, tonic::Status>(reply.message_response.expect("an answer"))
+        }
+    };
+    let Ok(MessageResponse::ListServicesResponse(listed)) = ask(MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("no list of services");
+    };
+    let names: Vec<&str> = listed.service.iter().map(|service| service.name.as_str()).collect();
+    assert!(names.contains(&"topkart.deal.v1.DealService"), "{names:?}");
+    assert!(!names.iter().any(|name| name.contains("internal")), "{names:?}");
+    let public = ask(MessageRequest::FileContainingSymbol("topkart.deal.v1.DealService".into())).await;
+    assert!(matches!(public, Ok(MessageResponse::FileDescriptorResponse(_))), "{public:?}");
+    for hidden in [
+        MessageRequest::FileContainingSymbol("topkart.deal.internal.v1.HoldService".into()),
+        MessageRequest::FileByFilename("topkart/deal/internal/v1/holds.proto".into()),
+    ] {
+        match ask(hidden).await {
+            Err(status) => assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}"),
+            Ok(MessageResponse::ErrorResponse(error)) => assert_eq!(error.error_code, tonic::Code::NotFound as i32),
+            Ok(described) => panic!("described: {described:?}"),
+        }
+    }
+}

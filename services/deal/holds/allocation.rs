@@ -51,8 +51,9 @@ pub enum Allocation {
 
 /// Decides every request of a batch against `deal`, read under its row lock at the instant of the
 /// sale. `existing` holds the ids among the requests that were reserved before; `held` the units
-/// each customer of the batch held of the deal before it (held and confirmed reservations), which
-/// the deal's per-customer limit counts together with what the batch gives them.
+/// each customer of the batch held of the deal before it (held and confirmed reservations, and the
+/// units their waiting and offered waitlist entries ask for), which the deal's per-customer limit
+/// counts together with what the batch gives them.
 pub fn allocate(
     deal: &Deal,
     requests: &[UnitRequest],

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// How many more units a customer holding `held` units of `deal` may take, when the deal limits it.
-pub fn units_left(deal: &Deal, held: i32) -> Option<i32> {
+fn units_left(deal: &Deal, held: i32) -> Option<i32> {
     deal.terms.max_units_per_customer.map(|limit| (limit - held).max(0))
 }
 

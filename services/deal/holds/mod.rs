@@ -8,7 +8,7 @@
 //!   database go together as the next batch, in one transaction; confirmations in one statement.
 //! - [`allocation`]: which requests of a batch get units, and what a retry is answered. No I/O.
 //! - [`customer_limit`]: the per-customer limit's rule, for holds and waitlist entries alike.
-//! - [`store`]: every statement on `reservations`.
+//! - [`store`]: the statements on `reservations` (but a claim's insert, made with its waitlist entry).
 
 pub mod allocation;
 pub mod batching;

@@ -1,6 +1,7 @@
-//! Every statement on `reservations`: deal-service is the only service that writes it. Inserting
+//! The statements on `reservations` (deal-service is the only service that writes it): inserting
 //! holds and taking their units, confirming, releasing (a row trigger gives the units back:
-//! `return_units`, migrations/…_waitlist.sql). Statements that keep an invariant say how beside them.
+//! `return_units`, migrations/…_waitlist.sql). A claim of a waitlist offer inserts its hold with the
+//! entry's change, in `waitlist::store::claim`. Statements that keep an invariant say how beside them.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -60,7 +61,7 @@ pub async fn reservations_by_id(conn: &mut PgConnection, ids: &[Uuid]) -> Result
     Ok(rows.into_iter().map(Reservation::from).collect())
 }
 
-/// Inserts the reservations `takes` (id, quantity) of a deal locked by [`lock_deal_for_sale`], at its
+/// Inserts the reservations `takes` (id, quantity) of a deal locked by [`crate::deal::store::lock_deal_for_sale`], at its
 /// price, stamped `at`, and takes their units, in one statement. Returns the reservations inserted:
 /// an id some other transaction inserted first (another instance serving a retry) is skipped, and
 /// only the units of the inserted ones are taken.

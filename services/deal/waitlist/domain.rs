@@ -75,9 +75,8 @@ pub fn join_refusal(deal: &Deal, join: &Join, holds: i32) -> Option<DealError> {
         Some(DealError::InsufficientUnits { .. }) => {}
         Some(other) => return Some(other),
     }
-    let limit = deal.terms.max_units_per_customer?;
-    let remaining = customer_limit::units_left(deal, holds)?;
-    (join.quantity > remaining).then_some(DealError::PerCustomerLimitExceeded { limit, remaining })
+    let held = std::collections::HashMap::from([(join.customer.clone(), holds)]);
+    customer_limit::refusal(deal, Some(&join.customer), join.quantity, &held)
 }
 
 /// Whether `existing`, found under a join's id, is the entry this join made: a retry then gets it.
