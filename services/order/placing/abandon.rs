@@ -24,8 +24,8 @@ const RELEASE_LOOKS: u32 = 5;
 const RELEASE_LOOK_INTERVAL: Duration = Duration::from_millis(200);
 /// How long one release call may take.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(2);
-/// Abandonments running at once: each ends in a transaction on its deal's row, so a storm of them
-/// (a surge of callers giving up) must not crowd out the reservations' batches or the pool.
+/// Abandonment steps running at once: a release is a transaction on its deal's row, so a storm of
+/// them (a surge of callers giving up) must not crowd out the reservations' batches or the pool.
 const ABANDONING_AT_ONCE: usize = 8;
 static ABANDONING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ABANDONING_AT_ONCE);
 
@@ -80,10 +80,8 @@ pub enum Abandoned {
     NoHold,
 }
 
-/// Abandons attempt `id`, once a turn among the abandonments allows, and logs what came of it.
+/// Abandons attempt `id` and logs what came of it.
 async fn abandon_in_turn(pool: PgPool, deals: DealsClient, id: Uuid) {
-    // The semaphore is never closed.
-    let Ok(_turn) = ABANDONING.acquire().await else { return };
     match abandon(&pool, &deals, id).await {
         Ok(Abandoned::Released) => {
             metrics::holds_settled("abandoned", 1);
@@ -99,13 +97,16 @@ async fn abandon_in_turn(pool: PgPool, deals: DealsClient, id: Uuid) {
 /// Gives up attempt `id`: unless its order was recorded, marks the id so no order is ever recorded
 /// under it, then has deal-service release its hold. A hold that does not exist yet may still be
 /// made by a reservation in flight (its reply to a caller that had gone): it is looked for a few
-/// times.
+/// times. Each step waits for a turn among the abandonments of this process, and gives it back
+/// before the pause between looks: a storm of them (a surge's callers giving up together) must
+/// neither crowd the deal's row nor wait behind one another's pauses.
 pub async fn abandon(pool: &PgPool, deals: &DealsClient, id: Uuid) -> Result<Abandoned, OrderError> {
-    if store::abandon_attempt(pool, id).await? {
+    let marked = in_turn(store::abandon_attempt(pool, id)).await?;
+    if marked? {
         return Ok(Abandoned::Ordered);
     }
     for _ in 0..RELEASE_LOOKS {
-        match deals.release(&CallContext::detached(RELEASE_DEADLINE), id).await {
+        match in_turn(deals.release(&CallContext::detached(RELEASE_DEADLINE), id)).await? {
             Ok(()) => return Ok(Abandoned::Released),
             Err(OrderError::DealRefused(status)) if no_hold_yet(&status) => {
                 tokio::time::sleep(RELEASE_LOOK_INTERVAL).await;
@@ -114,6 +115,13 @@ pub async fn abandon(pool: &PgPool, deals: &DealsClient, id: Uuid) -> Result<Aba
         }
     }
     Ok(Abandoned::NoHold)
+}
+
+/// `step`, run once a turn among the abandonments allows.
+async fn in_turn<T>(step: impl Future<Output = T>) -> Result<T, OrderError> {
+    let _turn =
+        ABANDONING.acquire().await.map_err(|_| OrderError::Internal("the abandonments' semaphore closed".into()))?;
+    Ok(step.await)
 }
 
 /// deal-service has no hold under the id (yet).
