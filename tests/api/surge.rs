@@ -346,3 +346,54 @@ async fn the_metrics_count_calls_by_method_and_code_and_the_batches_behind_them(
     assert!(after.contains("# TYPE grpc_server_handling_seconds histogram"), "{after}");
     assert!(after.contains("grpc_server_in_flight"), "{after}");
 }
+
+/// A caller that resets its stream before its request is whole, or drops its connection, is
+/// counted CANCELLED, not INTERNAL or UNKNOWN (what tonic answers it, to nobody): an alert on
+/// INTERNAL must mean a fault of ours.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_request_cut_by_its_caller_counts_as_cancelled_not_internal(pool: PgPool) {
+    let handle = topkart::shared::metrics::install().expect("install the recorder");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(topkart::shared::metrics::serve(listener, handle, pool.clone()));
+    let app = spawn_app(pool.clone()).await;
+    let before = scrape(metrics_addr).await;
+
+    for reset in [true, false] {
+        let tcp = tokio::net::TcpStream::connect(app.deal_addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let driving = tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request =
+            http::Request::post(format!("http://{}/topkart.deal.internal.v1.HoldService/ReleaseUnits", app.deal_addr))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("authorization", format!("Bearer {}", token(Role::Service, "order-service")))
+                .body(())
+                .unwrap();
+        // The headers go, the body never comes: the caller resets the stream, or its connection.
+        let (_response, mut body) = client.send_request(request, false).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if reset {
+            body.send_reset(h2::Reason::CANCEL);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop((client, body));
+        driving.abort();
+    }
+    let released = |text: &str, code: &str| {
+        let labels = [
+            ("grpc_service", "topkart.deal.internal.v1.HoldService"),
+            ("grpc_method", "ReleaseUnits"),
+            ("grpc_code", code),
+        ];
+        sample(text, "grpc_server_handled_total", &labels) - sample(&before, "grpc_server_handled_total", &labels)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async { released(&scrape(metrics_addr).await, "CANCELLED") >= 2.0 })
+            .await,
+        "both cut calls counted CANCELLED"
+    );
+    let after = scrape(metrics_addr).await;
+    assert_eq!((released(&after, "INTERNAL"), released(&after, "UNKNOWN")), (0.0, 0.0));
+}

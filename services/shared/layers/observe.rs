@@ -5,7 +5,9 @@
 //! response. A reply's status is in its headers (a trailers-only reply: every error, and every
 //! call shed before reaching a service) or in its trailers: both are read. A call whose reply ends
 //! without a status (the caller reset it, its connection closed, or its deadline passed) counts as
-//! CANCELLED: that is what the server sent, if anything.
+//! CANCELLED: that is what the server sent, if anything. So does a call whose request could not be
+//! read to its end because the caller went away (tonic answers that INTERNAL or UNKNOWN, to nobody):
+//! an alert on INTERNAL must mean a fault of ours, not a client that gave up.
 //!
 //! The span is entered while the handler runs, not on every frame of the reply: a WatchDeal stream
 //! sends a frame per change to each of thousands of watchers, and tower-http's `TraceLayer` (which
@@ -15,6 +17,10 @@
 
 use std::{
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -64,12 +70,15 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let span = call_span(&request);
+        let caller_gone = Arc::new(AtomicBool::new(false));
         let mut call = Call {
             method: methods::lookup(request.uri().path()),
             started: Instant::now(),
             span: span.clone(),
+            caller_gone: Arc::clone(&caller_gone),
             done: false,
         };
+        let request = request.map(|body| Body::new(Sent { body, caller_gone }));
         let response = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
@@ -98,6 +107,9 @@ struct Call {
     method: Option<&'static Method>,
     started: Instant,
     span: Span,
+    /// Whether the request's body failed to arrive whole: the caller reset the stream or closed
+    /// its connection while sending it.
+    caller_gone: Arc<AtomicBool>,
     done: bool,
 }
 
@@ -106,6 +118,10 @@ impl Call {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let code = match code {
+            Code::Internal | Code::Unknown if self.caller_gone.load(Ordering::Relaxed) => Code::Cancelled,
+            code => code,
+        };
         // The router answers UNIMPLEMENTED for paths it does not serve; label those `unknown` too.
         let method = match self.method {
             Some(method) if code != Code::Unimplemented => method,
@@ -126,6 +142,37 @@ impl Drop for Call {
 
 fn code_in(headers: &HeaderMap) -> Option<Code> {
     headers.get("grpc-status").map(|value| Code::from_bytes(value.as_bytes()))
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that notes when the caller's stream fails before its end.
+    struct Sent {
+        #[pin]
+        body: Body,
+        caller_gone: Arc<AtomicBool>,
+    }
+}
+
+impl http_body::Body for Sent {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.body.poll_frame(cx));
+        if let Some(Err(_)) = &frame {
+            this.caller_gone.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 pin_project_lite::pin_project! {
