@@ -276,6 +276,15 @@ async fn a_call_whose_deadline_is_too_short_to_be_answered_reserves_nothing(pool
     assert_eq!(reservations, 0, "no reservation was started for a caller that could not be answered");
 }
 
+/// This process's metrics recorder, installed and served on a port of its own.
+async fn serve_metrics(pool: &PgPool) -> std::net::SocketAddr {
+    let handle = topkart::shared::metrics::install().expect("install the recorder");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(topkart::shared::metrics::serve(listener, handle, pool.clone()));
+    metrics_addr
+}
+
 /// The metrics text served on `addr`.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -303,10 +312,7 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn the_metrics_count_calls_by_method_and_code_and_the_batches_behind_them(pool: PgPool) {
-    let handle = topkart::shared::metrics::install().expect("install the recorder");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics_addr = listener.local_addr().unwrap();
-    tokio::spawn(topkart::shared::metrics::serve(listener, handle, pool.clone()));
+    let metrics_addr = serve_metrics(&pool).await;
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
     let create_order = [("grpc_service", "topkart.order.v1.OrderService"), ("grpc_method", "CreateOrder")];
@@ -352,10 +358,7 @@ async fn the_metrics_count_calls_by_method_and_code_and_the_batches_behind_them(
 /// INTERNAL must mean a fault of ours.
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn a_request_cut_by_its_caller_counts_as_cancelled_not_internal(pool: PgPool) {
-    let handle = topkart::shared::metrics::install().expect("install the recorder");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics_addr = listener.local_addr().unwrap();
-    tokio::spawn(topkart::shared::metrics::serve(listener, handle, pool.clone()));
+    let metrics_addr = serve_metrics(&pool).await;
     let app = spawn_app(pool.clone()).await;
     let before = scrape(metrics_addr).await;
 

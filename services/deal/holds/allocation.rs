@@ -72,9 +72,12 @@ pub fn allocate(
                 Allocation::SameAsEarlier
             } else if let Some(refusal) = domain::refusal(&left, request.quantity, request.expected_price.as_ref()) {
                 Allocation::Refused(refusal)
-            } else if let Some(refusal) =
-                customer_limit::refusal(&left, request.customer.as_deref(), request.quantity, &held)
-            {
+            } else if let Some(refusal) = customer_limit::refusal(
+                &left,
+                request.customer.as_deref(),
+                request.quantity,
+                request.customer.as_ref().and_then(|customer| held.get(customer)).copied().unwrap_or(0),
+            ) {
                 Allocation::Refused(refusal)
             } else {
                 left.available_units -= request.quantity;

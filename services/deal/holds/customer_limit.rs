@@ -7,8 +7,6 @@
 //! deal itself (`deal::store::lock_deal_for_sale`); `invariant-check` recounts them from the rows.
 //! Here, the rule: what a request or a waitlist entry may still take.
 
-use std::collections::HashMap;
-
 use crate::{
     deal::{domain::Deal, error::DealError},
     shared::status::Violations,
@@ -19,15 +17,15 @@ fn units_left(deal: &Deal, held: i32) -> Option<i32> {
     deal.terms.max_units_per_customer.map(|limit| (limit - held).max(0))
 }
 
-/// Why `quantity` more units would take `customer` past the deal's per-customer limit, if they
-/// would; `held` is what each customer holds of the deal.
-pub fn refusal(deal: &Deal, customer: Option<&str>, quantity: i32, held: &HashMap<String, i32>) -> Option<DealError> {
+/// Why `quantity` more units would take `customer`, who holds `held` units of the deal, past its
+/// per-customer limit, if they would.
+pub fn refusal(deal: &Deal, customer: Option<&str>, quantity: i32, held: i32) -> Option<DealError> {
     let limit = deal.terms.max_units_per_customer?;
-    let Some(customer) = customer else {
+    if customer.is_none() {
         let mut violations = Violations::default();
         violations.add("customer_id", "is required: the deal limits the units one customer may hold");
         return Some(violations.into());
     };
-    let remaining = units_left(deal, held.get(customer).copied().unwrap_or(0))?;
+    let remaining = units_left(deal, held)?;
     (quantity > remaining).then_some(DealError::PerCustomerLimitExceeded { limit, remaining })
 }

@@ -75,8 +75,7 @@ pub fn join_refusal(deal: &Deal, join: &Join, holds: i32) -> Option<DealError> {
         Some(DealError::InsufficientUnits { .. }) => {}
         Some(other) => return Some(other),
     }
-    let held = std::collections::HashMap::from([(join.customer.clone(), holds)]);
-    customer_limit::refusal(deal, Some(&join.customer), join.quantity, &held)
+    customer_limit::refusal(deal, Some(&join.customer), join.quantity, holds)
 }
 
 /// Whether `existing`, found under a join's id, is the entry this join made: a retry then gets it.
