@@ -22,6 +22,11 @@ COPY services ./services
 # The workspace's other member: cargo reads its manifest, and builds nothing of it here.
 COPY tools ./tools
 
+# The revision the image is built from, shown by every binary's `topkart_build_info` metric:
+# `docker build --build-arg TOPKART_REVISION=$(git rev-parse --short HEAD) .`
+ARG TOPKART_REVISION=unknown
+ENV TOPKART_REVISION=${TOPKART_REVISION}
+
 # The cache mounts keep downloaded crates and compiled dependencies between builds, so a code change
 # recompiles only our crate. A cache mount is not part of the image, so the binaries are copied out
 # of target/ in the same step.
@@ -59,6 +64,7 @@ USER 10001:10001
 # METRICS_ADDR) say otherwise: in a container it must be 0.0.0.0:<port>.
 EXPOSE 50051 50052 50053 9101 9102 9103
 
+# Traces are built in and off until OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/operations.md).
 # The binaries run as PID 1 and shut down gracefully on SIGTERM themselves, so no init is needed.
 # A default only: compose sets the command for each service.
 CMD ["deal-service"]

@@ -54,7 +54,8 @@ async fn run(args: Args) -> Result<(), cli::MainError> {
     let (requests, sale_connections) = deal::Database::split(args.database.database_max_connections)
         .ok_or(format!("DATABASE_MAX_CONNECTIONS must be at least {} for deal-service", deal::MIN_CONNECTIONS))?;
     let database = cli::DatabaseArgs { database_max_connections: requests, ..args.database.clone() };
-    let (pool, listener) = cli::start(&database, &args.observability, args.listen_addr).await?;
+    let (pool, listener) =
+        cli::start(&database, &args.observability, args.listen_addr, cli::Exposed::service("deal-service")).await?;
     tracing::info!(addr = %listener.local_addr()?, tls = settings.tls.is_some(), "deal-service listening");
     deal::run(listener, deal::Database { pool, sale_connections }, settings, server::shutdown_signal()).await?;
     Ok(())

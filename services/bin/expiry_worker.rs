@@ -46,7 +46,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), cli::MainError> {
-    let (pool, listener) = cli::start(&args.database, &args.observability, args.listen_addr).await?;
+    let (pool, listener) = cli::start(
+        &args.database,
+        &args.observability,
+        args.listen_addr,
+        cli::Exposed { service: "expiry-worker", database_gauges: Some(topkart::worker::scraped_gauges) },
+    )
+    .await?;
     let schedule = topkart::worker::Schedule {
         sweep_interval: Duration::from_secs(args.sweep_interval_secs),
         unhealthy_after: Duration::from_secs(args.unhealthy_after_secs),

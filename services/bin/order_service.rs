@@ -100,7 +100,9 @@ async fn run(args: Args) -> Result<(), cli::MainError> {
         tls,
     )
     .map_err(|err| err.to_string())?;
-    let (pool, listener) = cli::start(&args.database, &args.observability, args.listen_addr).await?;
+    let (pool, listener) =
+        cli::start(&args.database, &args.observability, args.listen_addr, cli::Exposed::service("order-service"))
+            .await?;
     tracing::info!(addr = %listener.local_addr()?, deal_service = %args.deal_service_url, tls = settings.tls.is_some(), "order-service listening");
     topkart::order::run(listener, pool, deals, settings, server::shutdown_signal()).await?;
     Ok(())

@@ -23,8 +23,7 @@ pub struct CallContext {
     pub deadline: Instant,
     /// The call's `x-request-id` (given by the caller or made by the call stack).
     pub request_id: Option<AsciiMetadataValue>,
-    // Passed on as it came; with `otel` the current span's context is sent instead.
-    #[cfg_attr(feature = "otel", allow(dead_code))]
+    // Passed on as it came (the client's call span replaces it when spans are exported).
     trace: Vec<(&'static str, AsciiMetadataValue)>,
 }
 
@@ -66,14 +65,11 @@ impl CallContext {
     }
 
     /// Puts the request id and trace context on an outgoing call: the caller's `traceparent` as it
-    /// came, or with the `otel` feature the current span's, a child of it.
+    /// came (when spans are exported, the call's client span then puts its own, a child of it).
     pub fn propagate(&self, metadata: &mut MetadataMap) {
         if let Some(id) = &self.request_id {
             metadata.insert("x-request-id", id.clone());
         }
-        #[cfg(feature = "otel")]
-        super::otel::inject_current(metadata);
-        #[cfg(not(feature = "otel"))]
         for (name, value) in &self.trace {
             metadata.insert(*name, value.clone());
         }

@@ -102,12 +102,32 @@ pub struct ObservabilityArgs {
     /// Address to serve Prometheus metrics on (`GET /metrics`); none when unset.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// The share of successful calls given an access-log line at INFO, from 0 (none) to 1 (all).
+    /// Every failed call gets one (within `--access-log-max-per-second`).
+    #[arg(long, env = "ACCESS_LOG_OK_SAMPLE", default_value_t = 0.0, value_parser = parse_share)]
+    pub access_log_ok_sample: f64,
+
+    /// The most access-log lines written per second: a flood of refused calls is counted in the
+    /// metrics, and the lines it would have written beyond this are counted in the next line.
+    #[arg(long, env = "ACCESS_LOG_MAX_PER_SECOND", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub access_log_max_per_second: u32,
 }
 
 impl ObservabilityArgs {
-    /// Installs the log subscriber for the binary `service`; keep what it returns until `main` ends.
+    /// Installs the log subscriber for the binary `service`, and the access log's settings; keep
+    /// what it returns until `main` ends.
     pub fn init_logs(&self, service: &'static str) -> telemetry::Telemetry {
+        layers::observe::access_log::configure(self.access_log_ok_sample, self.access_log_max_per_second);
         telemetry::init(self.log_format, service)
+    }
+}
+
+/// A share, from 0 to 1.
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a number from 0 to 1")),
     }
 }
 
@@ -222,19 +242,39 @@ pub fn server_settings(
 /// What a binary's start-up or serving failed with.
 pub type MainError = Box<dyn std::error::Error>;
 
+/// What a binary's `/metrics` shows: its name, and the gauges it reads from the database at each
+/// scrape, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Exposed {
+    pub service: &'static str,
+    pub database_gauges: Option<metrics::DatabaseGauges>,
+}
+
+impl Exposed {
+    /// What every binary shows.
+    pub fn service(service: &'static str) -> Self {
+        Self { service, database_gauges: None }
+    }
+}
+
 /// Start-up common to every binary: connect and migrate, start serving metrics when asked, then
 /// bind `addr`.
 pub async fn start(
     database: &DatabaseArgs,
     observability: &ObservabilityArgs,
     addr: SocketAddr,
+    exposed: Exposed,
 ) -> Result<(PgPool, TcpListener), MainError> {
     let pool = db::connect_and_migrate(&database.database_url, database.database_max_connections).await?;
     if let Some(metrics_addr) = observability.metrics_addr {
-        let handle = metrics::install()?;
+        let handle = metrics::install(exposed.service)?;
         let metrics_listener = metrics::bind(metrics_addr).await?;
         tracing::info!(addr = %metrics_listener.local_addr()?, "serving metrics on /metrics");
-        tokio::spawn(metrics::serve(metrics_listener, handle, pool.clone()));
+        let mut exposition = metrics::Exposition::new(pool.clone());
+        if let Some(read) = exposed.database_gauges {
+            exposition = exposition.reading(read);
+        }
+        tokio::spawn(metrics::serve(metrics_listener, handle, exposition));
     }
     let listener = TcpListener::bind(addr)
         .await

@@ -23,6 +23,19 @@ pub struct Method {
     /// Server streaming (WatchDeal): open as long as the client watches, so not counted among the
     /// calls in flight; the service limits its streams itself.
     pub streaming: bool,
+    /// The call's shape as go-grpc-prometheus labels it (`grpc_type`): `unary`, `client_stream`,
+    /// `server_stream` or `bidi_stream`.
+    pub grpc_type: &'static str,
+}
+
+/// go-grpc-prometheus's `grpc_type` of a method streaming its requests, its replies, both or neither.
+fn grpc_type(client_streaming: bool, server_streaming: bool) -> &'static str {
+    match (client_streaming, server_streaming) {
+        (false, false) => "unary",
+        (true, false) => "client_stream",
+        (false, true) => "server_stream",
+        (true, true) => "bidi_stream",
+    }
 }
 
 /// What the metrics call a path that names no known method.
@@ -32,14 +45,15 @@ pub static UNKNOWN: LazyLock<Method> = LazyLock::new(|| Method {
     infrastructure: false,
     internal: false,
     streaming: false,
+    grpc_type: "unary",
 });
 
-/// Health and reflection: the same on every server.
-const INFRASTRUCTURE: [(&str, &str); 4] = [
-    ("grpc.health.v1.Health", "Check"),
-    ("grpc.health.v1.Health", "Watch"),
-    ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo"),
-    ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo"),
+/// Health and reflection: the same on every server, with their `grpc_type`.
+const INFRASTRUCTURE: [(&str, &str, &str); 4] = [
+    ("grpc.health.v1.Health", "Check", "unary"),
+    ("grpc.health.v1.Health", "Watch", "server_stream"),
+    ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", "bidi_stream"),
+    ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", "bidi_stream"),
 ];
 
 /// The protobuf packages of the calls between our services (`topkart.deal.internal.v1`): their
@@ -50,7 +64,7 @@ fn is_internal(package: &str) -> bool {
 
 static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
     let mut methods = HashMap::new();
-    for (service, method) in INFRASTRUCTURE {
+    for (service, method, grpc_type) in INFRASTRUCTURE {
         methods.insert(
             format!("/{service}/{method}"),
             Method {
@@ -59,6 +73,7 @@ static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
                 infrastructure: true,
                 internal: false,
                 streaming: false,
+                grpc_type,
             },
         );
     }
@@ -76,6 +91,7 @@ static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
                     infrastructure: false,
                     internal,
                     streaming: method.server_streaming(),
+                    grpc_type: grpc_type(method.client_streaming(), method.server_streaming()),
                 };
                 methods.insert(path, method);
             }
@@ -124,8 +140,12 @@ mod tests {
         assert!(lookup("/topkart.deal.v1.DealService/ReserveUnits").is_none(), "not on the public service");
         assert!(!lookup("/topkart.order.v1.OrderService/CreateOrder").expect("CreateOrder").internal);
         assert!(!lookup("/topkart.deal.v1.DealService/JoinWaitlist").expect("JoinWaitlist").internal);
-        assert!(lookup("/topkart.deal.v1.DealService/WatchDeal").expect("WatchDeal").streaming);
+        let watch = lookup("/topkart.deal.v1.DealService/WatchDeal").expect("WatchDeal");
+        assert!(watch.streaming);
+        assert_eq!((watch.grpc_type, reserve.grpc_type), ("server_stream", "unary"));
         assert!(!reserve.streaming);
+        let reflection = lookup("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").expect("reflection");
+        assert_eq!(reflection.grpc_type, "bidi_stream");
         assert!(lookup("/grpc.health.v1.Health/Check").expect("health").infrastructure);
         assert!(lookup("/topkart.deal.v1.DealService/DropTables").is_none());
         assert!(lookup("/anything").is_none());

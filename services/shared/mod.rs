@@ -17,7 +17,6 @@ pub mod methods;
 pub mod metrics;
 pub mod money;
 pub mod names;
-#[cfg(feature = "otel")]
 pub mod otel;
 pub mod paging;
 pub mod quantity;

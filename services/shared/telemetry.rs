@@ -1,6 +1,6 @@
 //! Structured logs on stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines
-//! (`--log-format`, `LOG_FORMAT`), with ANSI colours only when stderr is a terminal; and, with the
-//! cargo feature `otel`, the same spans exported over OTLP ([`super::otel`]).
+//! (`--log-format`, `LOG_FORMAT`), with ANSI colours only when stderr is a terminal; and, when an
+//! OTLP endpoint is configured, the same spans exported ([`super::otel`]).
 
 use std::io::IsTerminal as _;
 
@@ -16,10 +16,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// What must live as long as the process logs: with `otel`, the span exporter, flushed when this
-/// is dropped at the end of `main`.
+/// What must live as long as the process logs: the span exporter, if any, flushed when this is
+/// dropped at the end of `main`.
 pub struct Telemetry {
-    #[cfg(feature = "otel")]
     _exporter: Option<super::otel::Exporter>,
 }
 
@@ -53,25 +52,19 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let lines = lines(format, std::io::stderr().is_terminal(), std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter).with(lines);
-    #[cfg(feature = "otel")]
-    {
-        let (export, failure) = match super::otel::exporter(service) {
-            Ok(export) => (export, None),
-            Err(err) => (None, Some(err)),
-        };
-        let (layer, exporter) = export.unzip();
-        registry.with(layer).init();
-        if let Some(err) = failure {
-            tracing::warn!(error = %err, "opentelemetry: no exporter, spans are not exported");
-        }
-        Telemetry { _exporter: exporter }
+    let (export, failure) = match super::otel::exporter(service) {
+        Ok(export) => (export, None),
+        Err(err) => (None, Some(err)),
+    };
+    let (layer, exporter) = export.unzip();
+    let exporting = layer.is_some();
+    registry.with(layer).init();
+    match failure {
+        Some(err) => tracing::warn!(error = %err, "opentelemetry: no exporter, spans are not exported"),
+        None if exporting => tracing::info!("exporting spans over OTLP"),
+        None => {}
     }
-    #[cfg(not(feature = "otel"))]
-    {
-        let _ = service;
-        registry.init();
-        Telemetry {}
-    }
+    Telemetry { _exporter: exporter }
 }
 
 #[cfg(test)]

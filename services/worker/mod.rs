@@ -6,6 +6,7 @@
 
 pub mod daily_reset;
 pub mod failures;
+pub mod gauges;
 pub mod holds;
 pub mod order_expiry;
 pub mod sweep;
@@ -28,6 +29,7 @@ use crate::shared::{
 
 pub use daily_reset::daily_reset;
 pub use failures::{Done, Step, StepHealth};
+pub use gauges::scraped_gauges;
 pub use holds::settle_holds;
 pub use order_expiry::expire_orders;
 pub use sweep::sweep_once;

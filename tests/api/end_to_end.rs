@@ -235,6 +235,17 @@ async fn the_binaries_log_json_carry_request_ids_across_services_and_serve_metri
     let deal_text = crate::surge::scrape(deal_metrics).await;
     let reserved_ok = [("grpc_method", "BatchReserveUnits"), ("grpc_code", "OK")];
     assert_eq!(crate::surge::sample(&deal_text, "grpc_server_handled_total", &reserved_ok), 1.0);
+    for (binary, text) in [("deal-service", &deal_text), ("order-service", &order_text)] {
+        assert_eq!(crate::surge::sample(text, "topkart_build_info", &[("service", binary)]), 1.0, "{text}");
+    }
+    // The worker reads the sale from the database at each scrape: the deal's units left, and the
+    // order's hold (confirmed at once, or within the worker's settling).
+    let worker_text = crate::surge::scrape(worker_metrics).await;
+    let deal_id = created.name.trim_start_matches("deals/");
+    let this_deal = [("deal", deal_id), ("product", created.product_name.as_str())];
+    assert_eq!(crate::surge::sample(&worker_text, "topkart_deal_units_available", &this_deal), 9.0, "{worker_text}");
+    assert_eq!(crate::surge::sample(&worker_text, "topkart_deal_units_offered", &this_deal), 10.0, "{worker_text}");
+    assert!(worker_text.contains("\ntopkart_holds_oldest_seconds "), "{worker_text}");
 
     for process in [deal, order, worker] {
         assert!(process.terminate().await.success(), "a binary did not shut down cleanly on SIGTERM");

@@ -329,6 +329,6 @@ async fn the_binary_counts_grpc_web_calls_and_takes_its_origins_from_the_flag(po
     assert_eq!(web_status(&head, body).code(), Code::NotFound);
 
     let text = crate::surge::scrape(metrics).await;
-    let not_found = [("grpc_method", "GetDeal"), ("grpc_code", "NOT_FOUND")];
+    let not_found = [("grpc_method", "GetDeal"), ("grpc_code", "NotFound")];
     assert_eq!(crate::surge::sample(&text, "grpc_server_handled_total", &not_found), 1.0, "{text}");
 }

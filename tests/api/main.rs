@@ -22,6 +22,7 @@ mod processes;
 mod reliability;
 mod surge;
 mod tls;
+mod traces;
 mod waitlist;
 mod watch;
 mod worker;

@@ -19,22 +19,27 @@ impl Process {
 
     /// Starts `binary` logging everything down to `debug` into `log`.
     pub fn start_logging_to(binary: &str, database_url: &str, args: &[&str], log: &std::path::Path) -> Self {
+        Self::start_with(binary, database_url, args, &[("RUST_LOG", "debug")], log)
+    }
+
+    /// Starts `binary` with the variables `env` set, logging into `log`.
+    pub fn start_with(
+        binary: &str,
+        database_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Self {
         let file = std::fs::File::create(log).expect("create the log file");
-        Self::spawn(binary, database_url, args, "debug", Stdio::from(file))
+        let mut command = command(binary, database_url, "warn");
+        command.args(args).envs(env.iter().copied()).stderr(Stdio::from(file));
+        Self(command.spawn().expect("start binary"))
     }
 
     fn spawn(binary: &str, database_url: &str, args: &[&str], log_level: &str, stderr: Stdio) -> Self {
-        let child = Command::new(binary)
-            .args(args)
-            .env("DATABASE_URL", database_url)
-            .env("JWT_SECRET", crate::helpers::TEST_SECRET)
-            .env("RUST_LOG", log_level)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start binary");
-        Self(child)
+        let mut command = command(binary, database_url, log_level);
+        command.args(args).stderr(stderr);
+        Self(command.spawn().expect("start binary"))
     }
 
     /// Kills the process with SIGKILL, as a crash would, and waits for it.
@@ -49,6 +54,18 @@ impl Process {
         assert!(sent.success());
         tokio::time::timeout(Duration::from_secs(10), self.0.wait()).await.expect("exit within 10 s").unwrap()
     }
+}
+
+/// `binary` over `database_url`, logging at `log_level`, killed when dropped.
+fn command(binary: &str, database_url: &str, log_level: &str) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .env("DATABASE_URL", database_url)
+        .env("JWT_SECRET", crate::helpers::TEST_SECRET)
+        .env("RUST_LOG", log_level)
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    command
 }
 
 /// A port free right now on loopback.

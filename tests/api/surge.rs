@@ -11,7 +11,7 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_types::StatusExt;
 use topkart::{
-    proto::order as orderpb,
+    proto::{deal as dealpb, order as orderpb},
     shared::{
         auth::Role,
         layers::{Limits, rate_limit::RateLimit},
@@ -278,10 +278,11 @@ async fn a_call_whose_deadline_is_too_short_to_be_answered_reserves_nothing(pool
 
 /// This process's metrics recorder, installed and served on a port of its own.
 async fn serve_metrics(pool: &PgPool) -> std::net::SocketAddr {
-    let handle = topkart::shared::metrics::install().expect("install the recorder");
+    let handle = topkart::shared::metrics::install("test").expect("install the recorder");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
-    tokio::spawn(topkart::shared::metrics::serve(listener, handle, pool.clone()));
+    let exposition = topkart::shared::metrics::Exposition::new(pool.clone());
+    tokio::spawn(topkart::shared::metrics::serve(listener, handle, exposition));
     metrics_addr
 }
 
@@ -311,12 +312,14 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
-async fn the_metrics_count_calls_by_method_and_code_and_the_batches_behind_them(pool: PgPool) {
+async fn the_metrics_count_calls_as_go_grpc_prometheus_does_on_both_sides_and_the_batches_behind_them(pool: PgPool) {
     let metrics_addr = serve_metrics(&pool).await;
     let app = spawn_app(pool.clone()).await;
     let deal = app.create_deal(10).await;
-    let create_order = [("grpc_service", "topkart.order.v1.OrderService"), ("grpc_method", "CreateOrder")];
-    let code = |code| [create_order[0], create_order[1], ("grpc_code", code)];
+    let create_order =
+        [("grpc_type", "unary"), ("grpc_service", "topkart.order.v1.OrderService"), ("grpc_method", "CreateOrder")];
+    let code = |code| [create_order[0], create_order[1], create_order[2], ("grpc_code", code)];
+    let reserve = [("grpc_service", "topkart.deal.internal.v1.HoldService"), ("grpc_method", "BatchReserveUnits")];
     let before = scrape(metrics_addr).await;
 
     app.orders.clone().create_order(create(&deal.name, "")).await.expect("an order");
@@ -337,20 +340,70 @@ async fn the_metrics_count_calls_by_method_and_code_and_the_batches_behind_them(
         let delta = sample(&after, name, labels) - sample(&before, name, labels);
         if alone || delta < 1.0 { delta } else { 1.0 }
     };
+    assert_eq!(moved("grpc_server_started_total", &create_order), 2.0);
     assert_eq!(moved("grpc_server_handled_total", &code("OK")), 1.0);
-    assert_eq!(moved("grpc_server_handled_total", &code("INVALID_ARGUMENT")), 1.0);
-    assert_eq!(moved("grpc_server_handled_total", &[("grpc_method", "GetOrder"), ("grpc_code", "NOT_FOUND")]), 1.0);
-    assert_eq!(moved("grpc_server_handling_seconds_count", &code("OK")), 1.0);
-    assert_eq!(moved("grpc_server_handled_total", &[("grpc_method", "BatchReserveUnits"), ("grpc_code", "OK")]), 1.0);
+    assert_eq!(moved("grpc_server_handled_total", &code("InvalidArgument")), 1.0);
+    assert_eq!(moved("grpc_server_handled_total", &[("grpc_method", "GetOrder"), ("grpc_code", "NotFound")]), 1.0);
+    assert_eq!(moved("grpc_server_handling_seconds_count", &create_order), 2.0);
+    assert_eq!(moved("grpc_server_msg_received_total", &create_order), 2.0);
+    assert_eq!(moved("grpc_server_msg_sent_total", &create_order), 1.0, "an error reply carries no message");
+    // order-service's call to deal-service, seen from both ends.
+    assert_eq!(moved("grpc_server_handled_total", &[reserve[0], reserve[1], ("grpc_code", "OK")]), 1.0);
+    assert_eq!(moved("grpc_client_started_total", &reserve), 1.0);
+    assert_eq!(moved("grpc_client_handled_total", &[reserve[0], reserve[1], ("grpc_code", "OK")]), 1.0);
+    assert_eq!(moved("grpc_client_handling_seconds_count", &reserve), 1.0);
+    assert_eq!(moved("grpc_client_msg_sent_total", &reserve), 1.0);
+    assert_eq!(moved("grpc_client_msg_received_total", &reserve), 1.0);
     assert_eq!(moved("topkart_reservations_total", &[("outcome", "reserved")]), 1.0);
     assert_eq!(moved("topkart_reservation_batch_size_count", &[]), 1.0);
     assert_eq!(moved("topkart_order_inserts_total", &[("outcome", "recorded")]), 1.0);
     // The reservation's batch ran on deal-service's sale pool, the rest on the main one: both hold
-    // a connection now (in use or idle), and both are reported.
+    // a connection now (in use or idle), and both are reported with their limits.
     assert!(sample(&after, "topkart_db_pool_connections", &[("pool", "main")]) >= 1.0, "{after}");
     assert!(sample(&after, "topkart_db_pool_connections", &[("pool", "sale")]) >= 1.0, "{after}");
+    assert!(sample(&after, "topkart_db_pool_max_connections", &[("pool", "main")]) >= 1.0, "{after}");
     assert!(after.contains("# TYPE grpc_server_handling_seconds histogram"), "{after}");
     assert!(after.contains("grpc_server_in_flight"), "{after}");
+    // The process and the build.
+    assert!(sample(&after, "process_resident_memory_bytes", &[]) > 0.0, "{after}");
+    assert!(after.contains("\nprocess_cpu_seconds_total "), "{after}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(sample(&after, "topkart_build_info", &[("service", "test"), ("version", version)]), 1.0, "{after}");
+}
+
+/// A WatchDeal stream is counted as a stream: `server_stream`, its messages as they are sent,
+/// while it is open.
+#[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
+async fn a_watch_streams_messages_are_counted_while_it_is_open(pool: PgPool) {
+    let metrics_addr = serve_metrics(&pool).await;
+    let app = spawn_app(pool.clone()).await;
+    let deal = app.create_deal(10).await;
+    let watch =
+        [("grpc_type", "server_stream"), ("grpc_service", "topkart.deal.v1.DealService"), ("grpc_method", "WatchDeal")];
+    let mut stream = app
+        .deals
+        .clone()
+        .watch_deal(dealpb::WatchDealRequest { name: deal.name.clone() })
+        .await
+        .expect("a stream")
+        .into_inner();
+    stream.message().await.expect("the deal as it is").expect("a message");
+    app.orders.clone().create_order(create(&deal.name, "")).await.expect("an order");
+    stream.message().await.expect("the deal after the order").expect("a message");
+
+    let open = scrape(metrics_addr).await;
+    assert_eq!(sample(&open, "grpc_server_started_total", &watch), 1.0, "{open}");
+    assert!(sample(&open, "grpc_server_msg_sent_total", &watch) >= 2.0, "{open}");
+    assert_eq!(sample(&open, "grpc_server_msg_received_total", &watch), 1.0, "{open}");
+    assert_eq!(sample(&open, "grpc_server_handled_total", &watch), 0.0, "not ended: {open}");
+    drop(stream);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sample(&scrape(metrics_addr).await, "grpc_server_handled_total", &watch) == 1.0
+        })
+        .await,
+        "the stream counted as ended once its watcher left"
+    );
 }
 
 /// A caller that resets its stream before its request is whole, or drops its connection, is
@@ -393,10 +446,9 @@ async fn a_request_cut_by_its_caller_counts_as_cancelled_not_internal(pool: PgPo
         sample(text, "grpc_server_handled_total", &labels) - sample(&before, "grpc_server_handled_total", &labels)
     };
     assert!(
-        eventually(Duration::from_secs(5), || async { released(&scrape(metrics_addr).await, "CANCELLED") >= 2.0 })
-            .await,
+        eventually(Duration::from_secs(5), || async { released(&scrape(metrics_addr).await, "Canceled") >= 2.0 }).await,
         "both cut calls counted CANCELLED"
     );
     let after = scrape(metrics_addr).await;
-    assert_eq!((released(&after, "INTERNAL"), released(&after, "UNKNOWN")), (0.0, 0.0));
+    assert_eq!((released(&after, "Internal"), released(&after, "Unknown")), (0.0, 0.0));
 }

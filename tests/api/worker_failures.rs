@@ -116,7 +116,7 @@ impl Captured {
 
 #[sqlx::test(migrator = "topkart::shared::db::MIGRATOR")]
 async fn a_deal_whose_expiries_fail_holds_back_no_other_deal_and_is_named_until_it_is_repaired(pool: PgPool) {
-    let metrics = topkart::shared::metrics::install().expect("install the recorder");
+    let metrics = topkart::shared::metrics::install("test").expect("install the recorder");
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();

@@ -23,6 +23,7 @@ use tonic::{
     Code, Request, Response, Status,
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
+use tower::Layer as _;
 use uuid::Uuid;
 
 use crate::{
@@ -30,6 +31,7 @@ use crate::{
     shared::{
         auth::{self, Role, Signer},
         call::CallContext,
+        layers::observe::client::{ObserveClient, ObserveClientLayer},
         money::Price,
         names,
         status::{self, Violations},
@@ -78,15 +80,16 @@ pub trait HoldCalls: Send + Sync {
     fn release(&self, request: Request<pb::ReleaseUnitsRequest>) -> Reply<pb::Reservation>;
 }
 
-/// HoldService over HTTP/2 connections, the calls spread over them in turn.
+/// HoldService over HTTP/2 connections, the calls spread over them in turn, each call observed
+/// (`grpc_client_*` metrics, a client span).
 struct Connections {
-    clients: Box<[HoldServiceClient<Channel>]>,
+    clients: Box<[HoldServiceClient<ObserveClient<Channel>>]>,
     next: AtomicUsize,
 }
 
 impl Connections {
     /// The next connection's client, in turn.
-    fn client(&self) -> HoldServiceClient<Channel> {
+    fn client(&self) -> HoldServiceClient<ObserveClient<Channel>> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         self.clients[index].clone()
     }
@@ -195,7 +198,9 @@ impl DealsClient {
             endpoint = endpoint.tls_config(tls)?;
         }
         // Each lazy channel opens a connection of its own.
-        let clients = (0..connections.max(1)).map(|_| HoldServiceClient::new(endpoint.connect_lazy())).collect();
+        let clients = (0..connections.max(1))
+            .map(|_| HoldServiceClient::new(ObserveClientLayer.layer(endpoint.connect_lazy())))
+            .collect();
         let calls = Arc::new(Connections { clients, next: AtomicUsize::new(0) });
         Ok(Self { calls, deadline, credentials: Arc::new(credentials) })
     }

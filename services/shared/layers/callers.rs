@@ -81,6 +81,10 @@ where
             return Box::pin(self.inner.call(request));
         };
         let verdict = self.auth.authenticate_headers(request.headers());
+        // Every log line of the call names its caller (this runs in the call's span).
+        if let Ok(Caller::Token { subject, .. }) = &verdict {
+            tracing::Span::current().record("subject", subject.as_str());
+        }
         // Calls between our services (a service token) are not limited: order-service's own
         // admission bounds them.
         if let Some(limiter) = self.limiter.as_ref()

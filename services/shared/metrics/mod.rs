@@ -1,11 +1,14 @@
 //! Metrics in the Prometheus text format on `GET /metrics` (`--metrics-addr`; off unless set), and
 //! every metric the services record, named here in one place. Without `--metrics-addr` no recorder
-//! is installed and each of these calls costs next to nothing.
+//! is installed and each of these calls costs next to nothing. gRPC calls are counted under
+//! go-grpc-prometheus's names and labels ([`grpc`]), so its dashboards and alerts apply as they are.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `grpc_server_handled_total` | counter | `grpc_service`, `grpc_method`, `grpc_code` |
-//! | `grpc_server_handling_seconds` | histogram | `grpc_service`, `grpc_method`, `grpc_code` |
+//! | `grpc_server_started_total`, `grpc_server_msg_received_total`, `grpc_server_msg_sent_total` | counter | `grpc_type`, `grpc_service`, `grpc_method` |
+//! | `grpc_server_handled_total` | counter | `grpc_type`, `grpc_service`, `grpc_method`, `grpc_code` (`OK`, `NotFound`…) |
+//! | `grpc_server_handling_seconds` | histogram | `grpc_type`, `grpc_service`, `grpc_method` |
+//! | `grpc_client_*` (order-service's calls to deal-service) | the same five | the same |
 //! | `grpc_server_in_flight` | gauge (admitted API calls) | |
 //! | `topkart_admission_waiting`, `topkart_admission_callers_waiting` | gauge (calls, and callers, waiting for a permit) | |
 //! | `topkart_admission_wait_seconds` | histogram | `outcome` (`admitted`, `not_admitted`) |
@@ -18,6 +21,7 @@
 //! | `topkart_deal_call_batch_size` | histogram | `call` (`reserve`, `confirm`) |
 //! | `topkart_order_inserts_total` | counter | `outcome` (`recorded`, `existing`, `too_late`, `failed`) |
 //! | `topkart_db_pool_connections` | gauge | `pool` (`main`; deal-service's `sale` too), `state` (`in_use`, `idle`) |
+//! | `topkart_db_pool_max_connections` | gauge | `pool` |
 //! | `topkart_sweep_seconds`, `topkart_daily_reset_seconds` | histogram (a worker tick, its daily-reset step) | |
 //! | `topkart_sweeps_total`, `topkart_daily_resets_total` | counter (ticks: `failed` when any step failed) | `outcome` (`ok`, `failed`) |
 //! | `topkart_worker_steps_total` | counter | `step`, `outcome` (`ok`, `failed`) |
@@ -29,27 +33,21 @@
 //! | `topkart_waitlist_events_total` | counter | `event` (`joined`, `left`, `claimed`, or a refused claim's reason) |
 //! | `topkart_waitlist_entries_expired_total` | counter | |
 //! | `topkart_holds_settled_total` | counter | `outcome` (`confirmed`, `released`, `finished_release`, `abandoned`) |
+//! | `topkart_deal_units_available`, `topkart_deal_units_offered` | gauge, read at each scrape of the expiry worker: the live deals with the most units sold | `deal`, `product` |
+//! | `topkart_holds_oldest_seconds` | gauge, read at each scrape of the expiry worker | |
+//! | `topkart_build_info` | gauge (1) | `service`, `version`, `revision` |
+//! | `process_*` | the process's CPU, memory, threads and file descriptors (`metrics-process`) | |
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+pub mod exporter;
+pub mod grpc;
 
-use http::{Method as HttpMethod, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use std::sync::OnceLock;
+
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::PgPool;
-use tokio::net::TcpListener;
 
 use super::methods::Method;
+pub use exporter::{DatabaseGauges, Exposition, GaugeFamily, PoolReport, bind, serve};
 
 /// Seconds: from well under a millisecond (a shed call) to the longest deadline.
 const LATENCY_BUCKETS: [f64; 15] =
@@ -61,48 +59,20 @@ const PASS_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Pools besides the one [`serve`] is given, each reported at every scrape while its [`PoolReport`]
-/// lives.
-static REPORTED_POOLS: Mutex<Vec<(u64, &'static str, PgPool)>> = Mutex::new(Vec::new());
-static NEXT_POOL_REPORT: AtomicU64 = AtomicU64::new(0);
+/// The revision the binaries were built from, when the build said (`TOPKART_REVISION`).
+const REVISION: &str = match option_env!("TOPKART_REVISION") {
+    Some(revision) => revision,
+    None => "unknown",
+};
 
-fn reported_pools() -> MutexGuard<'static, Vec<(u64, &'static str, PgPool)>> {
-    REPORTED_POOLS.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Reports `pool`'s connections as `topkart_db_pool_connections{pool="<name>"}` until dropped.
-pub struct PoolReport {
-    id: u64,
-}
-
-impl PoolReport {
-    pub fn start(name: &'static str, pool: PgPool) -> Self {
-        let id = NEXT_POOL_REPORT.fetch_add(1, Ordering::Relaxed);
-        reported_pools().push((id, name, pool));
-        Self { id }
-    }
-}
-
-impl Drop for PoolReport {
-    fn drop(&mut self) {
-        reported_pools().retain(|(id, _, _)| *id != self.id);
-    }
-}
-
-/// The connections of `pool`, in use and idle, as `pool="<name>"`.
-fn pool_connections(name: &'static str, pool: &PgPool) {
-    let idle = pool.num_idle() as f64;
-    gauge!("topkart_db_pool_connections", "pool" => name, "state" => "idle").set(idle);
-    gauge!("topkart_db_pool_connections", "pool" => name, "state" => "in_use").set(f64::from(pool.size()) - idle);
-}
-
-/// Installs the process's recorder (once; later calls return the same handle).
-pub fn install() -> Result<PrometheusHandle, String> {
+/// Installs the process's recorder for the binary `service` (once; later calls return the same
+/// handle).
+pub fn install(service: &'static str) -> Result<PrometheusHandle, String> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
     let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("grpc_server_handling_seconds".into()), &LATENCY_BUCKETS)
+        .set_buckets_for_metric(Matcher::Suffix("_handling_seconds".into()), &LATENCY_BUCKETS)
         .and_then(|builder| {
             builder.set_buckets_for_metric(Matcher::Full("topkart_admission_wait_seconds".into()), &LATENCY_BUCKETS)
         })
@@ -118,18 +88,35 @@ pub fn install() -> Result<PrometheusHandle, String> {
         Err(_) => return HANDLE.get().cloned().ok_or_else(|| "a metrics recorder is installed already".to_owned()),
     };
     describe();
+    gauge!("topkart_build_info", "service" => service, "version" => env!("CARGO_PKG_VERSION"), "revision" => REVISION)
+        .set(1.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 /// The HELP line of every metric.
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("grpc_server_handled_total", "Calls completed, by method and gRPC status code.");
+    describe_counter!("grpc_server_started_total", "Calls started on the server.");
+    describe_counter!("grpc_server_handled_total", "Calls completed on the server, by gRPC status code.");
     describe_histogram!(
         "grpc_server_handling_seconds",
         Unit::Seconds,
-        "Time from a call's arrival to the end of its reply, by method and gRPC status code."
+        "Time from a call's arrival to the end of its reply (a stream's whole life)."
     );
+    describe_counter!("grpc_server_msg_received_total", "Messages received on the server's calls.");
+    describe_counter!("grpc_server_msg_sent_total", "Messages sent on the server's calls.");
+    describe_counter!("grpc_client_started_total", "Calls this process made to another service.");
+    describe_counter!("grpc_client_handled_total", "Calls this process made that completed, by gRPC status code.");
+    describe_histogram!(
+        "grpc_client_handling_seconds",
+        Unit::Seconds,
+        "Time from sending a call to the end of its reply, as this process saw it."
+    );
+    describe_counter!("grpc_client_msg_received_total", "Messages received on the calls this process made.");
+    describe_counter!("grpc_client_msg_sent_total", "Messages sent on the calls this process made.");
+    describe_gauge!("topkart_build_info", "The binary's version and the revision it was built from (always 1).");
+    describe_gauge!("topkart_db_pool_max_connections", "The most database connections a pool of this process opens.");
+    exporter::describe_process();
     describe_gauge!("grpc_server_in_flight", "API calls admitted and not yet finished.");
     describe_gauge!("topkart_admission_waiting", "API calls waiting for a permit.");
     describe_gauge!("topkart_admission_callers_waiting", "Callers with calls waiting for a permit.");
@@ -199,82 +186,6 @@ fn describe() {
         "topkart_holds_settled_total",
         "Holds settled outside the order path, by outcome (abandoned: released at once when a call gave up)."
     );
-}
-
-/// Serves `GET /metrics` on `listener` for as long as the process runs, with the gauges of `pool`
-/// (`pool="main"`) and of the pools reported ([`PoolReport`]) read at every scrape.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, pool: PgPool) {
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        // Folds recorded histogram samples, so memory stays flat between scrapes.
-        let mut ticks = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            ticks.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(error = %err, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (handle, pool) = (handle.clone(), pool.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let (handle, pool) = (handle.clone(), pool.clone());
-                async move { scrape(request, &handle, &pool).await }
-            });
-            if let Err(err) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-            {
-                tracing::debug!(error = %err, "metrics: connection ended");
-            }
-        });
-    }
-}
-
-/// Binds `addr` for [`serve`].
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr} for metrics: {err}")))
-}
-
-async fn scrape(
-    request: Request<Incoming>,
-    handle: &PrometheusHandle,
-    pool: &PgPool,
-) -> Result<Response<Full<bytes::Bytes>>, Infallible> {
-    let response = Response::builder();
-    if request.uri().path() != "/metrics" {
-        return Ok(response
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::from("only /metrics is served here\n"))
-            .unwrap_or_default());
-    }
-    if request.method() != HttpMethod::GET {
-        return Ok(response.status(StatusCode::METHOD_NOT_ALLOWED).body(Full::default()).unwrap_or_default());
-    }
-    pool_connections("main", pool);
-    for (_, name, pool) in reported_pools().iter() {
-        pool_connections(name, pool);
-    }
-    Ok(response
-        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-        .body(Full::from(handle.render()))
-        .unwrap_or_default())
-}
-
-/// A call that finished with `code` after `seconds`.
-pub fn call_handled(method: &'static Method, code: &'static str, seconds: f64) {
-    let labels =
-        [("grpc_service", method.service.as_str()), ("grpc_method", method.method.as_str()), ("grpc_code", code)];
-    counter!("grpc_server_handled_total", &labels).increment(1);
-    histogram!("grpc_server_handling_seconds", &labels).record(seconds);
 }
 
 /// A call refused by admission control.
