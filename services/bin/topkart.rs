@@ -1,6 +1,7 @@
 //! topkart: operator commands. `topkart token` mints a token for local use and grpcurl;
 //! `topkart jwk` prints a private key's public JWK, for a JWKS file; `topkart descriptors` writes the
-//! contracts' descriptor set for gateways.
+//! contracts' descriptor set for gateways; `topkart migrate` applies the schema's migrations, as a
+//! step of a deploy.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,7 +12,8 @@ use std::{
 use clap::{Parser, Subcommand};
 use topkart::shared::{
     auth::{self, KeyAlgorithm, Role, Signer},
-    cli,
+    cli, db, migrations,
+    telemetry::{self, LogFormat},
 };
 
 /// Operator commands for Topkart lightning deals.
@@ -75,6 +77,21 @@ enum Command {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// Applies the pending migrations of the schema, each logged by name with its duration, for a
+    /// deploy that runs them as a step of their own (an init container, a job) and starts the
+    /// services with `--migrate-on-start=false`. Safe to run from several places at once.
+    Migrate {
+        /// Postgres connection URL. Never logged.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Lists the migrations that would be applied, one per line (version and name), and
+        /// changes nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How log lines are written.
+        #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -101,6 +118,7 @@ fn main() -> ExitCode {
         }
         Command::Descriptors { out } => std::fs::write(&out, topkart::proto::PUBLIC_DESCRIPTOR_SET)
             .map_err(|err| format!("cannot write {}: {err}", out.display()).into()),
+        Command::Migrate { database_url, dry_run, log_format } => migrate(&database_url, dry_run, log_format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,4 +170,22 @@ fn token(
 fn jwk(path: &Path, algorithm: KeyAlgorithm, kid: String) -> Result<String, cli::MainError> {
     let jwk = Signer::from_private_pem(&cli::read(path)?, algorithm)?.with_key_id(kid).public_jwk()?;
     Ok(serde_json::to_string(&jwk)?)
+}
+
+/// Applies the pending migrations, or with `dry_run` lists them on stdout.
+fn migrate(database_url: &str, dry_run: bool, log_format: LogFormat) -> Result<(), cli::MainError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let _telemetry = telemetry::init(log_format, "topkart-migrate");
+        let pool = db::connect(database_url, 1).await?;
+        if dry_run {
+            for migration in migrations::pending(&pool).await? {
+                println!("{} {}", migration.version, migration.description);
+            }
+        } else {
+            migrations::apply_pending(&pool).await?;
+        }
+        pool.close().await;
+        Ok(())
+    })
 }

@@ -62,6 +62,24 @@ pub struct DatabaseArgs {
     /// The most connections this process opens (deal-service gives half to the sale's pool).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
+
+    /// Apply pending migrations at start (each logged by name). `false` for a deploy that runs
+    /// `topkart migrate` as a step of its own: the service then refuses to start while a
+    /// migration is pending.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+}
+
+impl DatabaseArgs {
+    /// The pool, once the schema is this binary's: migrated here, or checked when migrating is a
+    /// deploy step.
+    pub async fn connect(&self) -> Result<PgPool, db::StartupError> {
+        if self.migrate_on_start {
+            db::connect_and_migrate(&self.database_url, self.database_max_connections).await
+        } else {
+            db::connect_migrated(&self.database_url, self.database_max_connections).await
+        }
+    }
 }
 
 /// TLS for a server, from PEM files.
@@ -257,15 +275,15 @@ impl Exposed {
     }
 }
 
-/// Start-up common to every binary: connect and migrate, start serving metrics when asked, then
-/// bind `addr`.
+/// Start-up common to every binary: connect (and migrate, unless that is a deploy step), start
+/// serving metrics when asked, then bind `addr`.
 pub async fn start(
     database: &DatabaseArgs,
     observability: &ObservabilityArgs,
     addr: SocketAddr,
     exposed: Exposed,
 ) -> Result<(PgPool, TcpListener), MainError> {
-    let pool = db::connect_and_migrate(&database.database_url, database.database_max_connections).await?;
+    let pool = database.connect().await?;
     if let Some(metrics_addr) = observability.metrics_addr {
         let handle = metrics::install(exposed.service)?;
         let metrics_listener = metrics::bind(metrics_addr).await?;

@@ -1,4 +1,5 @@
-//! The Postgres pool every service uses, and the migrations in `migrations/`.
+//! The Postgres pool every service uses, and the migrations in `migrations/` ([`super::migrations`]
+//! applies them).
 
 use std::time::Duration;
 
@@ -8,8 +9,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-/// The schema, embedded at build time. sqlx takes a Postgres advisory lock while it migrates, so
-/// several services starting at once apply each migration exactly once.
+/// The schema, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// How long a request waits for a pooled connection before it is told the database is unavailable.
@@ -29,6 +29,11 @@ pub enum StartupError {
     /// DATABASE_URL is not a Postgres connection URL (the URL itself is not repeated).
     #[error("DATABASE_URL is not a postgres:// URL")]
     BadUrl,
+    /// Told not to migrate, and the schema is behind this binary.
+    #[error(
+        "{count} migration(s) pending, the first {first}: run `topkart migrate` first (or start with --migrate-on-start)"
+    )]
+    Pending { count: usize, first: String },
 }
 
 /// Connects to `database_url`, retrying while the database starts, then applies pending migrations.
@@ -39,6 +44,32 @@ pub async fn connect_and_migrate(database_url: &str, max_connections: u32) -> Re
 
 /// [`connect_and_migrate`] with options already parsed (a benchmark's own database, say).
 pub async fn connect_and_migrate_with(connect: PgConnectOptions, max_connections: u32) -> Result<PgPool, StartupError> {
+    let pool = connect_with(connect, max_connections).await?;
+    super::migrations::apply_pending(&pool).await.map_err(StartupError::Migrate)?;
+    Ok(pool)
+}
+
+/// Connects to `database_url` and checks that no migration is pending, without migrating: for a
+/// deploy that migrates as a step of its own.
+pub async fn connect_migrated(database_url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
+    let pool = connect(database_url, max_connections).await?;
+    let pending = super::migrations::pending(&pool).await.map_err(StartupError::Migrate)?;
+    if let Some(first) = pending.first() {
+        return Err(StartupError::Pending {
+            count: pending.len(),
+            first: format!("{} {}", first.version, first.description),
+        });
+    }
+    Ok(pool)
+}
+
+/// Connects to `database_url`, retrying while the database starts.
+pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
+    let connect: PgConnectOptions = database_url.parse().map_err(|_| StartupError::BadUrl)?;
+    connect_with(connect, max_connections).await
+}
+
+async fn connect_with(connect: PgConnectOptions, max_connections: u32) -> Result<PgPool, StartupError> {
     let options = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT);
     let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
     let pool = loop {
@@ -51,7 +82,6 @@ pub async fn connect_and_migrate_with(connect: PgConnectOptions, max_connections
             Err(err) => return Err(StartupError::Unreachable(err)),
         }
     };
-    MIGRATOR.run(&pool).await.map_err(StartupError::Migrate)?;
     Ok(pool)
 }
 

@@ -15,6 +15,7 @@ pub mod hold_times;
 pub mod layers;
 pub mod methods;
 pub mod metrics;
+pub mod migrations;
 pub mod money;
 pub mod names;
 pub mod otel;

@@ -15,6 +15,7 @@ mod helpers;
 mod hostile;
 mod jwks;
 mod malformed;
+mod migrations;
 mod model;
 mod orders;
 mod postgres_restart;
