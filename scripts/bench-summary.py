@@ -128,7 +128,7 @@ def surge_rows(client):
             f"≤ {admitted} ms / ≤ {shed} ms", "≤ 100 ms / ≤ 10 ms",
             admitted is not None and admitted <= 100 and shed is not None and shed <= 10)
     codes = top.get("server", {}).get("codes", {})
-    broken = codes.get("INTERNAL", 0) + codes.get("UNKNOWN", 0)
+    broken = codes.get("Internal", 0) + codes.get("Unknown", 0)
     row(f"surge ({client}) at 10,000: INTERNAL and UNKNOWN", f"{broken}", "0", broken == 0)
     worst = max(kib for kib in top["peak_rss_kib"].values() if kib)
     row(f"surge ({client}) at 10,000: peak RSS of the largest service", f"{worst / 1024:.1f} MiB", "≤ 64 MiB",

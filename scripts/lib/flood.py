@@ -91,7 +91,7 @@ def aftermath(args, services, started):
     stranded, invariants = holds_and_invariants(args, started)
     answered = {name: counters(METRICS_PORTS[name]) for name in ("order-service", "deal-service")}
     broken = sum(count for name in answered for key, count in answered[name]["codes"].items()
-                 if key.endswith(":INTERNAL") or key.endswith(":UNKNOWN"))
+                 if key.endswith(":Internal") or key.endswith(":Unknown"))
     return {
         "holds_without_order_1s_after": stranded,
         "invariants_hold": invariants.returncode == 0,

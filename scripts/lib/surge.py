@@ -116,7 +116,7 @@ def server_view(text, method="CreateOrder"):
     for labels, value in samples(text, "grpc_server_handling_seconds_bucket"):
         if labels.get("grpc_method") != method:
             continue
-        klass = "shed" if labels["grpc_code"] == "RESOURCE_EXHAUSTED" else "admitted"
+        klass = "shed" if labels["grpc_code"] == "ResourceExhausted" else "admitted"
         bound = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
         by_class[klass][bound] = by_class[klass].get(bound, 0) + value
     quantiles = {}

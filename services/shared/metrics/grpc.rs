@@ -2,6 +2,11 @@
 //! unchanged: `grpc_{server,client}_started_total`, `_handled_total` (by `grpc_code`, spelled as
 //! grpc-go spells it: `NotFound`), `_handling_seconds`, `_msg_received_total` and `_msg_sent_total`,
 //! each labelled `grpc_type`, `grpc_service` and `grpc_method`.
+//!
+//! `_handling_seconds` also carries `grpc_code`, which go-grpc-prometheus's does not: its queries sum
+//! over the labels they do not name, so they work as they are, while a dashboard or an alert can
+//! leave out the calls refused under a surge (`ResourceExhausted`), which admission holds for their
+//! retry delay on purpose, and see what admitted buyers wait.
 
 use metrics::{Counter, counter, histogram};
 use tonic::Code;
@@ -82,8 +87,9 @@ impl CallMetrics {
     pub fn handled(&self, code: Code, seconds: f64) {
         let names = self.side.names();
         let [grpc_type, service, method] = labels(self.method);
-        counter!(names.handled, &[grpc_type, service, method, ("grpc_code", code_name(code))]).increment(1);
-        histogram!(names.handling_seconds, &[grpc_type, service, method]).record(seconds);
+        let labels = [grpc_type, service, method, ("grpc_code", code_name(code))];
+        counter!(names.handled, &labels).increment(1);
+        histogram!(names.handling_seconds, &labels).record(seconds);
     }
 }
 

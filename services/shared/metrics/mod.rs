@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `grpc_server_started_total`, `grpc_server_msg_received_total`, `grpc_server_msg_sent_total` | counter | `grpc_type`, `grpc_service`, `grpc_method` |
 //! | `grpc_server_handled_total` | counter | `grpc_type`, `grpc_service`, `grpc_method`, `grpc_code` (`OK`, `NotFound`…) |
-//! | `grpc_server_handling_seconds` | histogram | `grpc_type`, `grpc_service`, `grpc_method` |
+//! | `grpc_server_handling_seconds` | histogram | `grpc_type`, `grpc_service`, `grpc_method`, `grpc_code` |
 //! | `grpc_client_*` (order-service's calls to deal-service) | the same five | the same |
 //! | `grpc_server_in_flight` | gauge (admitted API calls) | |
 //! | `topkart_admission_waiting`, `topkart_admission_callers_waiting` | gauge (calls, and callers, waiting for a permit) | |
