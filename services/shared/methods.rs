@@ -105,6 +105,11 @@ pub fn lookup(path: &str) -> Option<&'static Method> {
     METHODS.get(path)
 }
 
+/// Every method [`lookup`] knows, and [`UNKNOWN`].
+pub fn all() -> impl Iterator<Item = &'static Method> {
+    METHODS.values().chain(std::iter::once(&*UNKNOWN))
+}
+
 /// The request messages of our methods (fully qualified, such as `topkart.deal.v1.GetDealRequest`),
 /// each with the `ErrorInfo` domain of its service: `topkart.deal.v1` answers as `deal.topkart.com`.
 static REQUESTS: LazyLock<HashMap<String, String>> = LazyLock::new(|| {

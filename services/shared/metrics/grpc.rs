@@ -8,10 +8,15 @@
 //! leave out the calls refused under a surge (`ResourceExhausted`), which admission holds for their
 //! retry delay on purpose, and see what admitted buyers wait.
 
-use metrics::{Counter, counter, histogram};
+use std::{
+    collections::HashMap,
+    sync::{LazyLock, OnceLock},
+};
+
+use metrics::{Counter, Histogram, counter, histogram};
 use tonic::Code;
 
-use crate::shared::methods::Method;
+use crate::shared::methods::{self, Method};
 
 /// Which end of the call this process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,41 +60,88 @@ impl Side {
     }
 }
 
+/// One method's metrics on one side, registered on its first call: a call then only adds to
+/// counters, with no lookup in the recorder's registry (which builds and hashes the labels).
+struct MethodMetrics {
+    started: Counter,
+    received: Counter,
+    sent: Counter,
+    /// By code (0 to 16), registered on the first call that ends with it.
+    ended: [OnceLock<(Counter, Histogram)>; 17],
+}
+
+impl MethodMetrics {
+    fn register(side: Side, method: &'static Method) -> Self {
+        let names = side.names();
+        let labels = labels(method);
+        Self {
+            started: counter!(names.started, &labels),
+            received: counter!(names.msg_received, &labels),
+            sent: counter!(names.msg_sent, &labels),
+            ended: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+}
+
+/// Each method's metrics on each side, by the method's address. Used only once a recorder is
+/// installed: without one, calls keep no metrics at all.
+static METHOD_METRICS: LazyLock<[HashMap<usize, OnceLock<MethodMetrics>>; 2]> = LazyLock::new(|| {
+    let slots = || methods::all().map(|method| (address(method), OnceLock::new())).collect();
+    [slots(), slots()]
+});
+
+fn address(method: &'static Method) -> usize {
+    std::ptr::from_ref(method) as usize
+}
+
+fn method_metrics(side: Side, method: &'static Method) -> Option<&'static MethodMetrics> {
+    if !super::installed() {
+        return None;
+    }
+    let slot = METHOD_METRICS[side as usize].get(&address(method))?;
+    Some(slot.get_or_init(|| MethodMetrics::register(side, method)))
+}
+
 /// The metrics of one call, counted as started when made; its messages are counted as they pass
 /// (so a stream's show while it lasts), its code and duration when it ends.
 pub struct CallMetrics {
     side: Side,
     method: &'static Method,
-    received: Counter,
-    sent: Counter,
+    registered: Option<&'static MethodMetrics>,
 }
 
 impl CallMetrics {
     /// A call of `method` (the `unknown` method for a path that is none of ours) starts.
     pub fn start(side: Side, method: &'static Method) -> Self {
-        let names = side.names();
-        let labels = labels(method);
-        counter!(names.started, &labels).increment(1);
-        Self { side, method, received: counter!(names.msg_received, &labels), sent: counter!(names.msg_sent, &labels) }
+        let registered = method_metrics(side, method);
+        if let Some(registered) = registered {
+            registered.started.increment(1);
+        }
+        Self { side, method, registered }
     }
 
     /// The counter of the messages received, for the body that receives them.
     pub fn received_counter(&self) -> Counter {
-        self.received.clone()
+        self.registered.map_or_else(Counter::noop, |registered| registered.received.clone())
     }
 
     /// The counter of the messages sent, for the body that sends them.
     pub fn sent_counter(&self) -> Counter {
-        self.sent.clone()
+        self.registered.map_or_else(Counter::noop, |registered| registered.sent.clone())
     }
 
     /// The call ended with `code` after `seconds`.
     pub fn handled(&self, code: Code, seconds: f64) {
-        let names = self.side.names();
-        let [grpc_type, service, method] = labels(self.method);
-        let labels = [grpc_type, service, method, ("grpc_code", code_name(code))];
-        counter!(names.handled, &labels).increment(1);
-        histogram!(names.handling_seconds, &labels).record(seconds);
+        let Some(registered) = self.registered else { return };
+        let Some(slot) = registered.ended.get(code as usize) else { return };
+        let (handled, handling) = slot.get_or_init(|| {
+            let names = self.side.names();
+            let [grpc_type, service, method] = labels(self.method);
+            let labels = [grpc_type, service, method, ("grpc_code", code_name(code))];
+            (counter!(names.handled, &labels), histogram!(names.handling_seconds, &labels))
+        });
+        handled.increment(1);
+        handling.record(seconds);
     }
 }
 

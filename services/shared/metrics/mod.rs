@@ -59,6 +59,11 @@ const PASS_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Whether this process keeps metrics (a recorder is installed).
+fn installed() -> bool {
+    HANDLE.get().is_some()
+}
+
 /// The revision the binaries were built from, when the build said (`TOPKART_REVISION`).
 const REVISION: &str = match option_env!("TOPKART_REVISION") {
     Some(revision) => revision,
