@@ -176,16 +176,22 @@ fn jwk(path: &Path, algorithm: KeyAlgorithm, kid: String) -> Result<String, cli:
 fn migrate(database_url: &str, dry_run: bool, log_format: LogFormat) -> Result<(), cli::MainError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let _telemetry = telemetry::init(log_format, "topkart-migrate");
-        let pool = db::connect(database_url, 1).await?;
-        if dry_run {
-            for migration in migrations::pending(&pool).await? {
-                println!("{} {}", migration.version, migration.description);
-            }
-        } else {
-            migrations::apply_pending(&pool).await?;
-        }
-        pool.close().await;
-        Ok(())
+        let telemetry = telemetry::init(log_format, "topkart-migrate");
+        let result = migrate_with(database_url, dry_run).await;
+        telemetry.shut_down().await;
+        result
     })
+}
+
+async fn migrate_with(database_url: &str, dry_run: bool) -> Result<(), cli::MainError> {
+    let pool = db::connect(database_url, 1).await?;
+    if dry_run {
+        for migration in migrations::pending(&pool).await? {
+            println!("{} {}", migration.version, migration.description);
+        }
+    } else {
+        migrations::apply_pending(&pool).await?;
+    }
+    pool.close().await;
+    Ok(())
 }

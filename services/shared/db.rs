@@ -31,7 +31,7 @@ pub enum StartupError {
     BadUrl,
     /// Told not to migrate, and the schema is behind this binary.
     #[error(
-        "{count} migration(s) pending, the first {first}: run `topkart migrate` first (or start with --migrate-on-start)"
+        "{count} migration(s) pending, the first {first}: run `topkart migrate` first (or start with --migrate-on-start=true)"
     )]
     Pending { count: usize, first: String },
 }

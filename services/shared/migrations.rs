@@ -34,9 +34,11 @@ pub async fn pending(pool: &PgPool) -> Result<Vec<&'static Migration>, MigrateEr
 /// Applies the pending migrations, logging each; returns how many were applied.
 pub async fn apply_pending(pool: &PgPool) -> Result<usize, MigrateError> {
     let mut conn = pool.acquire().await?;
+    // The advisory lock is the session's: never hand a session that may still hold it back to the
+    // pool (a failed unlock, this future dropped), or every later migration would wait for ever.
+    conn.close_on_drop();
     conn.lock().await?;
     let applied = apply_locked(&mut conn).await;
-    // The lock is the session's: released here, or with the connection if this fails.
     let unlocked = conn.unlock().await;
     let applied = applied?;
     unlocked?;

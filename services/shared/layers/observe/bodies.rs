@@ -106,10 +106,19 @@ fn count(framing: &mut Framing, messages: &Counter, data: &Bytes) {
     }
 }
 
-/// A call that ends once: with the status in `status` (a reply's trailers, or the headers of a
-/// trailers-only reply), or with none when its reply ended or failed without one.
+/// How a call's reply ended.
+pub enum Ended<'a> {
+    /// With its status: a reply's trailers, or the headers of a trailers-only reply.
+    Status(&'a HeaderMap),
+    /// The transport failed before the status came: the stream was reset, the connection lost.
+    Failed,
+    /// Dropped before its status came: whoever waited for it stopped waiting.
+    Dropped,
+}
+
+/// A call that ends once.
 pub trait Ending: Send + 'static {
-    fn end(&mut self, status: Option<&HeaderMap>);
+    fn end(&mut self, how: Ended<'_>);
 }
 
 pin_project_lite::pin_project! {
@@ -142,12 +151,12 @@ impl<B: http_body::Body<Data = Bytes>, E: Ending> http_body::Body for Reply<B, E
                 if let Some(data) = frame.data_ref() {
                     count(this.framing, this.messages, data);
                 } else if let Some(trailers) = frame.trailers_ref() {
-                    this.call.end(Some(trailers));
+                    this.call.end(Ended::Status(trailers));
                 }
             }
             // tonic sends a handler's error as trailers: an error here is the transport's (the
             // stream was reset, the connection closed), as is an end before the trailers.
-            Some(Err(_)) | None => this.call.end(None),
+            Some(Err(_)) | None => this.call.end(Ended::Failed),
         }
         Poll::Ready(frame)
     }

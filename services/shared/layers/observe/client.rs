@@ -9,13 +9,13 @@ use std::{
     time::Instant,
 };
 
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use tonic::{Code, body::Body};
 use tower::{Layer, Service};
 use tracing::Span;
 
 use super::{
-    bodies::{Counted, Ending, Reply},
+    bodies::{Counted, Ended, Ending, Reply},
     code_of, known_method, span,
 };
 use crate::shared::{
@@ -74,7 +74,7 @@ where
             match response.await {
                 Ok(response) => {
                     if response.headers().contains_key("grpc-status") {
-                        call.end(Some(response.headers()));
+                        call.end(Ended::Status(response.headers()));
                     }
                     Ok(response.map(|body| Body::new(Reply::new(body, received, call))))
                 }
@@ -111,8 +111,12 @@ impl ClientCall {
 }
 
 impl Ending for ClientCall {
-    fn end(&mut self, status: Option<&HeaderMap>) {
-        let code = code_of(status, self.deadline);
+    fn end(&mut self, how: Ended<'_>) {
+        let code = match how {
+            // The connection was lost or the stream reset under the reply, as tonic reports it.
+            Ended::Failed => Code::Unavailable,
+            how => code_of(&how, self.deadline),
+        };
         self.end_with(code);
     }
 }
@@ -120,6 +124,6 @@ impl Ending for ClientCall {
 impl Drop for ClientCall {
     fn drop(&mut self) {
         // The reply was dropped before its status arrived: this process stopped waiting.
-        self.end(None);
+        self.end(Ended::Dropped);
     }
 }

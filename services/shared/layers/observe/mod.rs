@@ -9,8 +9,9 @@
 //!
 //! A reply's status is in its headers (a trailers-only reply: every error, and every call shed
 //! before reaching a service) or in its trailers: both are read. A call whose reply ends without a
-//! status counts as DEADLINE_EXCEEDED if its deadline had passed, else CANCELLED (the caller reset
-//! it or its connection closed): that is what the server sent, if anything. So does a call whose
+//! status counts as DEADLINE_EXCEEDED if its deadline had passed (the caller's, or the server's
+//! own, whichever is first), else CANCELLED (the caller reset it or its connection closed): that is
+//! what the server sent, if anything. So does a call whose
 //! request could not be read to its end because the caller went away (tonic answers that INTERNAL
 //! or UNKNOWN, to nobody): an alert on INTERNAL must mean a fault of ours, not a client that gave up.
 //!
@@ -33,7 +34,7 @@ use std::{
     time::Instant,
 };
 
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use tonic::{Code, body::Body};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span};
@@ -43,8 +44,9 @@ use crate::shared::{
     methods::{self, Method},
     metrics::grpc::{CallMetrics, Side},
     otel,
+    server::DEFAULT_DEADLINE,
 };
-use bodies::{Counted, Ending, Reply};
+use bodies::{Counted, Ended, Ending, Reply};
 
 /// Applies [`Observe`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -88,7 +90,12 @@ where
         let mut call = ServerCall {
             metrics,
             started,
-            deadline: call::grpc_timeout_of(request.headers()).map(|timeout| started + timeout),
+            // The server ends every call at its deadline, the caller's or its own, whichever is first.
+            deadline: Some(
+                started
+                    + call::grpc_timeout_of(request.headers())
+                        .map_or(DEFAULT_DEADLINE, |timeout| timeout.min(DEFAULT_DEADLINE)),
+            ),
             span: span.clone(),
             caller_gone: Arc::clone(&caller_gone),
             done: false,
@@ -99,7 +106,7 @@ where
             async move {
                 let response = response.await?;
                 if response.headers().contains_key("grpc-status") {
-                    call.end(Some(response.headers()));
+                    call.end(Ended::Status(response.headers()));
                 }
                 Ok(response.map(|body| Body::new(Reply::new(body, sent, call))))
             }
@@ -114,14 +121,15 @@ fn known_method(path: &str) -> &'static Method {
     methods::lookup(path).unwrap_or(&methods::UNKNOWN)
 }
 
-/// The code a call ended with: its status's, or without one, DEADLINE_EXCEEDED when its deadline
-/// has passed, else CANCELLED.
-fn code_of(status: Option<&HeaderMap>, deadline: Option<Instant>) -> Code {
-    match status.and_then(|headers| headers.get("grpc-status")) {
-        Some(code) => Code::from_bytes(code.as_bytes()),
-        None if deadline.is_some_and(|deadline| Instant::now() >= deadline) => Code::DeadlineExceeded,
-        None => Code::Cancelled,
+/// The code of a call that ended `how`: its status's, or without one, DEADLINE_EXCEEDED when its
+/// deadline has passed, else CANCELLED.
+fn code_of(how: &Ended<'_>, deadline: Option<Instant>) -> Code {
+    if let Ended::Status(headers) = how
+        && let Some(code) = headers.get("grpc-status")
+    {
+        return Code::from_bytes(code.as_bytes());
     }
+    if deadline.is_some_and(|deadline| Instant::now() >= deadline) { Code::DeadlineExceeded } else { Code::Cancelled }
 }
 
 /// One call being served, with its span open until it ends; it records itself exactly once.
@@ -138,11 +146,11 @@ struct ServerCall {
 }
 
 impl Ending for ServerCall {
-    fn end(&mut self, status: Option<&HeaderMap>) {
+    fn end(&mut self, how: Ended<'_>) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let code = match code_of(status, self.deadline) {
+        let code = match code_of(&how, self.deadline) {
             Code::Internal | Code::Unknown if self.caller_gone.load(Ordering::Relaxed) => Code::Cancelled,
             code => code,
         };
@@ -151,6 +159,10 @@ impl Ending for ServerCall {
         if otel::exporting() {
             otel::ended(&self.span, Side::Server, code);
         }
+        let status = match how {
+            Ended::Status(headers) => Some(headers),
+            Ended::Failed | Ended::Dropped => None,
+        };
         self.span.in_scope(|| access_log::call_ended(code, status, seconds));
     }
 }
@@ -158,7 +170,7 @@ impl Ending for ServerCall {
 impl Drop for ServerCall {
     fn drop(&mut self) {
         // A reply dropped before its status was sent: the caller went away or its deadline passed.
-        self.end(None);
+        self.end(Ended::Dropped);
     }
 }
 

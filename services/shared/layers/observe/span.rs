@@ -28,7 +28,7 @@ pub fn server(request: &Request<Body>, method: &'static Method) -> Span {
         request_id,
         subject = Empty,
         trace_id = Empty,
-        otel.name = path.trim_start_matches('/'),
+        otel.name = span_name(method),
         otel.kind = "server",
     );
     otel::continue_trace(&span, request.headers());
@@ -45,14 +45,19 @@ pub fn client(request: &mut Request<Body>, method: &'static Method) -> Span {
     if !otel::exporting() {
         return Span::none();
     }
-    let path = request.uri().path();
     let span = tracing::info_span!(
         "client call",
-        method = path,
-        otel.name = path.trim_start_matches('/'),
+        method = request.uri().path(),
+        otel.name = span_name(method),
         otel.kind = "client",
     );
     otel::describe(&span, method);
     otel::inject(&span, request.headers_mut());
     span
+}
+
+/// `package.Service/Method`, as the RPC conventions name a span; `unknown/unknown` for a path that
+/// names none of ours, so that no caller can fill a trace backend with names of its choosing.
+fn span_name(method: &Method) -> String {
+    format!("{}/{}", method.service, method.method)
 }
