@@ -45,11 +45,12 @@ pub fn scraped_gauges(pool: PgPool) -> Pin<Box<dyn Future<Output = Result<Vec<Ga
 
 /// The live deals (active now) with the most units sold, most first.
 async fn hot_deals(pool: &PgPool) -> Result<Vec<(Uuid, String, i32, i32)>, sqlx::Error> {
-    // `state <> 'expired'` lets the partial index of unexpired deals narrow the scan.
+    // `state <> 'expired' and expire_time > now()` is a range of the partial index of unexpired
+    // deals (an active deal is before its expire time); deal_state_at decides the rest.
     sqlx::query_as(
         "select id, product_name, total_units, available_units
            from deals d
-          where state <> 'expired' and deal_state_at(d, now()) = 'active'
+          where state <> 'expired' and expire_time > now() and deal_state_at(d, now()) = 'active'
           order by total_units - available_units desc, id
           limit $1",
     )

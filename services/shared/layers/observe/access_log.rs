@@ -118,16 +118,14 @@ pub fn code_name(code: Code) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
+    use crate::shared::layers::observe::tests::Lines;
 
     /// The lines `log` writes at INFO and above for calls that ended with the statuses `ended`.
     fn info_lines(log: &AccessLog, ended: &[Status]) -> Vec<String> {
-        let written = Arc::new(Mutex::new(Vec::new()));
-        let writer = Arc::clone(&written);
+        let lines = Lines::default();
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || Lines(Arc::clone(&writer)))
+            .with_writer(lines.clone())
             .with_max_level(tracing::Level::INFO)
             .with_ansi(false)
             .finish();
@@ -137,21 +135,7 @@ mod tests {
                 log.call_ended(status.code(), Some(&headers), 0.002);
             }
         });
-        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
-        text.lines().map(str::to_owned).collect()
-    }
-
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        lines.all()
     }
 
     fn refused(reason: &str) -> Status {

@@ -189,9 +189,9 @@ mod tests {
 
     use super::*;
 
-    /// What the subscriber writes, kept to be read.
+    /// What the subscriber writes, kept to be read (the access log's tests read it too).
     #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
+    pub(super) struct Lines(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Lines {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -213,6 +213,11 @@ mod tests {
     }
 
     impl Lines {
+        /// Everything written, line by line.
+        pub(super) fn all(&self) -> Vec<String> {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap().lines().map(str::to_owned).collect()
+        }
+
         /// The line that says `message`.
         fn saying(&self, message: &str) -> String {
             let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
